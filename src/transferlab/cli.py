@@ -1,0 +1,249 @@
+"""The `transferlab` command: a thin Typer shell over the Python API."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from transferlab.errors import TransferlabError
+
+app = typer.Typer(
+    help="Turn a small folder of labelled images into an accurate image classifier.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+class State:
+    quiet = False
+    json = False
+    debug = False
+
+
+state = State()
+
+
+@app.callback()
+def global_options(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+):
+    state.quiet, state.json, state.debug = quiet or json_output, json_output, debug
+
+
+def comma_list(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def parse_split(value: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3:
+        raise TransferlabError(f"--split must be three comma-separated fractions, got {value!r}", hint="e.g. --split 0.7,0.15,0.15")
+    return parts  # type: ignore[return-value]
+
+
+def parse_layer(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise TransferlabError(f"--layer must be a stage index, got {value!r}", hint="e.g. --layer -2 (the stage before the last)") from None
+
+
+def emit_json(value) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="Folder of class subfolders, a pre-split folder, or a folder with train.txt/test.txt.")],
+    backbone: Annotated[str, typer.Option(help="Pretrained backbone (see `transferlab backbones`).")] = "efficientnet_lite0",
+    strategy: Annotated[str, typer.Option(help="extract | augment | finetune | scratch")] = "extract",
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<data>-<strategy>).")] = None,
+    include: Annotated[Optional[str], typer.Option(help="Only these classes, comma-separated.")] = None,
+    exclude: Annotated[Optional[str], typer.Option(help="Leave out these classes, comma-separated.")] = None,
+    split: Annotated[str, typer.Option(help="train,validation,test fractions for a folder of classes.")] = "0.7,0.15,0.15",
+    split_csv: Annotated[Optional[Path], typer.Option(help="Reproduce the split.csv of an earlier run.")] = None,
+    max_per_class: Annotated[Optional[int], typer.Option(help="Cap the number of images per class.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the split, the head and the shuffling.")] = 0,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = 30,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 32,
+    lr: Annotated[float, typer.Option(help="Learning rate of the head.")] = 1e-3,
+    optimizer: Annotated[str, typer.Option(help="rmsprop | adam | adamw | sgd")] = "adam",
+    head: Annotated[str, typer.Option(help="mlp (Dense 256 + dropout 0.5) | linear")] = "mlp",
+    class_weight: Annotated[Optional[str], typer.Option(help="'balanced' to weight classes by inverse frequency.")] = None,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience on validation loss (0: off).")] = 5,
+    layer: Annotated[Optional[str], typer.Option(help="Take features from this stage index instead of the last.")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Backbone weights file (safetensors) instead of a download.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    views: Annotated[int, typer.Option(help="Augmented views per training image (augment, finetune).")] = 5,
+    unfreeze: Annotated[str, typer.Option(help="Top blocks to fine-tune: N or 'all'.")] = "1",
+    tta: Annotated[int, typer.Option(help="Test-time augmentation views for the evaluation (1: off).")] = 1,
+):
+    """Train and evaluate a classifier; write a run folder with metrics, model and plots."""
+    from transferlab.api import train as train_api
+
+    classifier = train_api(
+        data,
+        backbone=backbone,
+        strategy=strategy,
+        out=out_dir,
+        include=comma_list(include),
+        exclude=comma_list(exclude),
+        split=parse_split(split),
+        split_csv=split_csv,
+        max_per_class=max_per_class,
+        seed=seed,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        head=head,
+        class_weight=class_weight,
+        patience=patience or None,
+        layer=parse_layer(layer),
+        weights=weights,
+        device=device,
+        views=views,
+        unfreeze=unfreeze,
+        tta=tta,
+        quiet=state.quiet,
+    )
+    if state.json:
+        emit_json({"run_dir": str(classifier.run_dir), **{k: v for k, v in classifier.metrics.items() if k != "test"}})
+
+
+def image_files(sources: list[Path]) -> list[Path]:
+    """Files as given; folders expanded to the image files inside them (recursively, sorted)."""
+    from transferlab.data import IMAGE_EXTENSIONS
+
+    files: list[Path] = []
+    for source in sources:
+        if source.is_dir():
+            files.extend(sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS))
+        elif source.exists():
+            files.append(source)
+        else:
+            raise TransferlabError(f"no such file or folder: {source}")
+    if not files:
+        raise TransferlabError("no image files found", hint="pass image files or folders that contain images")
+    return files
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `transferlab train`.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+    top_k: Annotated[int, typer.Option(help="Classes to show per image.")] = 3,
+    output_format: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
+    tta: Annotated[int, typer.Option(help="Average over the original and N-1 augmented views.")] = 1,
+):
+    """Predict the classes of images with a trained run."""
+    if output_format not in ("table", "csv", "json"):
+        raise TransferlabError(f"unknown format {output_format!r}", hint="use table, csv or json")
+    from transferlab.api import load
+
+    predictions = load(run).predict(image_files(images), top_k=top_k, tta=tta)
+    if output_format == "json" or state.json:
+        emit_json([{"image": p.source, "top": [{"label": l, "probability": pr} for l, pr in p.top], "error": p.error} for p in predictions])
+    elif output_format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["image", "rank", "label", "probability", "error"])
+        for p in predictions:
+            for rank, (label, prob) in enumerate(p.top, 1):
+                writer.writerow([p.source, rank, label, f"{prob:.6f}", ""])
+            if p.error:
+                writer.writerow([p.source, "", "", "", p.error])
+    else:
+        out.print(predictions_table(predictions))
+
+
+def predictions_table(predictions) -> Table:
+    table = Table("image", "prediction", "probability", "next")
+    for p in predictions:
+        if p.error:
+            table.add_row(p.source, f"[red]skipped: {p.error}[/]", "", "")
+            continue
+        label, prob = p.top[0]
+        rest = ", ".join(f"{l} {pr:.1%}" for l, pr in p.top[1:])
+        table.add_row(p.source, label, f"{prob:.1%}", rest)
+    return table
+
+
+@app.command()
+def imagenet(
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+    backbone: Annotated[str, typer.Option(help="Pretrained backbone with an ImageNet head.")] = "efficientnet_lite0",
+    top_k: Annotated[int, typer.Option(help="Classes to show per image.")] = 5,
+    weights: Annotated[Optional[Path], typer.Option(help="Backbone weights file.")] = None,
+):
+    """Top-k ImageNet-1k classes with human-readable labels (like Keras' decode_predictions)."""
+    from transferlab.backbones import predict_imagenet
+    from transferlab.data import ImageDecodeError, open_image
+
+    files = image_files(images)
+    decoded, failures = [], []
+    for f in files:
+        try:
+            decoded.append((f, open_image(f)))
+        except ImageDecodeError as exc:
+            failures.append((f, exc.message))
+    results = predict_imagenet([im for _, im in decoded], backbone=backbone, top_k=top_k, weights=weights) if decoded else []
+    if state.json:
+        emit_json([{"image": str(f), "top": [{"label": l, "probability": p} for l, p in top]} for (f, _), top in zip(decoded, results)])
+        return
+    for (f, _), top in zip(decoded, results):
+        table = Table("rank", "ImageNet class", "probability", title=str(f), title_justify="left")
+        for rank, (label, prob) in enumerate(top, 1):
+            table.add_row(str(rank), label, f"{prob:.1%}")
+        out.print(table)
+    for f, reason in failures:
+        err.print(f"[yellow]skipped {f}: {reason}[/]")
+
+
+@app.command()
+def backbones():
+    """List the registered backbones and whether their weights are here."""
+    from transferlab.backbones import backbone_status, list_specs
+
+    rows = [(s, backbone_status(s.name)) for s in list_specs()]
+    if state.json:
+        emit_json([{"name": s.name, "timm": s.timm_name, "input_size": s.input_size, "status": st, "description": s.description} for s, st in rows])
+        return
+    table = Table("name", "timm architecture", "input", "weights", "description")
+    colours = {"embedded": "green", "cached": "cyan", "needs download": "yellow"}
+    for spec, status in rows:
+        table.add_row(spec.name, spec.timm_name, str(spec.input_size), f"[{colours.get(status, 'white')}]{status}[/]", spec.description)
+    out.print(table)
+
+
+def main() -> None:
+    """Entry point: user errors print one line plus a hint; --debug shows the traceback."""
+    try:
+        app()
+    except TransferlabError as exc:
+        if state.debug:
+            raise
+        err.print(f"[bold red]error:[/] {exc.message}")
+        if exc.hint:
+            err.print(f"[dim]hint:[/] {exc.hint}")
+        err.print("[dim](run with --debug for the traceback)[/]")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

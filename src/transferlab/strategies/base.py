@@ -1,0 +1,95 @@
+"""What every strategy takes and returns."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transferlab.augment import AugmentConfig
+from transferlab.classifier import Classifier
+from transferlab.data import DatasetSplit, Subset
+from transferlab.features import ExtractionResult, FeatureExtractor
+from transferlab.heads import HeadConfig, build_head
+from transferlab.training import FitConfig, History, fit
+
+
+@dataclass
+class TrainOptions:
+    """Every knob of a training run; the API fills it from keyword arguments, the CLI from flags."""
+
+    backbone: str = "efficientnet_lite0"
+    layer: int | None = None
+    weights: str | None = None
+    head: str = "mlp"
+    hidden: int = 256
+    dropout: float = 0.5
+    fit: FitConfig = field(default_factory=FitConfig)
+    device: str = "auto"
+    extract_batch_size: int = 32
+    cache_dir: Path | None = None
+    quiet: bool = False
+    views: int = 5  # augmented views per training image (augment, finetune)
+    unfreeze: str = "1"  # top blocks to fine-tune: a number or "all"
+    finetune_lr: float = 1e-5
+    finetune_epochs: int = 10
+    augment: AugmentConfig | None = None
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        values["cache_dir"] = str(self.cache_dir) if self.cache_dir else None
+        return values
+
+
+@dataclass
+class StrategyResult:
+    classifier: Classifier
+    history: History
+    split: DatasetSplit  # without the files that failed to decode
+    extract_seconds: float = 0.0
+    train_seconds: float = 0.0
+    images_per_second: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def make_extractor(options: TrainOptions) -> FeatureExtractor:
+    return FeatureExtractor(
+        options.backbone,
+        layer=options.layer,
+        weights=options.weights,
+        device=options.device,
+        batch_size=options.extract_batch_size,
+        cache_dir=options.cache_dir,
+        quiet=options.quiet,
+    )
+
+
+def extract_split(extractor: FeatureExtractor, split: DatasetSplit) -> tuple[DatasetSplit, dict[str, ExtractionResult]]:
+    """Features of train, validation and test (unaugmented); files that fail to decode leave the split."""
+    results = {
+        name: extractor.extract(subset.paths, description=f"features: {name}")
+        for name, subset in split.subsets().items()
+    }
+    failed = {path: reason for result in results.values() for path, reason in result.failed.items()}
+    return (split.without(failed) if failed else split), results
+
+
+def tensors(features: np.ndarray, subset: Subset) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(features), torch.from_numpy(np.asarray(subset.labels, dtype=np.int64))
+
+
+def train_head(
+    options: TrainOptions,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    n_classes: int,
+    description: str = "training head",
+) -> tuple[torch.nn.Module, HeadConfig, History]:
+    """A fresh seeded head fitted on feature tensors."""
+    config = HeadConfig(options.head, train[0].shape[1], n_classes, options.hidden, options.dropout)
+    torch.manual_seed(options.fit.seed)
+    head = build_head(config)
+    history = fit(head, train, val, options.fit, n_classes=n_classes, quiet=options.quiet, description=description)
+    return head, config, history

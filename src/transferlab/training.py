@@ -1,0 +1,207 @@
+"""One seeded training loop for heads, fine-tuned blocks and from-scratch networks.
+
+Keras-style history (loss/accuracy, train and validation, per epoch), class weights, and early stopping
+on validation loss with the best weights restored.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from sklearn.utils.class_weight import compute_class_weight
+from torch import nn
+
+from transferlab.errors import TransferlabError
+
+OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
+BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+@dataclass
+class FitConfig:
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    class_weight: str | None = None  # None or "balanced"
+    patience: int | None = 5  # epochs without a better validation loss before stopping; None: never stop
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise TransferlabError(f"unknown optimizer {self.optimizer!r}", hint=f"choose one of: {', '.join(OPTIMIZERS)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise TransferlabError(f"epochs and batch size must be >= 1 (got {self.epochs}, {self.batch_size})")
+        if not self.lr > 0:
+            raise TransferlabError(f"learning rate must be > 0, got {self.lr}")
+        if self.class_weight not in (None, "balanced"):
+            raise TransferlabError(f"unknown class weight {self.class_weight!r}", hint="use 'balanced' or leave it out")
+        if self.patience is not None and self.patience < 1:
+            raise TransferlabError(f"patience must be >= 1, got {self.patience}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class History:
+    """One dict per epoch: epoch, loss, accuracy, val_loss, val_accuracy, seconds."""
+
+    epochs: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+    def column(self, name: str) -> list[float]:
+        return [row[name] for row in self.epochs]
+
+    def write_csv(self, path: Path) -> None:
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"])
+            writer.writeheader()
+            writer.writerows(self.epochs)
+
+    @classmethod
+    def read_csv(cls, path: Path) -> History:
+        with open(path, newline="") as f:
+            rows = [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+        best = min(rows, key=lambda r: r["val_loss"])["epoch"] if rows else 0
+        return cls(epochs=rows, best_epoch=best)
+
+
+def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay or 1e-2)
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+
+
+def class_weights(labels: np.ndarray, n_classes: int, mode: str | None) -> torch.Tensor | None:
+    """'balanced' weights n_samples / (n_classes * count), as scikit-learn and Keras users know them."""
+    if mode is None:
+        return None
+    present = np.unique(labels)
+    weights = np.ones(n_classes, dtype=np.float32)
+    weights[present] = compute_class_weight("balanced", classes=present, y=labels)
+    return torch.from_numpy(weights)
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Keep BatchNorm in inference mode (running stats fixed): the fine-tuning pitfall on small data."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def predict_logits(module: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    module.eval()
+    with torch.inference_mode():
+        return torch.cat([module(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
+
+
+def fit(
+    module: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    config: FitConfig,
+    *,
+    n_classes: int,
+    batch_transform: BatchTransform | None = None,
+    keep_batchnorm_frozen: bool = False,
+    quiet: bool = False,
+    description: str = "training",
+) -> History:
+    """Train `module` in place on (inputs, labels) tensors; returns the history, best weights restored."""
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    x_train, y_train = train
+    x_val, y_val = val
+    weight = class_weights(y_train.numpy(), n_classes, config.class_weight)
+    loss_fn = nn.CrossEntropyLoss(weight=weight)
+    eval_loss_fn = nn.CrossEntropyLoss()
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = make_optimizer(config.optimizer, params, config.lr, config.weight_decay)
+    history = History()
+    best_loss, best_state, waited = float("inf"), None, 0
+    start = time.perf_counter()
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("epoch {task.completed}/{task.total}"),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=quiet,
+    ) as progress:
+        task = progress.add_task(description, total=config.epochs, stats="")
+        for epoch in range(1, config.epochs + 1):
+            epoch_start = time.perf_counter()
+            loss, accuracy = _train_one_epoch(
+                module, x_train, y_train, config.batch_size, optimizer, loss_fn, generator,
+                batch_transform, keep_batchnorm_frozen,
+            )
+            logits = predict_logits(module, x_val)
+            val_loss = float(eval_loss_fn(logits, y_val))
+            val_accuracy = float((logits.argmax(1) == y_val).float().mean())
+            history.epochs.append(
+                {
+                    "epoch": epoch,
+                    "loss": loss,
+                    "accuracy": accuracy,
+                    "val_loss": val_loss,
+                    "val_accuracy": val_accuracy,
+                    "seconds": time.perf_counter() - epoch_start,
+                }
+            )
+            progress.update(
+                task, completed=epoch,
+                stats=f"loss {loss:.3f} acc {accuracy:.3f} val_loss {val_loss:.3f} val_acc {val_accuracy:.3f}",
+            )
+            if val_loss < best_loss - 1e-6:
+                best_loss, waited, history.best_epoch = val_loss, 0, epoch
+                best_state = copy.deepcopy(module.state_dict())
+            else:
+                waited += 1
+                if config.patience is not None and waited >= config.patience:
+                    history.stopped_early = True
+                    break
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    module.eval()
+    history.seconds = time.perf_counter() - start
+    return history
+
+
+def _train_one_epoch(module, x, y, batch_size, optimizer, loss_fn, generator, batch_transform, keep_bn_frozen):
+    """Running mean of batch loss and accuracy, as Keras reports them."""
+    module.train()
+    if keep_bn_frozen:
+        freeze_batchnorm(module)
+    order = torch.randperm(len(x), generator=generator)
+    total_loss, correct, seen = 0.0, 0, 0
+    for start in range(0, len(x), batch_size):
+        index = order[start : start + batch_size]
+        inputs, targets = x[index], y[index]
+        if batch_transform is not None:
+            inputs = batch_transform(inputs, generator)
+        optimizer.zero_grad(set_to_none=True)
+        logits = module(inputs)
+        loss = loss_fn(logits, targets)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(index)
+        correct += int((logits.argmax(1) == targets).sum())
+        seen += len(index)
+    return total_loss / seen, correct / seen

@@ -1,0 +1,52 @@
+"""Shared fixtures: generated image folders, the ../shared data, an isolated feature cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200), "yellow": (220, 210, 40)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory) -> Path:
+    """One feature/ONNX cache per test session, never the user's ~/.cache."""
+    cache = tmp_path_factory.mktemp("transferlab-cache")
+    os.environ["TRANSFERLAB_CACHE"] = str(cache)
+    return cache
+
+
+def write_colour_images(folder: Path, colour: tuple[int, int, int], n: int, size: int = 48, seed: int = 0) -> list[Path]:
+    """Noisy solid-colour JPEGs with a random dark square: easy to tell apart by colour, each file distinct."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        pixels = np.clip(np.array(colour) + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+        x, y = rng.integers(0, size // 2, 2)
+        pixels[y : y + size // 4, x : x + size // 4] //= 3
+        path = folder / f"img_{i:03d}.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def colour_folder(tmp_path) -> Path:
+    """Three classes of 15 generated images each, as class subfolders."""
+    root = tmp_path / "colours"
+    for seed, name in enumerate(("red", "green", "blue")):
+        write_colour_images(root / name, COLOURS[name], 15, seed=seed)
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"../shared not found at {SHARED}: integration data absent")
+    return SHARED

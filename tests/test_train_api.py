@@ -1,0 +1,83 @@
+"""End to end: transferlab.train / load / predict and the run folder, on generated images."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+import transferlab
+from transferlab.errors import TransferlabError
+
+RUN_FILES = [
+    "config.json", "split.csv", "skipped.csv", "history.csv", "metrics.json", "model.safetensors",
+    "model.json", "labels.txt", "accuracy.png", "loss.png", "confusion_matrix.png",
+]
+
+
+@pytest.fixture
+def trained(colour_folder, tmp_path):
+    (colour_folder / "red" / "notes.txt").write_text("not an image")
+    (colour_folder / "blue" / "empty.jpg").write_bytes(b"")
+    return transferlab.train(colour_folder, out=tmp_path / "run", epochs=8, quiet=True)
+
+
+def test_train_writes_every_run_artifact(trained):
+    assert sorted(p.name for p in trained.run_dir.iterdir() if not p.name.startswith(".")) == sorted(RUN_FILES)
+
+
+def test_train_learns_and_reports_metrics_contract(trained):
+    metrics = json.loads((trained.run_dir / "metrics.json").read_text())
+    for key in ("test_accuracy", "top5_accuracy", "n_train", "n_val", "n_test", "n_skipped",
+                "extract_seconds", "train_seconds", "total_seconds"):
+        assert key in metrics
+    assert metrics["test_accuracy"] >= 0.8
+    assert metrics["top5_accuracy"] is None  # 3 classes
+    assert metrics["n_skipped"] == 2
+    assert metrics["n_train"] + metrics["n_val"] + metrics["n_test"] == 45
+
+
+def test_skipped_files_are_listed_with_reasons(trained):
+    with open(trained.run_dir / "skipped.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["path"].split("/")[-1] for r in rows} == {"notes.txt", "empty.jpg"}
+    assert all(r["reason"] for r in rows)
+
+
+def test_config_records_settings_and_versions(trained):
+    config = json.loads((trained.run_dir / "config.json").read_text())
+    assert config["options"]["backbone"] == "efficientnet_lite0"
+    assert config["options"]["fit"]["epochs"] == 8
+    assert config["environment"]["packages"]["torch"].startswith("2.14.1")
+
+
+def test_loaded_run_predicts_like_the_trained_classifier(trained, colour_folder):
+    images = sorted((colour_folder / "green").glob("*.jpg"))[:3]
+    loaded = transferlab.load(trained.run_dir)
+    a, _ = trained.predict_proba(images)
+    b, _ = loaded.predict_proba(images)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert [p.label for p in loaded.predict(images)] == ["green"] * 3
+
+
+def test_split_csv_reproduces_the_split(trained, colour_folder, tmp_path):
+    again = transferlab.dataset(colour_folder, split_csv=trained.run_dir / "split.csv")
+    first = transferlab.dataset(colour_folder)
+    assert [str(p) for p in again.test.paths] == [str(p) for p in first.test.paths]
+
+
+def test_unknown_strategy_is_a_clear_error(colour_folder):
+    with pytest.raises(TransferlabError, match="unknown strategy"):
+        transferlab.train(colour_folder, strategy="magic", quiet=True)
+
+
+def test_unknown_backbone_fails_before_reading_images(tmp_path):
+    with pytest.raises(TransferlabError, match="nope"):
+        transferlab.train(tmp_path / "does-not-exist", backbone="nope", quiet=True)
+
+
+def test_load_of_a_non_run_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(TransferlabError, match="not a transferlab run folder"):
+        transferlab.load(tmp_path)
