@@ -1,4 +1,4 @@
-"""Tests for transferlab.backbones: registry, embedded/downloaded/explicit weights, preprocessing, ImageNet predictions."""
+"""Tests for transferlab.backbones: registry, weights sources (embedded, download, file), preprocessing, ImageNet."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import timm
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from transferlab import backbones
 from transferlab.backbones import (

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
 from rich.console import Console
 
 from transferlab import data
@@ -234,7 +234,7 @@ def test_split_csv_round_trip_reproduces_the_exact_split(tmp_path, fractions):
 def test_split_csv_stores_paths_relative_to_root(tmp_path):
     root = make_classes(tmp_path / "data", {"a": 6, "b": 6})
     load_dataset(root).write_split_csv(tmp_path / "split.csv")
-    rows = list(csv.DictReader((tmp_path / "split.csv").open()))
+    rows = list(csv.DictReader((tmp_path / "split.csv").read_text().splitlines()))
     assert set(rows[0]) == {"split", "path", "class"}
     assert all(row["path"] == f"{row['class']}/{Path(row['path']).name}" for row in rows)
 
@@ -266,7 +266,7 @@ def test_skipped_csv_lists_bad_files_with_reasons(tmp_path):
     root = make_classes(tmp_path / "data", {"a": 6, "b": 6})
     (root / "a" / "empty.png").write_bytes(b"")
     load_dataset(root).write_skipped_csv(tmp_path / "skipped.csv")
-    rows = list(csv.reader((tmp_path / "skipped.csv").open()))
+    rows = list(csv.reader((tmp_path / "skipped.csv").read_text().splitlines()))
     assert rows == [["path", "reason"], ["a/empty.png", "empty file"]]
 
 
@@ -365,7 +365,8 @@ def test_cmyk_image_decodes_to_rgb(tmp_path):
 def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path):
     path = tmp_path / "gray16.png"
     Image.fromarray(np.array([[0, 32896, 65535]], dtype=np.uint16)).save(path)
-    assert Image.open(path).mode == "I;16"
+    with Image.open(path) as stored:
+        assert stored.mode == "I;16"
     image = open_image(path)
     assert [image.getpixel((x, 0)) for x in range(3)] == [(0, 0, 0), (128, 128, 128), (255, 255, 255)]
 
@@ -391,7 +392,7 @@ def test_grayscale_with_alpha_is_composited_on_white():
 
 def test_exif_orientation_is_applied():
     exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    exif[ExifTags.Base.Orientation] = 6  # rotate 90 degrees clockwise on display
     image = open_image(encoded(Image.new("RGB", (40, 20), "blue"), "JPEG", exif=exif))
     assert image.size == (20, 40)
 

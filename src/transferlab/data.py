@@ -168,9 +168,9 @@ def load_dataset(
     if split_csv is not None:
         if include is not None or exclude is not None or max_per_class is not None:
             raise TransferlabError(
-            "split_csv fixes the classes and files; include, exclude and max_per_class cannot be combined with it",
-            hint="drop those options: the split file already reflects them",
-        )
+                "split_csv fixes the classes and files; include, exclude and max_per_class cannot be combined with it",
+                hint="drop those options: the split file already reflects them",
+            )
         layout, classes, groups = _read_split_csv(Path(split_csv), root)
     else:
         layout, classes, groups = _discover(root)
