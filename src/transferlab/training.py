@@ -27,13 +27,13 @@ BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 @dataclass
 class FitConfig:
-    epochs: int = 30
+    epochs: int = 50
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 3e-4
     optimizer: str = "adam"
     weight_decay: float = 0.0
     class_weight: str | None = None  # None or "balanced"
-    patience: int | None = 5  # epochs without a better validation loss before stopping; None: never stop
+    patience: int | None = 8  # epochs without a better validation loss before stopping; None: never stop
     seed: int = 0
 
     def __post_init__(self):
