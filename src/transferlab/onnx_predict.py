@@ -117,12 +117,10 @@ class OnnxClassifier:
         """
         image = self.decode(source).convert("RGB")
         width, height = image.size
-        scale = self.resize_size / min(width, height)
         size = (self.resize_size, int(self.resize_size * height / width)) if width <= height else (
             int(self.resize_size * width / height), self.resize_size)
         if (width, height) != size:
             image = image.resize(size, resample=self.resample)
-        del scale
         left = int(round((size[0] - self.input_size) / 2.0))
         top = int(round((size[1] - self.input_size) / 2.0))
         image = image.crop((left, top, left + self.input_size, top + self.input_size))
@@ -170,7 +168,7 @@ def make_session(path: Path, threads: int | None = None) -> ort.InferenceSession
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """Transparent pixels over white, as the training pipeline does (data.open_image is not torch-free-light)."""
+    """Transparent pixels over white, like data.open_image (not imported: it pulls in scikit-learn and rich)."""
     if image.mode != "RGB" and image.has_transparency_data:
         white = Image.new("RGBA", image.size, "white")
         return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")

