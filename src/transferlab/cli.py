@@ -152,13 +152,21 @@ def predict(
     top_k: Annotated[int, typer.Option(help="Classes to show per image.")] = 3,
     output_format: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
     tta: Annotated[int, typer.Option(help="Average over the original and N-1 augmented views.")] = 1,
+    use_onnx: Annotated[bool, typer.Option("--onnx", help="Use the exported RUN/model.onnx (or RUN given as an .onnx file) with ONNX Runtime; automatic when torch is missing.")] = False,
 ):
     """Predict the classes of images with a trained run."""
     if output_format not in ("table", "csv", "json"):
         raise TransferlabError(f"unknown format {output_format!r}", hint="use table, csv or json")
-    from transferlab.api import load
+    if wants_onnx(run, use_onnx):
+        if tta != 1:
+            raise TransferlabError("--tta needs the PyTorch model", hint="leave out --onnx (and have torch installed)")
+        from transferlab.onnx_predict import OnnxClassifier
 
-    predictions = load(run).predict(image_files(images), top_k=top_k, tta=tta)
+        predictions = OnnxClassifier(run).predict(image_files(images), top_k=top_k)
+    else:
+        from transferlab.api import load
+
+        predictions = load(run).predict(image_files(images), top_k=top_k, tta=tta)
     if output_format == "json" or state.json:
         emit_json([{"image": p.source, "top": [{"label": l, "probability": pr} for l, pr in p.top], "error": p.error} for p in predictions])
     elif output_format == "csv":
@@ -230,6 +238,48 @@ def backbones():
     for spec, status in rows:
         table.add_row(spec.name, spec.timm_name, str(spec.input_size), f"[{colours.get(status, 'white')}]{status}[/]", spec.description)
     out.print(table)
+
+
+def wants_onnx(run: Path, flag: bool) -> bool:
+    """--onnx given, RUN is an .onnx file, or RUN has an exported model and torch is not installed."""
+    import importlib.util
+
+    torch_missing = importlib.util.find_spec("torch") is None
+    return flag or run.suffix == ".onnx" or ((run / "model.onnx").is_file() and torch_missing)
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `transferlab train`.")],
+    export_format: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
+    quantize: Annotated[Optional[str], typer.Option(help="Also write an int8 model (model.int8.onnx) and compare it.")] = None,
+):
+    """Export a run to ONNX (RUN/model.onnx + model.onnx.json), optionally quantized to int8."""
+    if export_format != "onnx":
+        raise TransferlabError(f"unknown export format {export_format!r}", hint="use --format onnx")
+    from transferlab.export import export_run, report_table
+
+    report = export_run(run, quantize=quantize)
+    if state.json:
+        emit_json(report)
+    elif not state.quiet:
+        out.print(report_table(report))
+        out.print(f"wrote {run / 'model.onnx'} and {run / 'export.json'}")
+
+
+@app.command()
+def serve(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `transferlab train`.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 exposes the service to your network).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload in MB.")] = 20.0,
+    use_onnx: Annotated[bool, typer.Option("--onnx", help="Serve the exported RUN/model.onnx with ONNX Runtime.")] = False,
+):
+    """Serve a run: a web page to try images, a JSON API (/api/predict) and the run's report."""
+    from transferlab.serve import serve as serve_run
+
+    err.print(f"serving {run} on http://{host}:{port}/ (Ctrl-C to stop)")
+    serve_run(run, host=host, port=port, max_upload_mb=max_upload_mb, engine="onnx" if use_onnx else "torch")
 
 
 def main() -> None:

@@ -44,6 +44,20 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+RUNTIMES = ("auto", "onnx", "torch")
+
+
+def resolve_runtime(runtime: str, device: str) -> str:
+    """'auto' means ONNX Runtime on a CPU (2-4x faster here) and PyTorch on CUDA."""
+    if runtime not in RUNTIMES:
+        raise TransferlabError(f"unknown runtime {runtime!r}", hint=f"choose one of: {', '.join(RUNTIMES)}")
+    if runtime == "onnx" and device != "cpu":
+        raise TransferlabError("the ONNX Runtime path runs on the CPU only", hint="use --runtime torch with a GPU")
+    if runtime == "auto":
+        return "onnx" if device == "cpu" else "torch"
+    return runtime
+
+
 class Trunk(torch.nn.Module):
     """uint8 NCHW images -> normalised -> backbone up to `layer` -> globally pooled features.
 
@@ -171,6 +185,7 @@ class FeatureExtractor:
         backbone_state: dict[str, torch.Tensor] | None = None,
         pretrained: bool = True,
         device: str = "auto",
+        runtime: str = "auto",
         batch_size: int = 32,
         cache_dir: str | Path | None = None,
         use_cache: bool = True,
@@ -184,6 +199,7 @@ class FeatureExtractor:
         self.backbone_state = backbone_state
         self.pretrained = pretrained
         self.device = resolve_device(device)
+        self.runtime = resolve_runtime(runtime, self.device)
         self.batch_size = batch_size
         self.cache_dir = Path(cache_dir) if cache_dir else backbones.default_cache_dir()
         self.use_cache = use_cache
@@ -260,7 +276,7 @@ class FeatureExtractor:
     def run_batch(self, batch: np.ndarray) -> np.ndarray:
         """uint8 [n, h, w, 3] -> float32 [n, d]."""
         nchw = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
-        if self.device == "cpu":
+        if self.runtime == "onnx":
             if self._session is None:
                 self._session = self._onnx_session()
             return self._session.run(None, {"images": nchw})[0]

@@ -1,0 +1,56 @@
+"""End-to-end Caltech-101/97 (the notebook's task): cold (empty cache) and warm (cached features) runs.
+
+    .venv/bin/python bench/caltech.py [--strategy extract] [--backbone efficientnet_lite0] [-- extra train flags]
+
+Each run is the real CLI, `transferlab train`, in a subprocess; wall time includes start-up and imports.
+97 classes (BACKGROUND_Google, Motorbikes, airplanes, Faces_easy, Faces excluded), 70/15/15 split, seed 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import CALTECH_EXCLUDED, machine, require_caltech
+
+
+def timed_train(data: Path, out: Path, cache: str, strategy: str, backbone: str, extra: list[str]) -> tuple[float, dict]:
+    command = [sys.executable, "-m", "transferlab", "--quiet", "train", str(data), "--exclude", CALTECH_EXCLUDED,
+               "--strategy", strategy, "--backbone", backbone, "--seed", "0", "--out", str(out), *extra]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, env={**os.environ, "TRANSFERLAB_CACHE": cache})
+    return time.perf_counter() - start, json.loads((out / "metrics.json").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--strategy", default="extract")
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--no-warm", action="store_true", help="only the cold run")
+    args, extra = parser.parse_known_args()
+    extra = [e for e in extra if e != "--"]
+    data = require_caltech()
+    with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as runs:
+        cold_s, cold = timed_train(data, Path(runs) / "cold", cache, args.strategy, args.backbone, extra)
+        runs_done = [("cold (empty cache)", cold_s, cold)]
+        if not args.no_warm:
+            warm_s, warm = timed_train(data, Path(runs) / "warm", cache, args.strategy, args.backbone, extra)
+            runs_done.append(("warm (cached features)", warm_s, warm))
+    print(f"machine: {machine()}")
+    print(f"command: transferlab train CALTECH --exclude {CALTECH_EXCLUDED} --strategy {args.strategy} "
+          f"--backbone {args.backbone} --seed 0 {' '.join(extra)}\n")
+    print("| run | test accuracy | top-5 | wall time (s) | extraction (s) | training (s) | n train/val/test |")
+    print("|---|---|---|---|---|---|---|")
+    for name, seconds, m in runs_done:
+        print(f"| {name} | {m['test_accuracy']:.2%} | {m['top5_accuracy']:.2%} | {seconds:.1f} | "
+              f"{m['extract_seconds']:.1f} | {m['train_seconds']:.1f} | {m['n_train']}/{m['n_val']}/{m['n_test']} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+// The transferlab web page: choose or drop an image, POST it to /api/predict, draw the top-k classes as bars.
+"use strict";
+
+const TOP_K = 5;
+const el = (id) => document.getElementById(id);
+let maxUploadBytes = Infinity;
+
+async function loadModel() {
+  try {
+    const model = await (await fetch("/api/model")).json();
+    maxUploadBytes = model.max_upload_mb * 1024 * 1024;
+    const accuracy = model.metrics.test_accuracy;
+    const scored = accuracy == null ? "" : `, test accuracy ${(100 * accuracy).toFixed(1)}%`;
+    el("model-summary").textContent = `${model.backbone} (${model.strategy}): ${model.labels.length} classes${scored}`;
+    el("report-link").hidden = !model.report;
+  } catch (error) {
+    el("model-summary").textContent = `could not reach the model: ${error}`;
+  }
+}
+
+function showStatus(text, isError = false) {
+  el("status").textContent = text;
+  el("status").className = isError ? "error" : "muted";
+}
+
+function showResults(top) {
+  const list = el("results");
+  list.replaceChildren(...top.map(({ label, probability }) => {
+    const item = document.createElement("li");
+    const row = document.createElement("div");
+    row.className = "row";
+    const name = document.createElement("span");
+    name.className = "label";
+    name.textContent = label; // textContent, never innerHTML: labels are folder names
+    const percent = document.createElement("span");
+    percent.className = "probability";
+    percent.textContent = `${(100 * probability).toFixed(1)}%`;
+    row.append(name, percent);
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    const fill = document.createElement("span");
+    fill.style.width = `${(100 * probability).toFixed(1)}%`;
+    bar.append(fill);
+    item.append(row, bar);
+    return item;
+  }));
+}
+
+async function errorMessage(response) {
+  try {
+    const body = await response.json();
+    return typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+  } catch {
+    return `${response.status} ${response.statusText}`;
+  }
+}
+
+async function classify(file) {
+  el("results").replaceChildren();
+  const preview = el("preview");
+  if (preview.src) URL.revokeObjectURL(preview.src);
+  preview.src = URL.createObjectURL(file);
+  preview.hidden = false;
+  if (file.size > maxUploadBytes) {
+    showStatus(`${file.name} is too large (limit ${(maxUploadBytes / 1048576).toFixed(0)} MB)`, true);
+    return;
+  }
+  showStatus(`classifying ${file.name}…`);
+  const form = new FormData();
+  form.append("file", file);
+  try {
+    const response = await fetch(`/api/predict?top_k=${TOP_K}`, { method: "POST", body: form });
+    if (!response.ok) {
+      showStatus(`${file.name}: ${await errorMessage(response)}`, true);
+      return;
+    }
+    const result = await response.json();
+    showStatus(`${result.filename} (${result.width}×${result.height}) in ${(1000 * result.seconds).toFixed(0)} ms`);
+    showResults(result.top);
+  } catch (error) {
+    showStatus(`request failed: ${error}`, true);
+  }
+}
+
+function setUpDropZone() {
+  const zone = el("drop-zone");
+  el("file").addEventListener("change", (event) => {
+    if (event.target.files.length) classify(event.target.files[0]);
+  });
+  zone.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    zone.classList.add("dragging");
+  });
+  zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("dragging");
+    if (event.dataTransfer.files.length) classify(event.dataTransfer.files[0]);
+  });
+}
+
+setUpDropZone();
+loadModel();
