@@ -38,7 +38,7 @@ def export_run(
     *,
     quantize: str | None = None,
     calibration_images: int = CALIBRATION_IMAGES,
-    timing_seconds: float = 3.0,
+    timing_seconds: float = 2.0,
     seed: int = 0,
 ) -> dict:
     """Write RUN/model.onnx (+ model.int8.onnx with quantize="int8") and RUN/export.json; return its content."""
@@ -46,8 +46,8 @@ def export_run(
     if quantize not in (None, *QUANTIZATIONS):
         raise TransferlabError(f"unknown quantization {quantize!r}", hint="use --quantize int8, or leave it out")
     classifier = Classifier.load(run)
+    dataset = run_dataset(run, required=quantize is not None)  # before exporting: fail fast without the images
     float_path = export_float(classifier, run / MODEL_FILE)
-    dataset = run_dataset(run, required=quantize is not None)
     models = {"float32": float_path}
     if quantize == "int8":
         models["int8"] = quantize_int8(float_path, calibration_batch(float_path, dataset.train, calibration_images, seed))

@@ -1,0 +1,86 @@
+"""The command line: a thin shell over the API, with clear one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from transferlab.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from conftest import COLOURS, write_colour_images
+
+    root = tmp_path_factory.mktemp("cli")
+    for seed, name in enumerate(("red", "green", "blue")):
+        write_colour_images(root / "data" / name, COLOURS[name], 12, seed=seed)
+    result = runner.invoke(app, ["--quiet", "train", str(root / "data"), "--out", str(root / "run"), "--epochs", "15", "--lr", "0.003"])
+    assert result.exit_code == 0, result.output
+    return root / "run"
+
+
+def test_train_command_writes_metrics(run_dir):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test_accuracy"] > 0.6 and metrics["n_test"] > 0
+
+
+def test_predict_table_shows_the_predicted_class(run_dir):
+    image = next((run_dir.parent / "data" / "blue").glob("*.jpg"))
+    result = runner.invoke(app, ["predict", str(run_dir), str(image)])
+    assert result.exit_code == 0 and "blue" in result.output
+
+
+def test_predict_csv_has_one_row_per_rank(run_dir):
+    folder = run_dir.parent / "data" / "red"
+    result = runner.invoke(app, ["predict", str(run_dir), str(folder), "--format", "csv", "--top-k", "2"])
+    rows = list(csv.DictReader(io.StringIO(result.output)))
+    assert len(rows) == 2 * 12
+    assert {r["rank"] for r in rows} == {"1", "2"}
+
+
+def test_predict_json_reports_a_corrupt_image_instead_of_failing(run_dir, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    good = next((run_dir.parent / "data" / "green").glob("*.jpg"))
+    result = runner.invoke(app, ["predict", str(run_dir), str(good), str(bad), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert rows[0]["top"][0]["label"] == "green"
+    assert rows[1]["error"] and rows[1]["top"] == []
+
+
+def test_backbones_lists_embedded_and_download_backbones():
+    result = runner.invoke(app, ["--json", "backbones"])
+    rows = {r["name"]: r["status"] for r in json.loads(result.output)}
+    assert rows["efficientnet_lite0"] == "embedded"
+    assert "vgg16" in rows and "resnet50" in rows
+
+
+def test_imagenet_command_names_the_bundled_coffee_photo(tmp_path):
+    skimage_data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    path = tmp_path / "coffee.jpg"
+    Image.fromarray(skimage_data.coffee()).save(path)
+    result = runner.invoke(app, ["--json", "imagenet", str(path), "--top-k", "3"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)[0]["top"][0]["label"] == "espresso"
+
+
+def test_user_errors_print_one_line_with_a_hint_and_no_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "transferlab", "train", str(tmp_path / "missing"), "--split", "0.5,0.5"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "hint:" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,158 @@
+"""`transferlab export` and `transferlab.onnx_predict`: ONNX graphs that agree with PyTorch, int8, no torch needed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import transferlab
+from transferlab.backbones import get_spec, preprocess
+from transferlab.cli import app
+from transferlab.errors import TransferlabError
+from transferlab.export import export_run
+from transferlab.onnx_predict import OnnxClassifier
+
+runner = CliRunner()
+TOLERANCE = 1e-4  # max |p_torch - p_onnx| on probabilities
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A small trained run, exported with `transferlab export RUN --quantize int8`."""
+    from conftest import COLOURS, write_colour_images
+
+    root = tmp_path_factory.mktemp("export")
+    for seed, name in enumerate(("red", "green", "blue")):
+        write_colour_images(root / "data" / name, COLOURS[name], 15, seed=seed)
+    transferlab.train(root / "data", out=root / "run", epochs=5, quiet=True)
+    result = runner.invoke(app, ["export", str(root / "run"), "--format", "onnx", "--quantize", "int8"])
+    assert result.exit_code == 0, result.output
+    return root / "run"
+
+
+def images_of(run_dir, name: str, n: int = 4) -> list:
+    return sorted((run_dir.parent / "data" / name).glob("*.jpg"))[:n]
+
+
+def torch_probabilities(run_dir, arrays: np.ndarray) -> np.ndarray:
+    network = transferlab.load(run_dir).network()
+    with torch.inference_mode():
+        return torch.softmax(network(torch.from_numpy(arrays)), dim=1).numpy()
+
+
+def test_export_writes_model_metadata_and_comparison(run_dir):
+    metadata = json.loads((run_dir / "model.onnx.json").read_text())
+    report = json.loads((run_dir / "export.json").read_text())
+    assert metadata["labels"] == (run_dir / "labels.txt").read_text().split()
+    assert metadata["input"] == {"name": "images", "dtype": "uint8", "layout": "NCHW", "channels": "RGB",
+                                 "shape": ["batch", 3, 224, 224]}
+    assert metadata["preprocessing"]["resize_size"] == get_spec("efficientnet_lite0").resize_size
+    assert set(report["models"]) == {"float32", "int8"}
+    assert report["torch_max_abs_diff"] < TOLERANCE
+    assert (run_dir / "model.int8.onnx").stat().st_size < 0.5 * (run_dir / "model.onnx").stat().st_size
+
+
+def test_onnx_and_pytorch_probabilities_agree(run_dir):
+    model = OnnxClassifier(run_dir)
+    arrays = np.stack([model.prepare(path) for path in images_of(run_dir, "red") + images_of(run_dir, "blue")])
+    difference = np.abs(model.run(arrays) - torch_probabilities(run_dir, arrays)).max()
+    assert difference < TOLERANCE
+
+
+def test_onnx_pipeline_predicts_like_the_classifier_on_files(run_dir):
+    paths = images_of(run_dir, "green") + images_of(run_dir, "red")
+    expected, _ = transferlab.load(run_dir).predict_proba(paths)
+    assert np.abs(OnnxClassifier(run_dir).predict_proba(paths) - expected).max() < TOLERANCE
+
+
+@pytest.mark.parametrize("size", [(300, 200), (123, 457), (224, 224), (50, 61), (257, 256)])
+def test_onnx_preprocessing_matches_the_training_preprocessing(run_dir, size):
+    pixels = np.random.default_rng(sum(size)).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    expected = preprocess(image, get_spec("efficientnet_lite0")).transpose(2, 0, 1)
+    np.testing.assert_array_equal(OnnxClassifier(run_dir).prepare(image), expected)
+
+
+def test_int8_model_keeps_accuracy_and_reports_speedup(run_dir):
+    report = json.loads((run_dir / "export.json").read_text())
+    float32, int8 = report["models"]["float32"], report["models"]["int8"]
+    assert float32["test_accuracy"] == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["test_accuracy"])
+    assert int8["test_accuracy"] >= float32["test_accuracy"] - 0.15
+    assert report["int8_speedup"] > 0 and int8["latency_ms"] > 0
+    predictions = OnnxClassifier(run_dir / "model.int8.onnx").predict(images_of(run_dir, "blue"), top_k=1)
+    assert [p.label for p in predictions] == ["blue"] * 4
+
+
+def test_predict_reports_an_undecodable_file_and_goes_on(run_dir, tmp_path):
+    bad = tmp_path / "photo.jpg"
+    bad.write_text("not an image")
+    good = images_of(run_dir, "green", 1)[0]
+    predictions = OnnxClassifier(run_dir).predict([bad, good], top_k=2)
+    assert predictions[0].error and predictions[0].top == []
+    assert predictions[1].label == "green" and len(predictions[1].top) == 2
+
+
+def test_missing_export_explains_how_to_make_one(tmp_path):
+    with pytest.raises(TransferlabError) as caught:
+        OnnxClassifier(tmp_path)
+    assert "transferlab export" in caught.value.hint
+
+
+def test_quantizing_without_the_training_images_explains_why(run_dir, tmp_path):
+    copy = shutil.copytree(run_dir, tmp_path / "run")
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "data": str(tmp_path / "gone")}))
+    with pytest.raises(TransferlabError, match="needs the run's training images"):
+        export_run(copy, quantize="int8")
+
+
+def test_unknown_quantization_is_rejected(run_dir):
+    with pytest.raises(TransferlabError, match="unknown quantization"):
+        export_run(run_dir, quantize="int4")
+
+
+def run_without_torch(code: str) -> subprocess.CompletedProcess:
+    """Run python code in a fresh interpreter where `import torch` / `import timm` fail."""
+    blocker = "import sys; sys.modules['torch'] = None; sys.modules['timm'] = None\n"
+    return subprocess.run([sys.executable, "-c", blocker + code], capture_output=True, text=True, timeout=60)
+
+
+def test_onnx_prediction_needs_no_torch(run_dir):
+    image = images_of(run_dir, "red", 1)[0]
+    result = run_without_torch(
+        "from transferlab.onnx_predict import OnnxClassifier\n"
+        f"print(OnnxClassifier({str(run_dir)!r}).predict([{str(image)!r}])[0].label)\n"
+        "assert sys.modules['torch'] is None\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "red"
+
+
+def test_cli_predict_falls_back_to_onnx_when_torch_is_missing(run_dir):
+    image = images_of(run_dir, "blue", 1)[0]
+    result = run_without_torch(
+        "from transferlab.cli import main\n"
+        f"sys.argv = ['transferlab', 'predict', {str(run_dir)!r}, {str(image)!r}, '--format', 'json']\n"
+        "main()\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["top"][0]["label"] == "blue"
+
+
+@pytest.mark.integration
+def test_onnx_and_pytorch_agree_on_real_photos(run_dir, shared):
+    photos = sorted((shared / "datasets" / "hymenoptera" / "val" / "ants").glob("*.jpg"))[:4]
+    photos += sorted((shared / "datasets" / "hymenoptera" / "val" / "bees").glob("*.jpg"))[:4]
+    model = OnnxClassifier(run_dir)
+    arrays = np.stack([model.prepare(path) for path in photos])
+    assert np.abs(model.run(arrays) - torch_probabilities(run_dir, arrays)).max() < TOLERANCE
+    expected, _ = transferlab.load(run_dir).predict_proba(photos)
+    assert np.abs(model.predict_proba(photos) - expected).max() < TOLERANCE
