@@ -44,7 +44,7 @@ def test_cache_is_addressed_by_content_not_by_path(images, tmp_path):
 
 
 def test_onnx_runtime_matches_eager_pytorch(images, tmp_path):
-    fx = FeatureExtractor(cache_dir=tmp_path / "c", quiet=True, use_cache=False)
+    fx = FeatureExtractor(cache_dir=tmp_path / "c", quiet=True, use_cache=False, device="cpu")
     batch = np.stack([fx.prepare(p) for p in images[:4]])
     onnx_features = fx.run_batch(batch)
     with torch.inference_mode():
