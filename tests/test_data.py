@@ -476,3 +476,10 @@ def test_hymenoptera_presplit_uses_val_as_validation_and_test(shared_datasets):
     assert placeholder in dataset.train.paths and dataset.skipped == []  # a real GIF, just not an ant
     assert open_image(placeholder).size == (300, 300)
     assert open_image(root / "train" / "ants" / "formica.jpeg").mode == "RGB"
+
+
+def test_extremely_elongated_image_is_rejected_before_decoding(tmp_path):
+    path = tmp_path / "strip.png"
+    Image.new("RGB", (5000, 10)).save(path)
+    with pytest.raises(ImageDecodeError, match="elongated"):
+        open_image(path)

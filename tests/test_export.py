@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from rich.console import Console
 from typer.testing import CliRunner
 
 import transferlab
 from transferlab.backbones import get_spec, preprocess
 from transferlab.cli import app
 from transferlab.errors import TransferlabError
-from transferlab.export import export_run
+from transferlab.export import export_run, report_table
 from transferlab.onnx_predict import OnnxClassifier
 
 runner = CliRunner()
@@ -26,15 +27,14 @@ TOLERANCE = 1e-4  # max |p_torch - p_onnx| on probabilities
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A small trained run, exported with `transferlab export RUN --quantize int8`."""
+    """A small trained run, exported to float and int8 ONNX (timed briefly: the speed itself is not tested)."""
     from conftest import COLOURS, write_colour_images
 
     root = tmp_path_factory.mktemp("export")
     for seed, name in enumerate(("red", "green", "blue")):
         write_colour_images(root / "data" / name, COLOURS[name], 15, seed=seed)
     transferlab.train(root / "data", out=root / "run", epochs=5, quiet=True)
-    result = runner.invoke(app, ["export", str(root / "run"), "--format", "onnx", "--quantize", "int8"])
-    assert result.exit_code == 0, result.output
+    export_run(root / "run", quantize="int8", timing_seconds=0.2)
     return root / "run"
 
 
@@ -91,6 +91,18 @@ def test_int8_model_keeps_accuracy_and_reports_speedup(run_dir):
     assert [p.label for p in predictions] == ["blue"] * 4
 
 
+def test_export_table_compares_float_and_int8(run_dir):
+    console = Console(width=160, record=True)
+    console.print(report_table(json.loads((run_dir / "export.json").read_text())))
+    text = console.export_text()
+    assert "model.int8.onnx" in text and "speed-up" in text and "100.0%" in text
+
+
+def test_export_command_rejects_an_unknown_format(run_dir):
+    result = runner.invoke(app, ["export", str(run_dir), "--format", "tflite"])
+    assert isinstance(result.exception, TransferlabError) and "--format onnx" in result.exception.hint
+
+
 def test_predict_reports_an_undecodable_file_and_goes_on(run_dir, tmp_path):
     bad = tmp_path / "photo.jpg"
     bad.write_text("not an image")
@@ -120,8 +132,15 @@ def test_unknown_quantization_is_rejected(run_dir):
 
 
 def run_without_torch(code: str) -> subprocess.CompletedProcess:
-    """Run python code in a fresh interpreter where `import torch` / `import timm` fail."""
-    blocker = "import sys; sys.modules['torch'] = None; sys.modules['timm'] = None\n"
+    """Run python code in a fresh interpreter where importing torch or timm fails, as if not installed."""
+    blocker = (
+        "import sys\n"
+        "class Blocker:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.partition('.')[0] in ('torch', 'timm'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r} (blocked)')\n"
+        "sys.meta_path.insert(0, Blocker())\n"
+    )
     return subprocess.run([sys.executable, "-c", blocker + code], capture_output=True, text=True, timeout=60)
 
 
@@ -130,7 +149,7 @@ def test_onnx_prediction_needs_no_torch(run_dir):
     result = run_without_torch(
         "from transferlab.onnx_predict import OnnxClassifier\n"
         f"print(OnnxClassifier({str(run_dir)!r}).predict([{str(image)!r}])[0].label)\n"
-        "assert sys.modules['torch'] is None\n"
+        "assert not any(m.partition('.')[0] in ('torch', 'timm') for m in sys.modules)\n"
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "red"

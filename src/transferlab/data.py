@@ -35,6 +35,7 @@ from transferlab.errors import TransferlabError
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
 MAX_IMAGE_PIXELS = 120_000_000
+MAX_ASPECT_RATIO = 100  # resizing the shorter side of a 1 x 100000 image to 256 px would need gigabytes
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # PIL warns above this and refuses above twice this; we refuse above it
 
 SPLITS = ("train", "validation", "test")
@@ -219,6 +220,10 @@ def _opened(source: Path | str | bytes) -> Iterator[Image.Image]:
             pixels = image.width * image.height
             if pixels > MAX_IMAGE_PIXELS:
                 raise ImageDecodeError(f"image too large ({pixels:,} pixels, limit {MAX_IMAGE_PIXELS:,})")
+            if max(image.size) > MAX_ASPECT_RATIO * max(1, min(image.size)):
+                raise ImageDecodeError(
+                    f"image {image.width}x{image.height} is too elongated (aspect ratio over {MAX_ASPECT_RATIO})"
+                )
             yield image
     except ImageDecodeError:
         raise

@@ -145,6 +145,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temp file in the same folder, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.chmod(tmp, 0o644)  # mkstemp makes files private (0600); artifacts are meant to be shared
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -403,6 +404,7 @@ def export_onnx(module: torch.nn.Module, input_size: int, path: Path, output_nam
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes files private (0600); exported models are meant to be shared
     try:
         with warnings.catch_warnings():
             # the TorchScript exporter is deprecated but exports timm CNNs reliably and fast
