@@ -241,11 +241,16 @@ def backbones():
 
 
 def wants_onnx(run: Path, flag: bool) -> bool:
-    """--onnx given, RUN is an .onnx file, or RUN has an exported model and torch is not installed."""
-    import importlib.util
-
-    torch_missing = importlib.util.find_spec("torch") is None
-    return flag or run.suffix == ".onnx" or ((run / "model.onnx").is_file() and torch_missing)
+    """--onnx given, RUN is an .onnx file, or RUN has an exported model and torch cannot be imported."""
+    if flag or run.suffix == ".onnx":
+        return True
+    if not (run / "model.onnx").is_file():
+        return False
+    try:
+        import torch  # noqa: F401  (the torch path imports it next anyway)
+    except ImportError:
+        return True
+    return False
 
 
 @app.command()
