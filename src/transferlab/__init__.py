@@ -13,7 +13,7 @@ _EXPORTS = {
     "load": "transferlab.api",
     "dataset": "transferlab.api",
     "Classifier": "transferlab.classifier",
-    "Prediction": "transferlab.classifier",
+    "Prediction": "transferlab.prediction",
     "TransferlabError": "transferlab.errors",
 }
 __all__ = [*_EXPORTS, "__version__"]

@@ -8,7 +8,6 @@ to rebuild the rest; `labels.txt` lists the classes, one a line.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -20,22 +19,12 @@ from safetensors.torch import load_file, save_file
 from transferlab.augment import AugmentConfig
 from transferlab.backbones import get_spec
 from transferlab.errors import TransferlabError
+from transferlab.prediction import Prediction
 from transferlab.features import FeatureExtractor, atomic_write_bytes
 from transferlab.heads import HeadConfig, build_head
 from transferlab.metrics import evaluate_probabilities
 
 MODEL_FORMAT = "transferlab-model/1"
-
-
-@dataclass
-class Prediction:
-    source: str
-    top: list[tuple[str, float]]
-    error: str | None = None
-
-    @property
-    def label(self) -> str | None:
-        return self.top[0][0] if self.top else None
 
 
 class Classifier:

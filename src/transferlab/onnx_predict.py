@@ -12,7 +12,6 @@ import io
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import onnxruntime as ort
 from PIL import Image, ImageOps
 
 from transferlab.errors import TransferlabError
+from transferlab.prediction import Prediction
 
 ONNX_FORMAT = "transferlab-onnx/1"
 MODEL_FILE = "model.onnx"
@@ -35,19 +35,6 @@ _RESAMPLING = {
 }
 
 ImageSource = str | Path | bytes | Image.Image
-
-
-@dataclass
-class Prediction:
-    """Same fields as `transferlab.classifier.Prediction` (which cannot be imported here without torch)."""
-
-    source: str
-    top: list[tuple[str, float]]
-    error: str | None = None
-
-    @property
-    def label(self) -> str | None:
-        return self.top[0][0] if self.top else None
 
 
 def metadata_path(onnx_path: Path) -> Path:
