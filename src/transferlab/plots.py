@@ -21,6 +21,13 @@ def smooth(values: list[float], factor: float = SMOOTHING) -> list[float]:
     return smoothed
 
 
+def save_figure(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_training_curves(epochs: list[dict], out_dir: Path) -> list[Path]:
     """accuracy.png and loss.png: training vs validation, raw (left) and smoothed (right)."""
     written = []
@@ -34,11 +41,7 @@ def plot_training_curves(epochs: list[dict], out_dir: Path) -> list[Path]:
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
             ax.legend()
-        fig.tight_layout()
-        path = out_dir / f"{metric}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, out_dir / f"{metric}.png"))
     return written
 
 
@@ -63,10 +66,7 @@ def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], path: Pat
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_comparison(histories: dict[str, list[dict]], out_dir: Path) -> list[Path]:
@@ -80,9 +80,5 @@ def plot_comparison(histories: dict[str, list[dict]], out_dir: Path) -> list[Pat
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        path = out_dir / f"compare_{metric}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, out_dir / f"compare_{metric}.png"))
     return written
