@@ -13,15 +13,16 @@ from transferlab.backbones import get_spec
 from transferlab.classifier import Classifier
 from transferlab.data import DatasetSplit, load_dataset
 from transferlab.errors import TransferlabError
+from transferlab.report import write_report
 from transferlab.runs import unique_run_dir, write_run
-from transferlab.strategies import STRATEGIES, StrategyResult, TrainOptions, run_strategy
+from transferlab.strategies import STRATEGIES, StrategyResult, TrainOptions, default_backbone, run_strategy
 from transferlab.training import FitConfig
 
 
 def train(
     data: str | Path,
     *,
-    backbone: str = "efficientnet_lite0",
+    backbone: str | None = None,
     strategy: str = "extract",
     out: str | Path | None = None,
     split: tuple[float, float, float] = (0.7, 0.15, 0.15),
@@ -41,7 +42,7 @@ def train(
     weights: str | Path | None = None,
     device: str = "auto",
     cache_dir: str | Path | None = None,
-    views: int = 5,
+    views: int = 3,
     unfreeze: str | int = 1,
     finetune_lr: float = 1e-5,
     finetune_epochs: int = 10,
@@ -53,11 +54,13 @@ def train(
     """Train a classifier on a folder of images, evaluate it on the test split, write a run folder.
 
     Returns the trained `Classifier`, with `.metrics`, `.history` and `.run_dir` filled in.
+    `backbone=None` means efficientnet_lite0, or the small baseline convnet for strategy="scratch".
     """
     started = time.perf_counter()
     console = console or Console(quiet=quiet, stderr=True)
     if strategy not in STRATEGIES:
         raise TransferlabError(f"unknown strategy {strategy!r}", hint=f"choose one of: {', '.join(STRATEGIES)}")
+    backbone = backbone or default_backbone(strategy)
     get_spec(backbone)  # unknown backbone: fail before reading any image
     options = TrainOptions(
         backbone=backbone,
@@ -94,8 +97,10 @@ def train(
     console.print(dataset.summary_table())
     result = run_strategy(strategy, dataset, options)
     test_metrics = result.classifier.evaluate(result.split.test.paths, result.split.test.labels, tta=tta)
+    # the original view's features are cached by the TTA pass, so the comparison costs only the head
+    no_tta = result.classifier.evaluate(result.split.test.paths, result.split.test.labels) if tta > 1 else None
     run_dir = unique_run_dir(out, data, strategy)
-    metrics = run_metrics(result, test_metrics, tta, time.perf_counter() - started)
+    metrics = run_metrics(result, test_metrics, tta, time.perf_counter() - started, no_tta=no_tta)
     config = {
         "data": str(Path(data).resolve()),
         "strategy": strategy,
@@ -110,13 +115,14 @@ def train(
         "layout": dataset.layout,
     }
     write_run(run_dir, result, config=config, metrics=metrics)
+    write_report(run_dir, cache_dir=options.cache_dir)
     classifier = result.classifier
     classifier.run_dir, classifier.metrics, classifier.history = run_dir, metrics, result.history
     console.print(run_summary(metrics, run_dir))
     return classifier
 
 
-def run_metrics(result: StrategyResult, test: dict, tta: int, seconds: float) -> dict:
+def run_metrics(result: StrategyResult, test: dict, tta: int, seconds: float, no_tta: dict | None = None) -> dict:
     split = result.split
     history = result.history
     best = history.epochs[history.best_epoch - 1] if history.epochs else {}
@@ -135,6 +141,7 @@ def run_metrics(result: StrategyResult, test: dict, tta: int, seconds: float) ->
         "n_test": len(split.test),
         "n_skipped": len(split.skipped),
         "tta": tta,
+        **tta_effect(test, no_tta),
         "extract_seconds": round(result.extract_seconds, 3),
         "train_seconds": round(result.train_seconds, 3),
         "total_seconds": round(seconds, 3),
@@ -144,6 +151,20 @@ def run_metrics(result: StrategyResult, test: dict, tta: int, seconds: float) ->
     }
 
 
+def tta_effect(test: dict, no_tta: dict | None) -> dict:
+    """With TTA: the accuracy without it, and whether averaging over views helped (strictly better)."""
+    if no_tta is None:
+        return {}
+    return {"test_accuracy_no_tta": no_tta["accuracy"], "tta_helped": test["accuracy"] > no_tta["accuracy"]}
+
+
+def tta_line(metrics: dict) -> str:
+    if "test_accuracy_no_tta" not in metrics:
+        return ""
+    verdict = "helped" if metrics["tta_helped"] else "did not help"
+    return f"TTA over {metrics['tta']} views {verdict}: {metrics['test_accuracy_no_tta']:.1%} without it\n"
+
+
 def run_summary(metrics: dict, run_dir: Path) -> str:
     top5 = f", top-5 {metrics['top5_accuracy']:.1%}" if metrics["top5_accuracy"] is not None else ""
     where = "validation (no test split)" if metrics["test_is_validation"] else "test"
@@ -151,6 +172,7 @@ def run_summary(metrics: dict, run_dir: Path) -> str:
         f"[bold green]{where} accuracy {metrics['test_accuracy']:.1%}[/]{top5} on {metrics['n_test']} images; "
         f"{metrics['total_seconds']:.1f} s total (features {metrics['extract_seconds']:.1f} s, "
         f"training {metrics['train_seconds']:.1f} s)\n"
+        f"{tta_line(metrics)}"
         f"run folder: {run_dir}  (plots: {run_dir / 'accuracy.png'}, {run_dir / 'loss.png'})"
     )
 
@@ -158,6 +180,16 @@ def run_summary(metrics: dict, run_dir: Path) -> str:
 def load(run: str | Path, cache_dir: str | Path | None = None) -> Classifier:
     """Load a trained classifier from its run folder."""
     return Classifier.load(run, cache_dir=Path(cache_dir) if cache_dir else None)
+
+
+def compare(data: str | Path, strategies: Iterable[str] = ("scratch", "extract", "augment", "finetune"), **kwargs):
+    """Every strategy on the same split, one run folder each, plus compare.csv / compare.md / plots.
+
+    Keywords as `train` (see `transferlab.compare.compare`); returns a `Comparison`.
+    """
+    from transferlab.compare import compare as compare_strategies  # compare builds on train(): no import cycle
+
+    return compare_strategies(data, strategies, **kwargs)
 
 
 def dataset(data: str | Path, **kwargs) -> DatasetSplit:

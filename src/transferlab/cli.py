@@ -72,7 +72,7 @@ def emit_json(value) -> None:
 @app.command()
 def train(
     data: Annotated[Path, typer.Argument(help="Folder of class subfolders, a pre-split folder, or a folder with train.txt/test.txt.")],
-    backbone: Annotated[str, typer.Option(help="Pretrained backbone (see `transferlab backbones`).")] = "efficientnet_lite0",
+    backbone: Annotated[Optional[str], typer.Option(help="Backbone (see `transferlab backbones`); default efficientnet_lite0, small_cnn for scratch.")] = None,
     strategy: Annotated[str, typer.Option(help="extract | augment | finetune | scratch")] = "extract",
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<data>-<strategy>).")] = None,
     include: Annotated[Optional[str], typer.Option(help="Only these classes, comma-separated.")] = None,
@@ -91,7 +91,7 @@ def train(
     layer: Annotated[Optional[str], typer.Option(help="Take features from this stage index instead of the last.")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Backbone weights file (safetensors) instead of a download.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    views: Annotated[int, typer.Option(help="Augmented views per training image (augment, finetune).")] = 5,
+    views: Annotated[int, typer.Option(help="Augmented views per training image (augment, finetune).")] = 3,
     unfreeze: Annotated[str, typer.Option(help="Top blocks to fine-tune: N or 'all'.")] = "1",
     tta: Annotated[int, typer.Option(help="Test-time augmentation views for the evaluation (1: off).")] = 1,
 ):
@@ -285,6 +285,110 @@ def serve(
 
     err.print(f"serving {run} on http://{host}:{port}/ (Ctrl-C to stop)")
     serve_run(run, host=host, port=port, max_upload_mb=max_upload_mb, engine="onnx" if use_onnx else "torch")
+
+
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="Run folder, or a folder written by `transferlab compare`.")],
+):
+    """Write RUN/report.html: one self-contained page with data, settings, curves, metrics, errors and model."""
+    from transferlab.report import write_report
+
+    path = write_report(run)
+    if state.json:
+        emit_json({"report": str(path)})
+    elif not state.quiet:
+        out.print(f"wrote {path}")
+
+
+@app.command()
+def summary(
+    target: Annotated[str, typer.Argument(help="Backbone name (see `transferlab backbones`) or run folder.")],
+    input_size: Annotated[Optional[int], typer.Option(help="Input size in pixels (default: the backbone's own).")] = None,
+    depth: Annotated[int, typer.Option(help="Levels of nested layers shown below the top-level ones.")] = 1,
+):
+    """Keras-style model summary: layers, output shapes, parameters, trainable or frozen."""
+    from transferlab.summary import summary_of
+
+    result = summary_of(target, input_size=input_size, depth=depth)
+    if state.json:
+        emit_json(result.to_dict())
+    else:
+        out.print(result.table())
+
+
+@app.command()
+def compare(
+    data: Annotated[Path, typer.Argument(help="Image folder, as for `transferlab train`.")],
+    strategies: Annotated[str, typer.Option(help="Comma-separated strategies, trained in this order.")] = "scratch,extract,augment,finetune",
+    backbone: Annotated[str, typer.Option(help="Pretrained backbone of the transfer strategies.")] = "efficientnet_lite0",
+    scratch_backbone: Annotated[Optional[str], typer.Option(help="Architecture for scratch (default small_cnn).")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the runs and tables (default runs/<data>-compare).")] = None,
+    include: Annotated[Optional[str], typer.Option(help="Only these classes, comma-separated.")] = None,
+    exclude: Annotated[Optional[str], typer.Option(help="Leave out these classes, comma-separated.")] = None,
+    split: Annotated[str, typer.Option(help="train,validation,test fractions for a folder of classes.")] = "0.7,0.15,0.15",
+    max_per_class: Annotated[Optional[int], typer.Option(help="Cap the number of images per class.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the split and every run.")] = 0,
+    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs of each run (default: train's).")] = None,
+    views: Annotated[Optional[int], typer.Option(help="Augmented views per training image (augment, finetune).")] = None,
+    unfreeze: Annotated[str, typer.Option(help="Top blocks to fine-tune: N or 'all'.")] = "1",
+    finetune_epochs: Annotated[Optional[int], typer.Option(help="Epochs of the fine-tuning phase.")] = None,
+    finetune_lr: Annotated[Optional[float], typer.Option(help="Learning rate of the fine-tuning phase.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    tta: Annotated[int, typer.Option(help="Test-time augmentation views for the evaluations (1: off).")] = 1,
+):
+    """Train several strategies on the same split; write compare.csv, compare.md, plots and every run folder."""
+    from transferlab.api import compare as compare_api
+
+    optional = {"epochs": epochs, "views": views, "finetune_epochs": finetune_epochs, "finetune_lr": finetune_lr}
+    comparison = compare_api(
+        data,
+        comma_list(strategies) or [],
+        backbone=backbone,
+        scratch_backbone=scratch_backbone,
+        out=out_dir,
+        include=comma_list(include),
+        exclude=comma_list(exclude),
+        split=parse_split(split),
+        max_per_class=max_per_class,
+        seed=seed,
+        unfreeze=unfreeze,
+        device=device,
+        tta=tta,
+        quiet=state.quiet,
+        **{key: value for key, value in optional.items() if value is not None},
+    )
+    if state.json:
+        emit_json({"out": str(comparison.out), "rows": comparison.rows})
+
+
+@app.command("augment-preview")
+def augment_preview(
+    source: Annotated[Path, typer.Argument(help="An image, or a folder (its first image is used).")],
+    n: Annotated[int, typer.Option("--n", help="Number of augmented variants.")] = 8,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the grid (and the variants).")] = Path("augment-preview"),
+    backbone: Annotated[str, typer.Option(help="Resize and crop as this backbone sees images, before augmenting.")] = "efficientnet_lite0",
+    seed: Annotated[int, typer.Option(help="Seed of the first variant.")] = 0,
+    save_prefix: Annotated[Optional[str], typer.Option(help="Also write the variants as PREFIX_<i>_<seed>.<format>.")] = None,
+    save_format: Annotated[str, typer.Option(help="Format of the saved variants: jpeg | png.")] = "jpeg",
+):
+    """Preview the training augmentation (the notebooks' settings): a grid of the original and N variants."""
+    from PIL import Image
+
+    from transferlab.augment import AugmentConfig, preview_grid, save_augmented
+    from transferlab.backbones import get_spec, preprocess
+    from transferlab.data import open_image
+
+    path = image_files([source])[0]
+    image = Image.fromarray(preprocess(open_image(path), get_spec(backbone)))
+    config = AugmentConfig()
+    grid = out_dir / f"{path.stem}-augmented.png"
+    preview_grid(image, config, n=n, seed=seed, path=grid)
+    saved = save_augmented(image, config, n, out_dir, prefix=save_prefix, format=save_format, seed=seed) if save_prefix else []
+    if state.json:
+        emit_json({"grid": str(grid), "saved": [str(p) for p in saved]})
+    elif not state.quiet:
+        out.print(f"wrote {grid}" + (f" and {len(saved)} augmented images in {out_dir}" if saved else ""))
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ run loses at most the batch in flight and a later run (another head, another str
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -63,7 +64,8 @@ class Trunk(torch.nn.Module):
 
     Normalisation lives inside the network so that exported models take raw RGB bytes.
     `layer=None` gives the backbone's pre-logits features; an int picks the output of that stage
-    (negative counts from the end), which suits images far from ImageNet.
+    (negative counts from the end), which suits images far from ImageNet. `pool=False` keeps the spatial
+    map ([n, c, h, w]); with `layer=None` that is the output of `forward_features` (e.g. a split prefix).
     """
 
     def __init__(self, model: torch.nn.Module, mean, std, layer: int | None = None, pool: bool = True):
@@ -76,10 +78,41 @@ class Trunk(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = (images.float() - self.mean) / self.std
+        if self.layer is None and not self.pool:
+            return self.model.forward_features(x)
         if self.layer is None:
             return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
         (x,) = self.model.forward_intermediates(x, indices=[self.layer], intermediates_only=True)
         return x.mean(dim=(2, 3)) if self.pool else x
+
+
+def split_backbone(model: torch.nn.Module, boundary: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(prefix, tail): copies of `model` cut before `boundary`, a top-level child ("layer4") or an element of a
+    top-level Sequential ("blocks.6").
+
+    `prefix.forward_features(x)` gives the activations at the boundary and
+    `tail.forward_head(tail.forward_features(a), pre_logits=True)` the pooled features from them: the modules
+    on the other side are replaced by Identity, so both keep the model's own forward code and the tail's
+    state_dict keys are those of the full model. This assumes children registered in forward order (true of
+    timm's CNNs); models that add parameters between children (ViT's position embedding) do not split,
+    which callers detect by comparing with the whole model.
+    """
+    container, _, index = boundary.partition(".")
+    names = [name for name, _ in model.named_children()]
+    if container not in names or (index and not index.isdigit()):
+        raise TransferlabError(f"cannot split {type(model).__name__} at {boundary!r}: no such block")
+    position = names.index(container)
+    prefix, tail = copy.deepcopy(model), copy.deepcopy(model)
+    for name in names[position + 1 :]:
+        setattr(prefix, name, torch.nn.Identity())
+    for name in names[:position]:
+        setattr(tail, name, torch.nn.Identity())
+    if index:
+        setattr(prefix, container, getattr(prefix, container)[: int(index)])
+        setattr(tail, container, getattr(tail, container)[int(index) :])
+    else:
+        setattr(prefix, container, torch.nn.Identity())
+    return prefix, tail
 
 
 def stage_count(model: torch.nn.Module) -> int:
@@ -105,9 +138,10 @@ class ExtractionResult:
 class FeatureCache:
     """Feature vectors in one SQLite file per extractor; each batch is one transaction (atomic on kill -9)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, dtype: type = np.float32):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.dtype = np.dtype(dtype)
         self._db = sqlite3.connect(path, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS features (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
@@ -119,14 +153,14 @@ class FeatureCache:
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
             for key, blob in self._db.execute(f"SELECT key, vector FROM features WHERE key IN ({marks})", chunk):
-                found[key] = np.frombuffer(blob, dtype=np.float32)
+                found[key] = np.frombuffer(blob, dtype=self.dtype)
         return found
 
     def put_many(self, items: dict[str, np.ndarray]) -> None:
         with self._db:  # one transaction: all of the batch or nothing
             self._db.executemany(
                 "INSERT OR REPLACE INTO features (key, vector) VALUES (?, ?)",
-                [(k, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for k, v in items.items()],
+                [(k, np.ascontiguousarray(v, dtype=self.dtype).tobytes()) for k, v in items.items()],
             )
 
     def __len__(self) -> int:
@@ -191,11 +225,16 @@ class FeatureExtractor:
         cache_dir: str | Path | None = None,
         use_cache: bool = True,
         quiet: bool = False,
+        until: str | None = None,
     ):
+        """`until` names a block (see `split_backbone`): the extractor then returns the unpooled activations
+        entering it, flattened to [n, c*h*w] and stored as float16 (they are large; fine-tuning caches them)."""
         if batch_size < 1:
             raise TransferlabError(f"batch size must be >= 1, got {batch_size}")
         self.spec = backbones.get_spec(backbone)
         self.layer = layer
+        self.until = until
+        self.dtype = np.float16 if until else np.float32
         self.weights = weights
         self.backbone_state = backbone_state
         self.pretrained = pretrained
@@ -223,6 +262,7 @@ class FeatureExtractor:
                 else "random",
                 "state": state_fingerprint(self.backbone_state),
                 "layer": self.layer,
+                **({"until": self.until} if self.until else {}),  # absent otherwise: existing keys stay valid
                 "input_size": self.spec.input_size,
                 "resize": self.spec.resize_size,
                 "interpolation": self.spec.interpolation,
@@ -235,7 +275,9 @@ class FeatureExtractor:
     @property
     def cache(self) -> FeatureCache:
         if self._cache is None:
-            self._cache = FeatureCache(self.cache_dir / "features" / f"{self.spec.name}-{self.key}.sqlite")
+            self._cache = FeatureCache(
+                self.cache_dir / "features" / f"{self.spec.name}-{self.key}.sqlite", dtype=self.dtype
+            )
         return self._cache
 
     # -- network ----------------------------------------------------------------------------------
@@ -247,7 +289,11 @@ class FeatureExtractor:
             if self.backbone_state:
                 model.load_state_dict(self.backbone_state, strict=False)
             self._check_layer(model)
-            self._trunk = Trunk(model, self.spec.mean, self.spec.std, self.layer).eval()
+            if self.until:
+                self._trunk = Trunk(split_backbone(model, self.until)[0], self.spec.mean, self.spec.std, pool=False)
+            else:
+                self._trunk = Trunk(model, self.spec.mean, self.spec.std, self.layer)
+            self._trunk.eval()
         return self._trunk
 
     def _check_layer(self, model: torch.nn.Module) -> None:
@@ -275,15 +321,18 @@ class FeatureExtractor:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def run_batch(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 [n, h, w, 3] -> float32 [n, d]."""
+        """uint8 [n, h, w, 3] -> [n, d] in self.dtype (float32, or float16 for unpooled activations)."""
         nchw = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
         if self.runtime == "onnx":
             if self._session is None:
                 self._session = self._onnx_session()
-            return self._session.run(None, {"images": nchw})[0]
-        trunk = self.trunk().to(self.device)
-        with torch.inference_mode():
-            return trunk(torch.from_numpy(nchw).to(self.device, non_blocking=True)).float().cpu().numpy()
+            out = self._session.run(None, {"images": nchw})[0]
+        else:
+            trunk = self.trunk().to(self.device)
+            with torch.inference_mode():
+                out = trunk(torch.from_numpy(nchw).to(self.device, non_blocking=True)).float().cpu().numpy()
+        # rounded here, not only when stored, so a cold run returns exactly what a warm run reads back
+        return out.reshape(len(out), -1).astype(self.dtype, copy=False)
 
     # -- images -----------------------------------------------------------------------------------
     def prepare(self, source: Path | bytes | Image.Image, augment: AugmentConfig | None = None, seed: int = 0):
@@ -332,7 +381,7 @@ class FeatureExtractor:
                 rows.append(vector)
                 kept[i] = True
         dim = rows[0].shape[0] if rows else 0
-        features = np.stack(rows).astype(np.float32, copy=False) if rows else np.zeros((0, dim), np.float32)
+        features = np.stack(rows).astype(self.dtype, copy=False) if rows else np.zeros((0, dim), self.dtype)
         return ExtractionResult(
             features=features,
             kept=kept,
@@ -368,7 +417,7 @@ class FeatureExtractor:
 
         def decode(i: int):
             try:
-                seed = int(keys[i][:8], 16) if augment is not None else 0
+                seed = augmentation_seed(keys[i]) if augment is not None else 0
                 return i, self.prepare(paths[i], augment, seed), None
             except ImageDecodeError as exc:
                 return i, None, exc.message
@@ -386,6 +435,12 @@ class FeatureExtractor:
                 batch_failed = {paths[i]: err for i, arr, err in results if err is not None}
                 batch = np.stack([arr for _, arr in ok]) if ok else np.zeros((0,), np.uint8)
                 yield [keys[i] for i, _ in ok], batch, batch_failed
+
+
+def augmentation_seed(key: str) -> int:
+    """Seed of one augmented view, from its whole cache key (image digest, augmentation key and view index),
+    so that every view of an image is a different draw."""
+    return int(hashlib.blake2b(key.encode(), digest_size=8).hexdigest(), 16)
 
 
 def state_fingerprint(state: dict[str, torch.Tensor] | None) -> str | None:

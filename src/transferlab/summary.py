@@ -192,7 +192,8 @@ def summarize_backbone(name: str, input_size: int | None = None, depth: int = 1)
     spec = get_spec(name)
     size = input_size or spec.input_size
     model = create_backbone(name, pretrained=False)  # shapes and counts do not depend on the weights
-    return summarize(model, size, depth=depth, title=f"{name} (timm {spec.timm_name}) at {size}×{size}")
+    source = f" (timm {spec.timm_name})" if spec.timm_name else ""
+    return summarize(model, size, depth=depth, title=f"{name}{source} at {size}×{size}")
 
 
 def summarize_run(run: str | Path | Classifier, input_size: int | None = None, depth: int = 1) -> Summary:

@@ -6,12 +6,21 @@ from collections.abc import Callable
 
 from transferlab.data import DatasetSplit
 from transferlab.errors import TransferlabError
-from transferlab.strategies import extract
+from transferlab.backbones import DEFAULT_BACKBONE
+from transferlab.strategies import augment, extract, finetune, scratch
 from transferlab.strategies.base import StrategyResult, TrainOptions
 
 STRATEGIES: dict[str, Callable[[DatasetSplit, TrainOptions], StrategyResult]] = {
     "extract": extract.train,
+    "augment": augment.train,
+    "finetune": finetune.train,
+    "scratch": scratch.train,
 }
+
+
+def default_backbone(strategy: str) -> str:
+    """The backbone a strategy uses when none is named: the small baseline convnet for scratch."""
+    return scratch.DEFAULT_BACKBONE if strategy == "scratch" else DEFAULT_BACKBONE
 
 
 def run_strategy(name: str, split: DatasetSplit, options: TrainOptions) -> StrategyResult:
@@ -20,4 +29,4 @@ def run_strategy(name: str, split: DatasetSplit, options: TrainOptions) -> Strat
     return STRATEGIES[name](split, options)
 
 
-__all__ = ["STRATEGIES", "StrategyResult", "TrainOptions", "run_strategy"]
+__all__ = ["STRATEGIES", "StrategyResult", "TrainOptions", "default_backbone", "run_strategy"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,7 @@ class TrainOptions:
     extract_batch_size: int = 32
     cache_dir: Path | None = None
     quiet: bool = False
-    views: int = 5  # augmented views per training image (augment, finetune)
+    views: int = 3  # augmented views per training image (augment, finetune); more cost ~50 s each on Caltech
     unfreeze: str = "1"  # top blocks to fine-tune: a number or "all"
     finetune_lr: float = 1e-5
     finetune_epochs: int = 10
@@ -54,7 +55,8 @@ class StrategyResult:
     extra: dict = field(default_factory=dict)
 
 
-def make_extractor(options: TrainOptions) -> FeatureExtractor:
+def make_extractor(options: TrainOptions, **overrides) -> FeatureExtractor:
+    """The extractor the options describe; `overrides` are further FeatureExtractor keywords (e.g. until=)."""
     return FeatureExtractor(
         options.backbone,
         layer=options.layer,
@@ -63,6 +65,7 @@ def make_extractor(options: TrainOptions) -> FeatureExtractor:
         batch_size=options.extract_batch_size,
         cache_dir=options.cache_dir,
         quiet=options.quiet,
+        **overrides,
     )
 
 
@@ -74,6 +77,14 @@ def extract_split(extractor: FeatureExtractor, split: DatasetSplit) -> tuple[Dat
     }
     failed = {path: reason for result in results.values() for path, reason in result.failed.items()}
     return (split.without(failed) if failed else split), results
+
+
+def extraction_timing(results: Iterable[ExtractionResult]) -> tuple[float, float]:
+    """(seconds spent, images per second over the images actually computed, not read from the cache)."""
+    results = list(results)
+    computed = [(int(r.kept.sum()) - r.cache_hits, r.seconds) for r in results if r.images_per_second > 0]
+    images, seconds = sum(n for n, _ in computed), sum(s for _, s in computed)
+    return sum(r.seconds for r in results), (images / seconds if seconds > 0 else 0.0)
 
 
 def tensors(features: np.ndarray, subset: Subset) -> tuple[torch.Tensor, torch.Tensor]:

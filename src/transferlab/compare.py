@@ -1,0 +1,153 @@
+"""Every strategy on the same split: one run folder each, one table (CSV, markdown, terminal), overlay plots.
+
+The split is drawn once and written to DIR/split.csv; every strategy's run reads it back, so all of them
+train, validate and test on exactly the same files.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from transferlab.api import train
+from transferlab.classifier import Classifier
+from transferlab.data import load_dataset
+from transferlab.errors import TransferlabError
+from transferlab.plots import plot_comparison
+from transferlab.runs import unique_run_dir
+from transferlab.strategies import STRATEGIES
+
+DEFAULT_STRATEGIES = ("scratch", "extract", "augment", "finetune")
+COLUMNS = (
+    "strategy", "backbone", "test_accuracy", "top5_accuracy", "val_accuracy", "epochs_run",
+    "train_seconds", "extract_seconds", "total_seconds", "images_per_second", "run_dir",
+)
+# Keywords that choose the files; they are applied once, then every run reads DIR/split.csv instead.
+SELECTION_KEYWORDS = ("split", "include", "exclude", "max_per_class")
+
+
+@dataclass
+class Comparison:
+    out: Path
+    rows: list[dict]
+    classifiers: dict[str, Classifier]
+
+    def table(self) -> Table:
+        table = Table(title=f"strategies compared ({self.out})")
+        for header in ("strategy", "backbone", "test acc.", "top-5", "train s", "extraction s", "total s", "img/s"):
+            table.add_column(header, justify="left" if header in ("strategy", "backbone") else "right")
+        for row in self.rows:
+            table.add_row(*formatted(row))
+        return table
+
+
+def compare(
+    data: str | Path,
+    strategies: Iterable[str] = DEFAULT_STRATEGIES,
+    *,
+    out: str | Path | None = None,
+    seed: int = 0,
+    split_csv: str | Path | None = None,
+    scratch_backbone: str | None = None,
+    quiet: bool = False,
+    console: Console | None = None,
+    **train_kwargs,
+) -> Comparison:
+    """Train every strategy on one split of `data`; write DIR/<strategy>/ runs, compare.csv, compare.md, plots.
+
+    `train_kwargs` are `transferlab.train` keywords shared by all runs (backbone, epochs, views, ...);
+    `backbone` applies to the transfer strategies, `scratch_backbone` (default: the small convnet) to scratch.
+    """
+    strategies = checked_strategies(strategies)
+    console = console or Console(quiet=quiet, stderr=True)
+    out_dir = unique_run_dir(out, data, "compare")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    selection = {key: train_kwargs.pop(key) for key in SELECTION_KEYWORDS if key in train_kwargs}
+    if split_csv is None:
+        split_csv = out_dir / "split.csv"
+        load_dataset(data, seed=seed, **selection).write_split_csv(split_csv)
+    elif selection:
+        raise TransferlabError(
+            f"split_csv fixes the files; {', '.join(selection)} cannot be combined with it",
+            hint="leave out split_csv, or the file-selection options",
+        )
+    classifiers: dict[str, Classifier] = {}
+    for strategy in strategies:
+        console.rule(f"[bold]{strategy}")
+        backbone = scratch_backbone if strategy == "scratch" else train_kwargs.get("backbone")
+        classifiers[strategy] = train(
+            data,
+            **{**train_kwargs, "backbone": backbone},
+            strategy=strategy,
+            out=out_dir / strategy,
+            seed=seed,
+            split_csv=split_csv,
+            quiet=quiet,
+            console=console,
+        )
+    comparison = Comparison(out_dir, [row_of(name, c, out_dir) for name, c in classifiers.items()], classifiers)
+    write_comparison(comparison, title=f"{Path(data).resolve().name}: strategies compared on one split")
+    console.print(comparison.table())
+    return comparison
+
+
+def checked_strategies(strategies: Iterable[str]) -> list[str]:
+    names = list(strategies)
+    unknown = [name for name in names if name not in STRATEGIES]
+    if unknown or not names or len(set(names)) != len(names):
+        problem = f"unknown strategy {unknown[0]!r}" if unknown else "strategies must be distinct and not empty"
+        raise TransferlabError(problem, hint=f"choose from: {', '.join(STRATEGIES)}, e.g. scratch,extract,augment")
+    return names
+
+
+def row_of(strategy: str, classifier: Classifier, out_dir: Path) -> dict:
+    metrics = classifier.metrics
+    return {
+        "strategy": strategy,
+        "backbone": classifier.backbone,
+        **{key: metrics.get(key) for key in COLUMNS[2:-1]},
+        "run_dir": str(Path(classifier.run_dir).relative_to(out_dir)),
+    }
+
+
+def write_comparison(comparison: Comparison, title: str) -> list[Path]:
+    """compare.csv (raw numbers), compare.md (a readable table) and compare_{accuracy,loss}.png."""
+    csv_path, md_path = comparison.out / "compare.csv", comparison.out / "compare.md"
+    with csv_path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(comparison.rows)
+    headers = ("strategy", "backbone", "test accuracy", "top-5", "train s", "extraction s", "total s", "images/s")
+    lines = [
+        f"# {title}",
+        "",
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join([":---"] * 2 + ["---:"] * (len(headers) - 2)) + "|",
+        *("| " + " | ".join(formatted(row)) + " |" for row in comparison.rows),
+        "",
+        "Validation accuracy and loss per epoch: compare_accuracy.png, compare_loss.png.",
+    ]
+    md_path.write_text("\n".join(lines) + "\n")
+    histories = {name: c.history.epochs for name, c in comparison.classifiers.items()}
+    return [csv_path, md_path, *plot_comparison(histories, comparison.out)]
+
+
+def formatted(row: dict) -> list[str]:
+    """Table cells: accuracies as percentages, times in seconds, '-' for what does not apply."""
+
+    def percent(value):
+        return "-" if value is None else f"{value:.1%}"
+
+    def number(value, digits=1):
+        return "-" if not value else f"{value:.{digits}f}"
+
+    return [
+        row["strategy"], row["backbone"], percent(row["test_accuracy"]), percent(row["top5_accuracy"]),
+        number(row["train_seconds"]), number(row["extract_seconds"]), number(row["total_seconds"]),
+        number(row["images_per_second"], 0),
+    ]

@@ -1,0 +1,321 @@
+"""Fine-tuning: a head on the frozen base first, then the top blocks of the base trained along with it.
+
+Phase 1 is the `augment` strategy's head. Phase 2 unfreezes the top N blocks (`unfreeze`: "1" is the last
+stage of the backbone plus what follows it, e.g. blocks.6 + conv_head + bn2 of EfficientNet; "all" is
+everything) and trains them with the head at a low learning rate (RMSprop, as the notebooks), on augmented
+images, with BatchNorm kept in inference mode.
+
+On a CPU the frozen part dominates the cost, so by default the activations entering the first unfrozen
+block are computed once for the original and K augmented views of every training image (cached on disk,
+float16) and phase 2 trains only the unfrozen part from that cache: each epoch shows every image once, in
+one of its views drawn at random. When everything is unfrozen, or the backbone cannot be cut cleanly,
+phase 2 runs end to end on images augmented on the fly.
+
+The classifier keeps the pretrained backbone plus `backbone_state`: the tensors of the unfrozen part,
+named as in the full timm model's state_dict.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from timm.models import group_parameters
+
+from transferlab.backbones import create_backbone, get_spec
+from transferlab.classifier import Classifier
+from transferlab.data import DatasetSplit
+from transferlab.errors import TransferlabError
+from transferlab.features import Trunk, split_backbone
+from transferlab.heads import HeadConfig
+from transferlab.strategies.augment import (
+    CHANNELS_LAST,
+    ImageBatches,
+    augment_config,
+    decode_images,
+    extract_views,
+    fit_augmented_head,
+    train_head_on_views,
+)
+from transferlab.strategies.base import StrategyResult, TrainOptions, extraction_timing, make_extractor, tensors
+from transferlab.training import BatchTransform, FitConfig, History, fit
+
+FINETUNE_OPTIMIZER = "rmsprop"  # the notebooks' choice for fine-tuning
+_POOL_BATCH = 256
+
+
+# -- which part is unfrozen ------------------------------------------------------------------------
+def block_groups(model: torch.nn.Module) -> list[list[str]]:
+    """Parameter names in forward order, one list per block (timm's coarse group_matcher), classifier left out.
+
+    timm folds what follows the last stage (EfficientNet's conv_head/bn2, ConvNeXt's norm) into that stage.
+    """
+    if not hasattr(model, "group_matcher"):
+        raise TransferlabError(
+            f"{type(model).__name__} has no pretrained blocks to fine-tune",
+            hint="use a pretrained backbone (see `transferlab backbones`), or --strategy scratch",
+        )
+    classifier = model.pretrained_cfg.get("classifier") or "classifier"
+    groups = group_parameters(model, model.group_matcher(coarse=True))
+    kept = [[n for n in names if not n.startswith(classifier + ".")] for _, names in sorted(groups.items())]
+    return [names for names in kept if names]
+
+
+def unfrozen_groups(model: torch.nn.Module, unfreeze: str) -> list[list[str]]:
+    """The top `unfreeze` groups ("all": every one)."""
+    groups = block_groups(model)
+    if unfreeze == "all":
+        return groups
+    if not unfreeze.isdigit() or int(unfreeze) < 1:
+        raise TransferlabError(
+            f"--unfreeze must be a number of blocks or 'all', got {unfreeze!r}", hint="e.g. --unfreeze 1"
+        )
+    return groups[-int(unfreeze) :]
+
+
+def unfrozen_state_keys(model: torch.nn.Module, groups: list[list[str]]) -> list[str]:
+    """state_dict keys of the unfrozen part: its parameters and the buffers (BatchNorm statistics) beside them."""
+    params = {name for names in groups for name in names}
+    modules = {name.rpartition(".")[0] for name in params}
+    return [key for key in model.state_dict() if key in params or key.rpartition(".")[0] in modules]
+
+
+def boundary_of(model: torch.nn.Module, first_param: str) -> str:
+    """The block a parameter belongs to, as split_backbone names it: "blocks.6" or "layer4"."""
+    first, _, rest = first_param.partition(".")
+    index = rest.partition(".")[0]
+    return f"{first}.{index}" if isinstance(getattr(model, first), torch.nn.Sequential) and index.isdigit() else first
+
+
+class TailNet(torch.nn.Module):
+    """Boundary activations (flattened or NCHW) -> pooled features, through the unfrozen part of the base."""
+
+    def __init__(self, tail: torch.nn.Module, shape: tuple[int, ...]):
+        super().__init__()
+        tail.reset_classifier(0)  # the ImageNet classifier is never used and must not be trained or saved
+        self.tail = tail
+        self.shape = shape
+
+    def forward(self, activations: torch.Tensor) -> torch.Tensor:
+        x = activations.float().reshape(len(activations), *self.shape)
+        return self.tail.forward_head(self.tail.forward_features(x), pre_logits=True)
+
+
+def cached_tail(model: torch.nn.Module, boundary: str, mean, std, size: int) -> TailNet | None:
+    """The part after `boundary` when cutting there computes exactly what the whole model does, else None."""
+    prefix_model, tail_model = split_backbone(model, boundary)
+    prefix = Trunk(prefix_model, mean, std, pool=False).eval()
+    images = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        activations = prefix(images)
+        tail = TailNet(tail_model, tuple(activations.shape[1:])).eval()
+        matches = torch.allclose(tail(activations), Trunk(model, mean, std).eval()(images), rtol=1e-4, atol=1e-4)
+    return tail if matches else None
+
+
+# -- training ---------------------------------------------------------------------------------------
+def finetune_config(options: TrainOptions) -> FitConfig:
+    return dataclasses.replace(
+        options.fit, epochs=options.finetune_epochs, lr=options.finetune_lr, optimizer=FINETUNE_OPTIMIZER
+    )
+
+
+def train(split: DatasetSplit, options: TrainOptions) -> StrategyResult:
+    if options.layer is not None:
+        raise TransferlabError(
+            "--layer cannot be combined with fine-tuning", hint="fine-tuning trains the top blocks; drop --layer"
+        )
+    model = create_backbone(options.backbone, weights=options.weights, cache_dir=options.cache_dir)
+    groups = unfrozen_groups(model, options.unfreeze)
+    keys = unfrozen_state_keys(model, groups)
+    if len(groups) < len(block_groups(model)):
+        boundary = boundary_of(model, groups[0][0])
+        spec = get_spec(options.backbone)
+        tail = cached_tail(model, boundary, spec.mean, spec.std, spec.input_size)
+        if tail is not None:
+            return train_cached(split, options, boundary, tail, keys)
+    return train_end_to_end(split, options, model, keys)
+
+
+def train_cached(
+    split: DatasetSplit, options: TrainOptions, boundary: str, tail: TailNet, keys: list[str]
+) -> StrategyResult:
+    """Both phases from the activations at the boundary: the frozen prefix runs once per image and view."""
+    extractor = make_extractor(options, until=boundary)
+    train_original = extractor.extract(split.train.paths, description="activations: train")
+    val = extractor.extract(split.val.paths, description="activations: validation")
+    failed = {**train_original.failed, **val.failed}
+    split = split.without(failed) if failed else split
+    views = extract_views(extractor, split.train.paths, augment_config(options), options.views)
+    activations = torch.from_numpy(np.stack([train_original.features, *(view.features for view in views)]))
+    val_inputs = tensors(val.features, split.val)
+
+    pooling_started = time.perf_counter()
+    pooled_views = [pooled(tail, view) for view in activations]
+    pooled_val = (torch.from_numpy(pooled(tail, val_inputs[0])), val_inputs[1])
+    pooling_seconds = time.perf_counter() - pooling_started
+    head, head_config, first = train_head_on_views(
+        options, pooled_views, split.train.labels, pooled_val, len(split.classes)
+    )
+    first_head = copy.deepcopy(head)
+    second = fine_tune(
+        torch.nn.Sequential(tail, head), split, val_inputs, RandomView(activations), options, "fine-tuning (cached)"
+    )
+    state = tail.tail.state_dict()
+    extract_seconds, images_per_second = extraction_timing([train_original, val, *views])
+    return finetune_result(
+        split, options, Phases(head_config, first_head, first, head, second, {key: state[key] for key in keys}),
+        extract_seconds=extract_seconds + pooling_seconds,
+        images_per_second=images_per_second,
+        extra={"finetune_path": "cached", "boundary": boundary},
+    )
+
+
+def train_end_to_end(
+    split: DatasetSplit, options: TrainOptions, model: torch.nn.Module, keys: list[str]
+) -> StrategyResult:
+    """Phase 1 on cached pooled features; phase 2 runs the whole network on images augmented on the fly."""
+    extractor = make_extractor(options)
+    fitted = fit_augmented_head(extractor, split, options)
+    split = fitted.split
+    train_images, _ = decode_images(extractor, split.train.paths, "decoding: train", options.quiet)
+    val_images, _ = decode_images(extractor, split.val.paths, "decoding: validation", options.quiet)
+    trainable = set(keys)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name in trainable)
+    first_head = copy.deepcopy(fitted.head)
+    second = fine_tune(
+        torch.nn.Sequential(Trunk(model, extractor.spec.mean, extractor.spec.std), fitted.head).to(
+            memory_format=CHANNELS_LAST
+        ),
+        split,
+        (val_images, torch.from_numpy(split.val.labels)),
+        ImageBatches(train_images, augment_config(options)),
+        options,
+        "fine-tuning (end to end)",
+    )
+    state = model.state_dict()
+    extract_seconds, images_per_second = extraction_timing(fitted.extractions)
+    return finetune_result(
+        split,
+        options,
+        Phases(fitted.head_config, first_head, fitted.history, fitted.head, second, {key: state[key] for key in keys}),
+        extract_seconds=extract_seconds,
+        images_per_second=images_per_second,
+        extra={"finetune_path": "end-to-end"},
+    )
+
+
+def fine_tune(
+    network: torch.nn.Module,
+    split: DatasetSplit,
+    val: tuple[torch.Tensor, torch.Tensor],
+    batch_transform: BatchTransform,
+    options: TrainOptions,
+    description: str,
+) -> History:
+    """Phase 2: the training inputs are image indices that `batch_transform` turns into augmented inputs."""
+    return fit(
+        network,
+        (torch.arange(len(split.train)), torch.from_numpy(split.train.labels)),
+        val,
+        finetune_config(options),
+        n_classes=len(split.classes),
+        batch_transform=batch_transform,
+        keep_batchnorm_frozen=True,
+        quiet=options.quiet,
+        description=description,
+    )
+
+
+class RandomView:
+    """fit()'s batch_transform: image indices -> cached activations of one of each image's views, drawn with
+    fit's generator (so every epoch sees each image once, differently augmented, and runs repeat exactly)."""
+
+    def __init__(self, views: torch.Tensor):
+        self.views = views  # [n_views, n_images, ...]
+
+    def __call__(self, indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        chosen = torch.randint(0, len(self.views), (len(indices),), generator=generator)
+        return self.views[chosen, indices]
+
+
+def pooled(tail: TailNet, activations: torch.Tensor) -> np.ndarray:
+    """Pooled features of the frozen (pretrained) base, computed from its boundary activations."""
+    tail.eval()
+    with torch.inference_mode():
+        chunks = [tail(activations[i : i + _POOL_BATCH]) for i in range(0, len(activations), _POOL_BATCH)]
+    return torch.cat(chunks).numpy()
+
+
+@dataclass
+class Phases:
+    """What both phases produced. Phase 2 is kept only if it reached a lower validation loss than phase 1,
+    so fine-tuning never ends worse (on validation) than the head it started from."""
+
+    head_config: HeadConfig
+    first_head: torch.nn.Module  # as phase 1 left it
+    first: History
+    second_head: torch.nn.Module
+    second: History
+    state: dict[str, torch.Tensor]  # the unfrozen tensors after phase 2
+
+    @property
+    def improved(self) -> bool:
+        return best_val_loss(self.second) < best_val_loss(self.first)
+
+    def history(self) -> History:
+        """Phase 2's epochs numbered after phase 1's, so the curves show both."""
+        offset = len(self.first.epochs)
+        return History(
+            epochs=self.first.epochs + [{**row, "epoch": row["epoch"] + offset} for row in self.second.epochs],
+            best_epoch=offset + self.second.best_epoch if self.improved else self.first.best_epoch,
+            stopped_early=self.second.stopped_early,
+            seconds=self.first.seconds + self.second.seconds,
+        )
+
+
+def best_val_loss(history: History) -> float:
+    return history.epochs[history.best_epoch - 1]["val_loss"] if history.epochs else float("inf")
+
+
+def finetune_result(
+    split: DatasetSplit,
+    options: TrainOptions,
+    phases: Phases,
+    *,
+    extract_seconds: float,
+    images_per_second: float,
+    extra: dict,
+) -> StrategyResult:
+    classifier = Classifier(
+        backbone=options.backbone,
+        classes=split.classes,
+        head=phases.second_head if phases.improved else phases.first_head,
+        head_config=phases.head_config,
+        weights=options.weights,
+        backbone_state={k: v.detach().clone() for k, v in phases.state.items()} if phases.improved else None,
+        strategy="finetune",
+        cache_dir=options.cache_dir,
+    )
+    history = phases.history()
+    return StrategyResult(
+        classifier=classifier,
+        history=history,
+        split=split,
+        extract_seconds=extract_seconds,
+        train_seconds=history.seconds,
+        images_per_second=images_per_second,
+        extra={
+            "views": options.views,
+            "unfreeze": options.unfreeze,
+            "finetune_lr": options.finetune_lr,
+            "phase1_epochs": len(phases.first.epochs),
+            "finetune_improved": phases.improved,
+            **extra,
+        },
+    )

@@ -1,0 +1,189 @@
+"""Strategies augment, finetune and scratch, and test-time augmentation, on generated and real images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import transferlab
+from transferlab.augment import AugmentConfig
+from transferlab.backbones import create_backbone, get_spec
+from transferlab.errors import TransferlabError
+from transferlab.features import FeatureExtractor, Trunk, split_backbone
+from transferlab.strategies import TrainOptions, finetune, run_strategy
+from transferlab.strategies.finetune import TailNet
+from transferlab.training import FitConfig
+
+from conftest import COLOURS, write_colour_images
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory) -> Path:
+    """Three colour classes of 15 images (about 31 train, 7 validation, 7 test)."""
+    root = tmp_path_factory.mktemp("colours")
+    for seed, name in enumerate(("red", "green", "blue")):
+        write_colour_images(root / name, COLOURS[name], 15, seed=seed)
+    return root
+
+
+@pytest.fixture(scope="module")
+def finetuned(colours, tmp_path_factory):
+    """A fine-tuning run with the defaults (cached path, top block, RMSprop 1e-5), kept short."""
+    return transferlab.train(
+        colours, strategy="finetune", out=tmp_path_factory.mktemp("runs") / "finetune", views=2,
+        epochs=5, finetune_epochs=2, quiet=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def pretrained_state() -> dict[str, torch.Tensor]:
+    return create_backbone("efficientnet_lite0").state_dict()
+
+
+def small_options(**changes) -> TrainOptions:
+    return TrainOptions(**{"fit": FitConfig(epochs=3, patience=None), "quiet": True, **changes})
+
+
+# -- augment ----------------------------------------------------------------------------------------
+def test_augmented_views_are_distinct_cached_and_reproducible(colours):
+    paths = sorted((colours / "red").glob("*.jpg"))[:4]
+    extractor = FeatureExtractor(quiet=True)
+    original = extractor.extract(paths).features
+    view1 = extractor.extract(paths, augment=AugmentConfig(), view=1)
+    view2 = extractor.extract(paths, augment=AugmentConfig(), view=2)
+    again = FeatureExtractor(quiet=True).extract(paths, augment=AugmentConfig(), view=1)
+    assert not np.allclose(view1.features, original) and not np.allclose(view1.features, view2.features)
+    assert again.cache_hits == len(paths)
+    np.testing.assert_array_equal(again.features, view1.features)
+
+
+def test_augment_strategy_learns_and_records_its_views(colours, tmp_path):
+    classifier = transferlab.train(colours, strategy="augment", out=tmp_path / "run", views=2, epochs=10, quiet=True)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["test_accuracy"] >= 0.8 and metrics["views"] == 2
+    assert classifier.strategy == "augment"
+
+
+def test_tta_records_the_accuracy_without_it(colours, tmp_path):
+    transferlab.train(colours, strategy="augment", out=tmp_path / "run", views=1, epochs=5, tta=3, quiet=True)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["tta"] == 3
+    assert 0.0 <= metrics["test_accuracy_no_tta"] <= 1.0
+    assert metrics["tta_helped"] == (metrics["test_accuracy"] > metrics["test_accuracy_no_tta"])
+
+
+# -- finetune ---------------------------------------------------------------------------------------
+def test_cut_backbone_computes_what_the_whole_backbone_does(colours):
+    spec = get_spec("efficientnet_lite0")
+    model = create_backbone("efficientnet_lite0")
+    prefix, tail = split_backbone(model, "blocks.6")
+    images = torch.from_numpy(np.stack([
+        FeatureExtractor(quiet=True).prepare(p) for p in sorted((colours / "blue").glob("*.jpg"))[:3]
+    ])).permute(0, 3, 1, 2)
+    with torch.inference_mode():
+        activations = Trunk(prefix, spec.mean, spec.std, pool=False).eval()(images)
+        cut = TailNet(tail, tuple(activations.shape[1:])).eval()(activations)
+        whole = Trunk(model, spec.mean, spec.std).eval()(images)
+    assert activations.shape[1:] == (192, 7, 7)
+    torch.testing.assert_close(cut, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_boundary_extractor_caches_float16_activations(colours):
+    paths = sorted((colours / "green").glob("*.jpg"))[:3]
+    result = FeatureExtractor(until="blocks.6", quiet=True).extract(paths)
+    assert result.features.dtype == np.float16 and result.features.shape == (3, 192 * 7 * 7)
+    assert FeatureExtractor(until="blocks.6", quiet=True).extract(paths).cache_hits == 3
+
+
+def test_finetune_trains_only_the_unfrozen_block_from_the_cache(finetuned, pretrained_state):
+    state = finetuned.backbone_state
+    assert finetuned.metrics["finetune_path"] == "cached" and finetuned.metrics["boundary"] == "blocks.6"
+    assert finetuned.metrics["finetune_improved"]
+    assert state and all(k.startswith(("blocks.6.", "conv_head.", "bn2.")) for k in state)
+    assert {"blocks.6.0.conv_pw.weight", "conv_head.weight", "bn2.weight"} <= set(state)
+    assert any(not torch.equal(state[k], pretrained_state[k]) for k in state if k.endswith("weight"))
+
+
+def test_finetune_keeps_batchnorm_statistics(finetuned, pretrained_state):
+    statistics = [k for k in finetuned.backbone_state if k.endswith(("running_mean", "running_var"))]
+    assert statistics
+    for key in statistics:
+        torch.testing.assert_close(finetuned.backbone_state[key], pretrained_state[key], rtol=0, atol=0)
+
+
+def test_finetuned_run_reloads_and_predicts_with_its_own_weights(finetuned, colours):
+    images = sorted((colours / "red").glob("*.jpg"))[:3]
+    loaded = transferlab.load(finetuned.run_dir)
+    np.testing.assert_allclose(loaded.predict_proba(images)[0], finetuned.predict_proba(images)[0], atol=1e-5)
+    assert finetuned.metrics["test_accuracy"] >= 0.8
+    assert finetuned.metrics["epochs_run"] == finetuned.metrics["phase1_epochs"] + 2
+
+
+def test_cached_fine_tuning_is_deterministic(colours):
+    split = transferlab.dataset(colours)
+    options = small_options(views=1, finetune_epochs=1)
+    first, second = finetune.train(split, options), finetune.train(split, options)
+    assert first.classifier.backbone_state
+    for key, value in first.classifier.backbone_state.items():
+        torch.testing.assert_close(value, second.classifier.backbone_state[key], rtol=0, atol=0)
+
+
+def test_fine_tuning_that_hurts_validation_is_discarded(colours):
+    result = finetune.train(transferlab.dataset(colours), small_options(views=1, finetune_epochs=1, finetune_lr=0.5))
+    assert result.extra["finetune_improved"] is False
+    assert result.classifier.backbone_state is None  # back to the pretrained base and the phase-1 head
+    assert result.history.best_epoch <= result.extra["phase1_epochs"] < len(result.history.epochs)
+
+
+def test_unfreeze_all_falls_back_to_end_to_end(colours):
+    split = transferlab.dataset(colours)
+    result = finetune.train(split, small_options(views=1, unfreeze="all", finetune_epochs=1))
+    assert result.extra["finetune_path"] == "end-to-end"
+    state = result.classifier.backbone_state
+    assert {"conv_stem.weight", "blocks.0.0.conv_dw.weight", "conv_head.weight"} <= set(state)
+    assert not any(k.startswith("classifier.") for k in state)
+
+
+def test_unfreeze_must_be_a_count_or_all(colours):
+    with pytest.raises(TransferlabError, match="--unfreeze"):
+        finetune.train(transferlab.dataset(colours), small_options(unfreeze="top"))
+
+
+# -- scratch ----------------------------------------------------------------------------------------
+def test_scratch_trains_the_small_convnet_and_reloads_identically(colours, tmp_path):
+    classifier = transferlab.train(
+        colours, strategy="scratch", out=tmp_path / "run", epochs=25, lr=1e-3, patience=None, quiet=True
+    )
+    assert classifier.backbone == "small_cnn" and classifier.head_config.in_features == 32 * 6 * 6
+    assert classifier.metrics["test_accuracy"] > 0.5  # three classes: chance is 1/3
+    images = sorted((colours / "green").glob("*.jpg"))[:4]
+    loaded = transferlab.load(tmp_path / "run")
+    np.testing.assert_allclose(loaded.predict_proba(images)[0], classifier.predict_proba(images)[0], atol=1e-6)
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["pretrained"] is False
+
+
+def test_scratch_with_a_named_backbone_starts_from_random_weights(colours, pretrained_state):
+    options = small_options(backbone="efficientnet_lite0", fit=FitConfig(epochs=1))
+    result = run_strategy("scratch", transferlab.dataset(colours), options)
+    state = result.classifier.backbone_state
+    assert result.classifier.pretrained is False
+    assert not torch.allclose(state["conv_stem.weight"], pretrained_state["conv_stem.weight"], atol=1e-2)
+
+
+def test_small_convnet_has_no_pretrained_weights_to_extract_with(colours):
+    with pytest.raises(TransferlabError, match="no pretrained weights"):
+        transferlab.train(colours, strategy="extract", backbone="small_cnn", quiet=True)
+
+
+# -- real images ------------------------------------------------------------------------------------
+@pytest.mark.integration
+def test_finetune_on_real_photos_beats_chance(shared, tmp_path):
+    classifier = transferlab.train(
+        shared / "datasets" / "hymenoptera", strategy="finetune", out=tmp_path / "run",
+        max_per_class=15, views=1, epochs=10, finetune_epochs=2, quiet=True,
+    )
+    assert classifier.metrics["test_accuracy"] >= 0.75  # ants vs bees: chance is 0.5
