@@ -63,7 +63,7 @@ def train_head_on_views(
     n_classes: int,
 ) -> tuple[torch.nn.Module, HeadConfig, History]:
     """One head fitted on every view of every training image at once (an epoch sees them all)."""
-    features = torch.from_numpy(np.concatenate(views).astype(np.float32, copy=False))
+    features = torch.tensor(np.concatenate(views), dtype=torch.float32)  # torch-owned copy: see base.tensors
     targets = torch.from_numpy(np.tile(np.asarray(labels, dtype=np.int64), len(views)))
     return train_head(options, (features, targets), val, n_classes, description=f"training head ({len(views)} views)")
 
