@@ -50,3 +50,13 @@ def shared() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"../shared not found at {SHARED}: integration data absent")
     return SHARED
+
+
+def make_colour_run(root: Path, epochs: int = 15) -> Path:
+    """Train a small run on red/green/blue images under `root` (data in root/data); returns root/run."""
+    import transferlab
+
+    for seed, name in enumerate(("red", "green", "blue")):
+        write_colour_images(root / "data" / name, COLOURS[name], 15, seed=seed)
+    transferlab.train(root / "data", out=root / "run", epochs=epochs, lr=3e-3, quiet=True)
+    return root / "run"

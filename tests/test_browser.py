@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import transferlab
+from conftest import make_colour_run
 from transferlab.serve import running_server
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -26,13 +26,7 @@ SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-output"
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from conftest import COLOURS, write_colour_images
-
-    root = tmp_path_factory.mktemp("browser")
-    for seed, name in enumerate(("red", "green", "blue")):
-        write_colour_images(root / "data" / name, COLOURS[name], 15, seed=seed)
-    transferlab.train(root / "data", out=root / "run", epochs=15, quiet=True)
-    return root / "run"
+    return make_colour_run(tmp_path_factory.mktemp("browser"), epochs=15)
 
 
 @pytest.fixture(scope="module")

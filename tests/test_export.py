@@ -15,6 +15,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import transferlab
+from conftest import make_colour_run
 from transferlab.backbones import get_spec, preprocess
 from transferlab.cli import app
 from transferlab.errors import TransferlabError
@@ -28,14 +29,9 @@ TOLERANCE = 1e-4  # max |p_torch - p_onnx| on probabilities
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A small trained run, exported to float and int8 ONNX (timed briefly: the speed itself is not tested)."""
-    from conftest import COLOURS, write_colour_images
-
-    root = tmp_path_factory.mktemp("export")
-    for seed, name in enumerate(("red", "green", "blue")):
-        write_colour_images(root / "data" / name, COLOURS[name], 15, seed=seed)
-    transferlab.train(root / "data", out=root / "run", epochs=5, quiet=True)
-    export_run(root / "run", quantize="int8", timing_seconds=0.2)
-    return root / "run"
+    run = make_colour_run(tmp_path_factory.mktemp("export"), epochs=5)
+    export_run(run, quantize="int8", timing_seconds=0.2)
+    return run
 
 
 def images_of(run_dir, name: str, n: int = 4) -> list:

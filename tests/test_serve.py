@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import transferlab
+from conftest import make_colour_run
 from transferlab.errors import TransferlabError
 from transferlab.serve import create_app
 
@@ -20,13 +21,7 @@ TINY_CAP_MB = 0.01  # 10 KiB: a generated 48 px JPEG (~2 KB) fits, 20 KB does no
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from conftest import COLOURS, write_colour_images
-
-    root = tmp_path_factory.mktemp("serve")
-    for seed, name in enumerate(("red", "green", "blue")):
-        write_colour_images(root / "data" / name, COLOURS[name], 15, seed=seed)
-    transferlab.train(root / "data", out=root / "run", epochs=5, quiet=True)
-    return root / "run"
+    return make_colour_run(tmp_path_factory.mktemp("serve"), epochs=5)
 
 
 @pytest.fixture(scope="module")
