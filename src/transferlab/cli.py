@@ -56,6 +56,16 @@ def parse_split(value: str) -> tuple[float, float, float]:
     return parts  # type: ignore[return-value]
 
 
+def data_selection(include: str | None, exclude: str | None, split: str, max_per_class: int | None) -> dict:
+    """The data flags `train` and `compare` share, parsed into API keywords."""
+    return {
+        "include": comma_list(include),
+        "exclude": comma_list(exclude),
+        "split": parse_split(split),
+        "max_per_class": max_per_class,
+    }
+
+
 def parse_layer(value: str | None) -> int | None:
     if value is None:
         return None
@@ -103,12 +113,9 @@ def train(
         backbone=backbone,
         strategy=strategy,
         out=out_dir,
-        include=comma_list(include),
-        exclude=comma_list(exclude),
-        split=parse_split(split),
         split_csv=split_csv,
-        max_per_class=max_per_class,
         seed=seed,
+        **data_selection(include, exclude, split, max_per_class),
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -347,11 +354,8 @@ def compare(
         backbone=backbone,
         scratch_backbone=scratch_backbone,
         out=out_dir,
-        include=comma_list(include),
-        exclude=comma_list(exclude),
-        split=parse_split(split),
-        max_per_class=max_per_class,
         seed=seed,
+        **data_selection(include, exclude, split, max_per_class),
         unfreeze=unfreeze,
         device=device,
         tta=tta,
