@@ -167,6 +167,15 @@ def test_none_config_returns_identical_pixels():
     assert np.array_equal(np.asarray(augment_image(image, AugmentConfig.none(), 0)), np.asarray(image))
 
 
+def test_presets_by_name():
+    assert AugmentConfig.preset("notebook") == AugmentConfig()
+    assert AugmentConfig.preset("light") == AugmentConfig.light()
+    assert AugmentConfig.preset("none") == AugmentConfig.none()
+    with pytest.raises(TransferlabError, match="unknown augmentation") as raised:
+        AugmentConfig.preset("heavy")
+    assert "notebook, light, none" in raised.value.hint
+
+
 def test_light_config_varies_views_and_keeps_size():
     image = noise_image()
     views = [augment_image(image, AugmentConfig.light(), s) for s in range(4)]

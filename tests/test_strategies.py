@@ -66,6 +66,19 @@ def test_augment_strategy_learns_and_records_its_views(colours, tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["test_accuracy"] >= 0.8 and metrics["views"] == 2
     assert classifier.strategy == "augment"
+    assert metrics["augment_key"] == AugmentConfig.light().key()  # light views unless told otherwise
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["options"]["fit"]["batch_size"], config["options"]["fit"]["lr"]) == (256, 1e-3)
+
+
+def test_augment_strategy_takes_a_named_augmentation(colours, tmp_path):
+    transferlab.train(colours, strategy="augment", out=tmp_path / "run", views=1, epochs=2, augment="notebook", quiet=True)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["augment_key"] == AugmentConfig().key()
+
+
+def test_unknown_augmentation_name_fails_before_any_image_is_read(tmp_path):
+    with pytest.raises(TransferlabError, match="unknown augmentation 'strong'"):
+        transferlab.train(tmp_path / "no-such-folder", strategy="augment", augment="strong", quiet=True)
 
 
 def test_tta_records_the_accuracy_without_it(colours, tmp_path):
@@ -164,6 +177,9 @@ def test_scratch_trains_the_small_convnet_and_reloads_identically(colours, tmp_p
     loaded = transferlab.load(tmp_path / "run")
     np.testing.assert_allclose(loaded.predict_proba(images)[0], classifier.predict_proba(images)[0], atol=1e-6)
     assert json.loads((tmp_path / "run" / "model.json").read_text())["pretrained"] is False
+    # a network learning from nothing gets the notebooks' augmentation and small batches by default
+    assert classifier.metrics["augment_key"] == AugmentConfig().key()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["options"]["fit"]["batch_size"] == 32
 
 
 def test_scratch_with_a_named_backbone_starts_from_random_weights(colours, pretrained_state):

@@ -15,7 +15,14 @@ from transferlab.data import DatasetSplit, load_dataset
 from transferlab.errors import TransferlabError
 from transferlab.report import write_report
 from transferlab.runs import unique_run_dir, write_run
-from transferlab.strategies import STRATEGIES, StrategyResult, TrainOptions, default_backbone, run_strategy
+from transferlab.strategies import (
+    STRATEGIES,
+    StrategyResult,
+    TrainOptions,
+    default_backbone,
+    default_fit,
+    run_strategy,
+)
 from transferlab.training import FitConfig
 
 
@@ -32,8 +39,8 @@ def train(
     max_per_class: int | None = None,
     split_csv: str | Path | None = None,
     epochs: int = 50,
-    batch_size: int = 32,
-    lr: float = 3e-4,
+    batch_size: int | None = None,
+    lr: float | None = None,
     optimizer: str = "adam",
     head: str = "mlp",
     class_weight: str | None = None,
@@ -46,7 +53,7 @@ def train(
     unfreeze: str | int = 1,
     finetune_lr: float = 1e-5,
     finetune_epochs: int = 10,
-    augment: AugmentConfig | None = None,
+    augment: AugmentConfig | str | None = None,
     tta: int = 1,
     quiet: bool = False,
     console: Console | None = None,
@@ -54,7 +61,10 @@ def train(
     """Train a classifier on a folder of images, evaluate it on the test split, write a run folder.
 
     Returns the trained `Classifier`, with `.metrics`, `.history` and `.run_dir` filled in.
-    `backbone=None` means efficientnet_lite0, or the small baseline convnet for strategy="scratch".
+    `backbone=None` means efficientnet_lite0, or the small baseline convnet for strategy="scratch";
+    `batch_size=None` / `lr=None` mean the strategy's defaults (256 / 1e-3 for heads on cached features,
+    32 / 3e-4 for scratch). `augment` is an AugmentConfig or a preset name ("notebook", "light", "none");
+    None means light views for augment and finetune, the notebooks' settings for scratch.
     """
     started = time.perf_counter()
     console = console or Console(quiet=quiet, stderr=True)
@@ -62,6 +72,7 @@ def train(
         raise TransferlabError(f"unknown strategy {strategy!r}", hint=f"choose one of: {', '.join(STRATEGIES)}")
     backbone = backbone or default_backbone(strategy)
     get_spec(backbone)  # unknown backbone: fail before reading any image
+    default_batch_size, default_lr = default_fit(strategy)
     options = TrainOptions(
         backbone=backbone,
         layer=layer,
@@ -69,8 +80,8 @@ def train(
         head=head,
         fit=FitConfig(
             epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
+            batch_size=default_batch_size if batch_size is None else batch_size,
+            lr=default_lr if lr is None else lr,
             optimizer=optimizer,
             class_weight=class_weight,
             patience=patience,
@@ -83,7 +94,7 @@ def train(
         unfreeze=str(unfreeze),
         finetune_lr=finetune_lr,
         finetune_epochs=finetune_epochs,
-        augment=augment,
+        augment=AugmentConfig.preset(augment) if isinstance(augment, str) else augment,
     )
     dataset = load_dataset(
         data,

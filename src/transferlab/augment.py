@@ -103,6 +103,15 @@ class AugmentConfig:
         return hashlib.blake2b(payload.encode(), digest_size=8).hexdigest()
 
     @classmethod
+    def preset(cls, name: str) -> AugmentConfig:
+        """A named configuration: "notebook" (the notebooks' ImageDataGenerator, the class defaults),
+        "light" (flips, small crops and shifts) or "none"."""
+        presets = {"notebook": cls, "light": cls.light, "none": cls.none}
+        if name not in presets:
+            raise TransferlabError(f"unknown augmentation {name!r}", hint=f"choose one of: {', '.join(presets)}")
+        return presets[name]()
+
+    @classmethod
     def none(cls) -> AugmentConfig:
         """Everything off: augment_image returns the image unchanged."""
         return cls(
@@ -116,7 +125,8 @@ class AugmentConfig:
 
     @classmethod
     def light(cls) -> AugmentConfig:
-        """Mild views for test-time augmentation: horizontal flips, small zoom-in crops and shifts."""
+        """Mild views (test-time augmentation, cached training views): horizontal flips, small zoom-in crops
+        and shifts."""
         return cls(
             rotation_range=0.0,
             width_shift_range=0.05,

@@ -92,8 +92,8 @@ def train(
     max_per_class: Annotated[Optional[int], typer.Option(help="Cap the number of images per class.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the split, the head and the shuffling.")] = 0,
     epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = 50,
-    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 32,
-    lr: Annotated[float, typer.Option(help="Learning rate of the head.")] = 3e-4,
+    batch_size: Annotated[Optional[int], typer.Option(help="Training batch size (default 256 for heads on cached features, 32 for scratch).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-3 for heads on cached features, 3e-4 for scratch).")] = None,
     optimizer: Annotated[str, typer.Option(help="rmsprop | adam | adamw | sgd")] = "adam",
     head: Annotated[str, typer.Option(help="mlp (Dense 256 + dropout 0.5) | linear")] = "mlp",
     class_weight: Annotated[Optional[str], typer.Option(help="'balanced' to weight classes by inverse frequency.")] = None,
@@ -102,6 +102,7 @@ def train(
     weights: Annotated[Optional[Path], typer.Option(help="Backbone weights file (safetensors) instead of a download.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     views: Annotated[int, typer.Option(help="Augmented views per training image (augment, finetune).")] = 3,
+    augment: Annotated[Optional[str], typer.Option(help="Training augmentation: notebook | light | none (default: light for augment and finetune, notebook for scratch).")] = None,
     unfreeze: Annotated[str, typer.Option(help="Top blocks to fine-tune: N or 'all'.")] = "1",
     tta: Annotated[int, typer.Option(help="Test-time augmentation views for the evaluation (1: off).")] = 1,
 ):
@@ -127,6 +128,7 @@ def train(
         weights=weights,
         device=device,
         views=views,
+        augment=augment,
         unfreeze=unfreeze,
         tta=tta,
         quiet=state.quiet,
@@ -338,6 +340,7 @@ def compare(
     seed: Annotated[int, typer.Option(help="Seed for the split and every run.")] = 0,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs of each run (default: train's).")] = None,
     views: Annotated[Optional[int], typer.Option(help="Augmented views per training image (augment, finetune).")] = None,
+    augment: Annotated[Optional[str], typer.Option(help="Training augmentation: notebook | light | none (default per strategy).")] = None,
     unfreeze: Annotated[str, typer.Option(help="Top blocks to fine-tune: N or 'all'.")] = "1",
     finetune_epochs: Annotated[Optional[int], typer.Option(help="Epochs of the fine-tuning phase.")] = None,
     finetune_lr: Annotated[Optional[float], typer.Option(help="Learning rate of the fine-tuning phase.")] = None,
@@ -347,7 +350,9 @@ def compare(
     """Train several strategies on the same split; write compare.csv, compare.md, plots and every run folder."""
     from transferlab.api import compare as compare_api
 
-    optional = {"epochs": epochs, "views": views, "finetune_epochs": finetune_epochs, "finetune_lr": finetune_lr}
+    optional = {
+        "epochs": epochs, "views": views, "augment": augment, "finetune_epochs": finetune_epochs, "finetune_lr": finetune_lr,
+    }
     comparison = compare_api(
         data,
         comma_list(strategies) or [],

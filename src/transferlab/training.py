@@ -79,13 +79,15 @@ class History:
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    # fused kernels (one call per step instead of a Python loop over tensors): for a dense head on cached
+    # features the optimizer step is a third of the step time. RMSprop has no fused kernel.
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay or 1e-2)
-    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay or 1e-2, fused=True)
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, fused=True)
 
 
 def class_weights(labels: np.ndarray, n_classes: int, mode: str | None) -> torch.Tensor | None:

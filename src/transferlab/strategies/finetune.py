@@ -45,6 +45,7 @@ from transferlab.strategies.base import StrategyResult, TrainOptions, extraction
 from transferlab.training import BatchTransform, FitConfig, History, fit
 
 FINETUNE_OPTIMIZER = "rmsprop"  # the notebooks' choice for fine-tuning
+FINETUNE_BATCH_SIZE = 32  # phase 2 trains convolutional blocks: small batches, as the notebooks
 _POOL_BATCH = 256
 
 
@@ -120,7 +121,11 @@ def cached_tail(model: torch.nn.Module, boundary: str, mean, std, size: int) -> 
 # -- training ---------------------------------------------------------------------------------------
 def finetune_config(options: TrainOptions) -> FitConfig:
     return dataclasses.replace(
-        options.fit, epochs=options.finetune_epochs, lr=options.finetune_lr, optimizer=FINETUNE_OPTIMIZER
+        options.fit,
+        epochs=options.finetune_epochs,
+        lr=options.finetune_lr,
+        optimizer=FINETUNE_OPTIMIZER,
+        batch_size=FINETUNE_BATCH_SIZE,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from transferlab.augment import AugmentConfig
 from transferlab.backbones import create_backbone
 from transferlab.classifier import Classifier
 from transferlab.data import DatasetSplit
@@ -20,6 +21,9 @@ from transferlab.strategies.base import StrategyResult, TrainOptions
 from transferlab.training import fit
 
 DEFAULT_BACKBONE = "small_cnn"
+# A network trained from random weights needs many small steps (the notebooks: batch 20-32).
+BATCH_SIZE = 32
+LR = 3e-4
 
 
 def train(split: DatasetSplit, options: TrainOptions) -> StrategyResult:
@@ -43,7 +47,7 @@ def train(split: DatasetSplit, options: TrainOptions) -> StrategyResult:
         (val_images, torch.from_numpy(split.val.labels)),
         options.fit,
         n_classes=len(split.classes),
-        batch_transform=ImageBatches(train_images, augment_config(options)),
+        batch_transform=ImageBatches(train_images, augmentation(options)),
         quiet=options.quiet,
         description=f"training {options.backbone} from scratch",
     )
@@ -62,8 +66,14 @@ def train(split: DatasetSplit, options: TrainOptions) -> StrategyResult:
         history=history,
         split=split,
         train_seconds=history.seconds,
-        extra={"augment_key": augment_config(options).key()},
+        extra={"augment_key": augmentation(options).key()},
     )
+
+
+def augmentation(options: TrainOptions) -> AugmentConfig:
+    """The user's, or the notebooks' ImageDataGenerator settings: a network learning from nothing needs
+    strong augmentation on small data."""
+    return augment_config(options, default=AugmentConfig())
 
 
 def feature_size(trunk: Trunk, input_size: int) -> int:
