@@ -51,6 +51,10 @@ def main() -> None:
         no_tta = f"{m['test_accuracy_no_tta']:.2%}" if "test_accuracy_no_tta" in m else "(no TTA)"
         print(f"| {name} | {m['test_accuracy']:.2%} | {no_tta} | {m['top5_accuracy']:.2%} | {seconds:.1f} | "
               f"{m['extract_seconds']:.1f} | {m['train_seconds']:.1f} | {m['n_train']}/{m['n_val']}/{m['n_test']} |")
+    for key in ("views", "augment_key", "finetune_path", "finetune_improved", "phase1_epochs", "epochs_run"):
+        if key in runs_done[0][2]:
+            print(f"\n{key}: {runs_done[0][2][key]}", end="")
+    print()
 
 
 if __name__ == "__main__":

@@ -39,9 +39,13 @@ def write_colour_images(folder: Path, colour: tuple[int, int, int], n: int, size
 @pytest.fixture
 def colour_folder(tmp_path) -> Path:
     """Three classes of 15 generated images each, as class subfolders."""
-    root = tmp_path / "colours"
+    return write_colour_classes(tmp_path / "colours", 15)
+
+
+def write_colour_classes(root: Path, n: int) -> Path:
+    """red/, green/ and blue/ under `root`, `n` generated images each; returns root."""
     for seed, name in enumerate(("red", "green", "blue")):
-        write_colour_images(root / name, COLOURS[name], 15, seed=seed)
+        write_colour_images(root / name, COLOURS[name], n, seed=seed)
     return root
 
 
@@ -56,7 +60,6 @@ def make_colour_run(root: Path, epochs: int = 15) -> Path:
     """Train a small run on red/green/blue images under `root` (data in root/data); returns root/run."""
     import transferlab
 
-    for seed, name in enumerate(("red", "green", "blue")):
-        write_colour_images(root / "data" / name, COLOURS[name], 15, seed=seed)
+    write_colour_classes(root / "data", 15)
     transferlab.train(root / "data", out=root / "run", epochs=epochs, lr=3e-3, quiet=True)
     return root / "run"

@@ -18,11 +18,10 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from conftest import COLOURS, write_colour_images
+    from conftest import write_colour_classes
 
     root = tmp_path_factory.mktemp("cli")
-    for seed, name in enumerate(("red", "green", "blue")):
-        write_colour_images(root / "data" / name, COLOURS[name], 12, seed=seed)
+    write_colour_classes(root / "data", 12)
     result = runner.invoke(app, ["--quiet", "train", str(root / "data"), "--out", str(root / "run"), "--epochs", "15", "--lr", "0.003"])
     assert result.exit_code == 0, result.output
     return root / "run"
@@ -31,6 +30,20 @@ def run_dir(tmp_path_factory):
 def test_train_command_writes_metrics(run_dir):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test_accuracy"] > 0.6 and metrics["n_test"] > 0
+
+
+def test_train_passes_fine_tuning_and_augmentation_flags(run_dir, tmp_path):
+    data = run_dir.parent / "data"
+    result = runner.invoke(app, [
+        "--quiet", "train", str(data), "--strategy", "finetune", "--out", str(tmp_path / "ft"), "--epochs", "2",
+        "--views", "1", "--augment", "none", "--finetune-epochs", "1", "--finetune-lr", "0.0001",
+    ])
+    assert result.exit_code == 0, result.output
+    options = json.loads((tmp_path / "ft" / "config.json").read_text())["options"]
+    assert (options["finetune_epochs"], options["finetune_lr"], options["views"]) == (1, 1e-4, 1)
+    assert options["augment"]["rotation_range"] == 0.0 and options["augment"]["horizontal_flip"] is False
+    metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert metrics["epochs_run"] == metrics["phase1_epochs"] + 1  # one fine-tuning epoch after the head's
 
 
 def test_predict_table_shows_the_predicted_class(run_dir):

@@ -14,15 +14,12 @@ from transferlab.api import compare
 from transferlab.cli import app
 from transferlab.errors import TransferlabError
 
-from conftest import COLOURS, write_colour_images
+from conftest import write_colour_classes
 
 
 @pytest.fixture(scope="module")
 def colours(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("colours")
-    for seed, name in enumerate(("red", "green", "blue")):
-        write_colour_images(root / name, COLOURS[name], 12, seed=seed)
-    return root
+    return write_colour_classes(tmp_path_factory.mktemp("colours"), 12)
 
 
 @pytest.fixture(scope="module")

@@ -18,16 +18,13 @@ from transferlab.strategies import TrainOptions, finetune, run_strategy
 from transferlab.strategies.finetune import TailNet
 from transferlab.training import FitConfig
 
-from conftest import COLOURS, write_colour_images
+from conftest import write_colour_classes
 
 
 @pytest.fixture(scope="module")
 def colours(tmp_path_factory) -> Path:
     """Three colour classes of 15 images (about 31 train, 7 validation, 7 test)."""
-    root = tmp_path_factory.mktemp("colours")
-    for seed, name in enumerate(("red", "green", "blue")):
-        write_colour_images(root / name, COLOURS[name], 15, seed=seed)
-    return root
+    return write_colour_classes(tmp_path_factory.mktemp("colours"), 15)
 
 
 @pytest.fixture(scope="module")

@@ -104,6 +104,8 @@ def train(
     views: Annotated[int, typer.Option(help="Augmented views per training image (augment, finetune).")] = 3,
     augment: Annotated[Optional[str], typer.Option(help="Training augmentation: notebook | light | none (default: light for augment and finetune, notebook for scratch).")] = None,
     unfreeze: Annotated[str, typer.Option(help="Top blocks to fine-tune: N or 'all'.")] = "1",
+    finetune_epochs: Annotated[int, typer.Option(help="Epochs of the fine-tuning phase.")] = 10,
+    finetune_lr: Annotated[float, typer.Option(help="Learning rate of the fine-tuning phase (RMSprop).")] = 1e-5,
     tta: Annotated[int, typer.Option(help="Test-time augmentation views for the evaluation (1: off).")] = 1,
 ):
     """Train and evaluate a classifier; write a run folder with metrics, model and plots."""
@@ -130,6 +132,8 @@ def train(
         views=views,
         augment=augment,
         unfreeze=unfreeze,
+        finetune_epochs=finetune_epochs,
+        finetune_lr=finetune_lr,
         tta=tta,
         quiet=state.quiet,
     )

@@ -29,6 +29,13 @@ def save_figure(fig, path: Path, tight: bool = True) -> Path:
     return path
 
 
+def label_epoch_axes(ax, title: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3)
+    ax.legend()
+
+
 def plot_training_curves(epochs: list[dict], out_dir: Path) -> list[Path]:
     """accuracy.png and loss.png: training vs validation, raw (left) and smoothed (right)."""
     written = []
@@ -38,10 +45,7 @@ def plot_training_curves(epochs: list[dict], out_dir: Path) -> list[Path]:
         for ax, title, transform in ((axes[0], "raw", list), (axes[1], f"smoothed (EMA {SMOOTHING})", smooth)):
             ax.plot(x, transform([r[metric] for r in epochs]), "o-", ms=3, label=f"training {metric}")
             ax.plot(x, transform([r[f"val_{metric}"] for r in epochs]), "s-", ms=3, label=f"validation {metric}")
-            ax.set_title(f"{metric}, {title}")
-            ax.set_xlabel("epoch")
-            ax.grid(alpha=0.3)
-            ax.legend()
+            label_epoch_axes(ax, f"{metric}, {title}")
         written.append(save_figure(fig, out_dir / f"{metric}.png"))
     return written
 
@@ -83,9 +87,6 @@ def plot_comparison(histories: dict[str, list[dict]], out_dir: Path) -> list[Pat
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for name, epochs in histories.items():
             ax.plot([r["epoch"] for r in epochs], [r[f"val_{metric}"] for r in epochs], "o-", ms=3, label=name)
-        ax.set_title(f"validation {metric} per epoch")
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend()
+        label_epoch_axes(ax, f"validation {metric} per epoch")
         written.append(save_figure(fig, out_dir / f"compare_{metric}.png"))
     return written
