@@ -1,6 +1,6 @@
 """End-to-end Caltech-101/97 (the notebook's task): cold (empty cache) and warm (cached features) runs.
 
-    .venv/bin/python bench/caltech.py [--strategy extract] [--backbone efficientnet_lite0] [-- extra train flags]
+    .venv/bin/python bench/caltech.py [--strategy extract] [--backbone NAME] [-- extra train flags]
 
 Each run is the real CLI, `transferlab train`, in a subprocess; wall time includes start-up and imports.
 97 classes (BACKGROUND_Google, Motorbikes, airplanes, Faces_easy, Faces excluded), 70/15/15 split, seed 0.
@@ -20,9 +20,10 @@ from pathlib import Path
 from common import CALTECH_EXCLUDED, machine, require_caltech
 
 
-def timed_train(data: Path, out: Path, cache: str, strategy: str, backbone: str, extra: list[str]) -> tuple[float, dict]:
+def timed_train(data: Path, out: Path, cache: str, strategy: str, backbone: str | None, extra: list[str]) -> tuple[float, dict]:
+    chosen = ["--backbone", backbone] if backbone else []  # none: the strategy's default (small_cnn for scratch)
     command = [sys.executable, "-m", "transferlab", "--quiet", "train", str(data), "--exclude", CALTECH_EXCLUDED,
-               "--strategy", strategy, "--backbone", backbone, "--seed", "0", "--out", str(out), *extra]
+               "--strategy", strategy, *chosen, "--seed", "0", "--out", str(out), *extra]
     start = time.perf_counter()
     subprocess.run(command, check=True, env={**os.environ, "TRANSFERLAB_CACHE": cache})
     return time.perf_counter() - start, json.loads((out / "metrics.json").read_text())
@@ -31,7 +32,7 @@ def timed_train(data: Path, out: Path, cache: str, strategy: str, backbone: str,
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--strategy", default="extract")
-    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--backbone", default=None, help="default: efficientnet_lite0, small_cnn for scratch")
     parser.add_argument("--no-warm", action="store_true", help="only the cold run")
     args, extra = parser.parse_known_args()
     extra = [e for e in extra if e != "--"]
@@ -44,7 +45,7 @@ def main() -> None:
             runs_done.append(("warm (cached features)", warm_s, warm))
     print(f"machine: {machine()}")
     print(f"command: transferlab train CALTECH --exclude {CALTECH_EXCLUDED} --strategy {args.strategy} "
-          f"--backbone {args.backbone} --seed 0 {' '.join(extra)}\n")
+          f"{'--backbone ' + args.backbone + ' ' if args.backbone else ''}--seed 0 {' '.join(extra)}\n")
     print("| run | test accuracy | without TTA | top-5 | wall time (s) | extraction (s) | training (s) | n train/val/test |")
     print("|---|---|---|---|---|---|---|---|")
     for name, seconds, m in runs_done:

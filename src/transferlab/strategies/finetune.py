@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from timm.models import group_parameters
 
 from transferlab.backbones import create_backbone, get_spec
 from transferlab.classifier import Classifier
@@ -54,8 +55,6 @@ def block_groups(model: torch.nn.Module) -> list[list[str]]:
 
     timm folds what follows the last stage (EfficientNet's conv_head/bn2, ConvNeXt's norm) into that stage.
     """
-    from timm.models import group_parameters  # imported on first use: see transferlab.backbones
-
     if not hasattr(model, "group_matcher"):
         raise TransferlabError(
             f"{type(model).__name__} has no pretrained blocks to fine-tune",
