@@ -101,7 +101,6 @@ def test_specs_take_preprocessing_and_weights_url_from_timm():
     assert vgg16.weights_url == "https://huggingface.co/timm/vgg16.tv_in1k/resolve/main/model.safetensors"
 
 
-
 @pytest.mark.parametrize("name", EMBEDDED)
 def test_embedded_weights_map_in_order_onto_timm_model(name: str):
     package_file = backbones._embedded_file(get_spec(name))
