@@ -36,7 +36,7 @@ def test_train_passes_fine_tuning_and_augmentation_flags(run_dir, tmp_path):
     data = run_dir.parent / "data"
     result = runner.invoke(app, [
         "--quiet", "train", str(data), "--strategy", "finetune", "--out", str(tmp_path / "ft"), "--epochs", "2",
-        "--views", "1", "--augment", "none", "--finetune-epochs", "1", "--finetune-lr", "0.0001",
+        "--views", "1", "--augment", "none", "--finetune-epochs", "1", "--finetune-lr", "0.0001", "--cached",
     ])
     assert result.exit_code == 0, result.output
     options = json.loads((tmp_path / "ft" / "config.json").read_text())["options"]
@@ -44,6 +44,17 @@ def test_train_passes_fine_tuning_and_augmentation_flags(run_dir, tmp_path):
     assert options["augment"]["rotation_range"] == 0.0 and options["augment"]["horizontal_flip"] is False
     metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
     assert metrics["epochs_run"] == metrics["phase1_epochs"] + 1  # one fine-tuning epoch after the head's
+    assert options["end_to_end"] is False and metrics["finetune_path"] == "cached"
+
+
+def test_train_end_to_end_flag_augments_every_batch_through_the_frozen_base(run_dir, tmp_path):
+    data = run_dir.parent / "data"
+    result = runner.invoke(app, [
+        "--quiet", "train", str(data), "--strategy", "augment", "--end-to-end", "--out", str(tmp_path / "e2e"),
+        "--epochs", "2",
+    ])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "e2e" / "metrics.json").read_text())["augment_path"] == "end-to-end"
 
 
 def test_predict_table_shows_the_predicted_class(run_dir):

@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import COLOURS, write_colour_images
+import transferlab
+from conftest import COLOURS, write_colour_classes, write_colour_images
 from transferlab.features import FeatureExtractor
+from transferlab.heads import HeadConfig, build_head
+from transferlab.training import FitConfig, fit
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 
@@ -25,3 +28,19 @@ def test_cuda_features_match_cpu_onnx_features(tmp_path):
     np.testing.assert_allclose(gpu.features, cpu.features, atol=2e-2, rtol=2e-2)
     cosine = (gpu.features * cpu.features).sum(1) / np.linalg.norm(gpu.features, axis=1) / np.linalg.norm(cpu.features, axis=1)
     assert cosine.min() > 0.999
+
+
+def test_training_runs_on_cuda_and_returns_the_module_on_the_cpu():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(40, 8, generator=generator) + 3, torch.randn(40, 8, generator=generator) - 3])
+    y = torch.cat([torch.zeros(40, dtype=torch.int64), torch.ones(40, dtype=torch.int64)])
+    head = build_head(HeadConfig("linear", 8, 2))
+    history = fit(head, (x, y), (x, y), FitConfig(epochs=5, lr=1e-2), n_classes=2, device="cuda", quiet=True)
+    assert history.epochs[-1]["val_accuracy"] == 1.0
+    assert all(p.device.type == "cpu" for p in head.parameters())
+
+
+def test_augment_runs_end_to_end_on_a_gpu_by_default(tmp_path):
+    data = write_colour_classes(tmp_path / "colours", 10)
+    classifier = transferlab.train(data, strategy="augment", out=tmp_path / "run", epochs=3, quiet=True)
+    assert classifier.metrics["augment_path"] == "end-to-end"

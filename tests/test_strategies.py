@@ -15,6 +15,7 @@ from transferlab.backbones import create_backbone, get_spec
 from transferlab.errors import TransferlabError
 from transferlab.features import FeatureExtractor, Trunk, split_backbone
 from transferlab.strategies import TrainOptions, finetune, run_strategy
+from transferlab.strategies.augment import FrozenBaseFeatures, decode_images
 from transferlab.strategies.finetune import TailNet
 from transferlab.training import FitConfig
 
@@ -71,6 +72,29 @@ def test_augment_strategy_learns_and_records_its_views(colours, tmp_path):
 def test_augment_strategy_takes_a_named_augmentation(colours, tmp_path):
     transferlab.train(colours, strategy="augment", out=tmp_path / "run", views=1, epochs=2, augment="notebook", quiet=True)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["augment_key"] == AugmentConfig().key()
+
+
+def test_augment_end_to_end_trains_the_head_on_fresh_views_through_the_frozen_base(colours, tmp_path):
+    classifier = transferlab.train(
+        colours, strategy="augment", out=tmp_path / "run", end_to_end=True, epochs=8, quiet=True
+    )
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["augment_path"] == "end-to-end" and metrics["views"] is None
+    assert metrics["test_accuracy"] >= 0.8
+    assert classifier.backbone_state is None  # the base stays the pretrained one: a head-only model
+
+
+def test_augment_is_cached_on_a_cpu_unless_told_otherwise(colours):
+    result = run_strategy("augment", transferlab.dataset(colours), small_options(views=1, device="cpu"))
+    assert result.extra["augment_path"] == "cached" and result.extra["views"] == 1
+
+
+def test_frozen_base_features_match_the_extractor_on_unaugmented_images(colours):
+    paths = sorted((colours / "red").glob("*.jpg"))[:3]
+    extractor = FeatureExtractor(quiet=True)
+    images, _ = decode_images(extractor, paths, "decoding", quiet=True)
+    features = FrozenBaseFeatures(images, AugmentConfig.none(), extractor)(torch.arange(3), torch.Generator())
+    np.testing.assert_allclose(features.numpy(), extractor.extract(paths).features, atol=1e-4, rtol=1e-3)
 
 
 def test_unknown_augmentation_name_fails_before_any_image_is_read(tmp_path):
@@ -156,6 +180,11 @@ def test_unfreeze_all_falls_back_to_end_to_end(colours):
     state = result.classifier.backbone_state
     assert {"conv_stem.weight", "blocks.0.0.conv_dw.weight", "conv_head.weight"} <= set(state)
     assert not any(k.startswith("classifier.") for k in state)
+
+
+def test_end_to_end_fine_tuning_is_chosen_on_request(colours):
+    result = finetune.train(transferlab.dataset(colours), small_options(views=1, finetune_epochs=1, end_to_end=True))
+    assert result.extra["finetune_path"] == "end-to-end"
 
 
 def test_unfreeze_must_be_a_count_or_all(colours):

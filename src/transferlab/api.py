@@ -54,6 +54,7 @@ def train(
     finetune_lr: float = 1e-5,
     finetune_epochs: int = 10,
     augment: AugmentConfig | str | None = None,
+    end_to_end: bool | None = None,
     tta: int = 1,
     quiet: bool = False,
     console: Console | None = None,
@@ -64,7 +65,9 @@ def train(
     `backbone=None` means efficientnet_lite0, or the small baseline convnet for strategy="scratch";
     `batch_size=None` / `lr=None` mean the strategy's defaults (256 / 1e-3 for heads on cached features,
     32 / 3e-4 for scratch). `augment` is an AugmentConfig or a preset name ("notebook", "light", "none");
-    None means light views for augment and finetune, the notebooks' settings for scratch.
+    None means light views for augment and finetune, the notebooks' settings for scratch. `end_to_end`
+    (augment, finetune): True augments afresh in every batch and runs the frozen base on the fly, False trains
+    from cached features of `views` views; None picks end to end on a GPU, cached on a CPU.
     """
     started = time.perf_counter()
     console = console or Console(quiet=quiet, stderr=True)
@@ -95,6 +98,7 @@ def train(
         finetune_lr=finetune_lr,
         finetune_epochs=finetune_epochs,
         augment=AugmentConfig.preset(augment) if isinstance(augment, str) else augment,
+        end_to_end=end_to_end,
     )
     dataset = load_dataset(
         data,

@@ -107,10 +107,13 @@ def freeze_batchnorm(module: nn.Module) -> None:
             m.eval()
 
 
-def predict_logits(module: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def predict_logits(module: nn.Module, inputs: torch.Tensor, batch_size: int = 256, device: str = "cpu") -> torch.Tensor:
+    """Logits on the CPU; the module runs on `device`, the inputs go there a batch at a time."""
     module.eval()
     with torch.inference_mode():
-        return torch.cat([module(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
+        return torch.cat(
+            [module(inputs[i : i + batch_size].to(device)).cpu() for i in range(0, len(inputs), batch_size)]
+        )
 
 
 def fit(
@@ -122,16 +125,22 @@ def fit(
     n_classes: int,
     batch_transform: BatchTransform | None = None,
     keep_batchnorm_frozen: bool = False,
+    device: str = "cpu",
     quiet: bool = False,
     description: str = "training",
 ) -> History:
-    """Train `module` in place on (inputs, labels) tensors; returns the history, best weights restored."""
+    """Train `module` in place on (inputs, labels) tensors; returns the history, best weights restored.
+
+    The module trains on `device` and comes back on the CPU; inputs stay where they are and go to `device`
+    a batch at a time (after `batch_transform`, which may already put them there).
+    """
     torch.manual_seed(config.seed)
+    module.to(device)
     generator = torch.Generator().manual_seed(config.seed)
     x_train, y_train = train
     x_val, y_val = val
     weight = class_weights(y_train.numpy(), n_classes, config.class_weight)
-    loss_fn = nn.CrossEntropyLoss(weight=weight)
+    loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device))
     eval_loss_fn = nn.CrossEntropyLoss()
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = make_optimizer(config.optimizer, params, config.lr, config.weight_decay)
@@ -152,9 +161,9 @@ def fit(
             epoch_start = time.perf_counter()
             loss, accuracy = _train_one_epoch(
                 module, x_train, y_train, config.batch_size, optimizer, loss_fn, generator,
-                batch_transform, keep_batchnorm_frozen,
+                batch_transform, keep_batchnorm_frozen, device,
             )
-            logits = predict_logits(module, x_val)
+            logits = predict_logits(module, x_val, device=device)
             val_loss = float(eval_loss_fn(logits, y_val))
             val_accuracy = float((logits.argmax(1) == y_val).float().mean())
             history.epochs.append(
@@ -181,12 +190,12 @@ def fit(
                     break
     if best_state is not None:
         module.load_state_dict(best_state)
-    module.eval()
+    module.cpu().eval()
     history.seconds = time.perf_counter() - start
     return history
 
 
-def _train_one_epoch(module, x, y, batch_size, optimizer, loss_fn, generator, batch_transform, keep_bn_frozen):
+def _train_one_epoch(module, x, y, batch_size, optimizer, loss_fn, generator, batch_transform, keep_bn_frozen, device):
     """Running mean of batch loss and accuracy, as Keras reports them."""
     module.train()
     if keep_bn_frozen:
@@ -198,6 +207,7 @@ def _train_one_epoch(module, x, y, batch_size, optimizer, loss_fn, generator, ba
         inputs, targets = x[index], y[index]
         if batch_transform is not None:
             inputs = batch_transform(inputs, generator)
+        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         logits = module(inputs)
         loss = loss_fn(logits, targets)

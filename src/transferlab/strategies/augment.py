@@ -1,8 +1,12 @@
 """Feature extraction with data augmentation, and the augmented-image helpers other strategies share.
 
-Strategy `augment`: the frozen base runs once over K augmented views of every training image (cached,
-content-addressed by image bytes, augmentation parameters and view index) plus the original; the head
-trains on all of them. Validation and test images are never augmented.
+Strategy `augment`, two ways to the same model (a head on the frozen base):
+- cached (the default on a CPU): the frozen base runs once over K augmented views of every training image
+  (cached, content-addressed by image bytes, augmentation parameters and view index) plus the original; the
+  head trains on all of them.
+- end to end (the default on a GPU, `end_to_end=True` anywhere): every batch is augmented afresh and runs
+  through the frozen base, as the notebooks' second technique does.
+Validation and test images are never augmented.
 
 `ImageBatches` serves the end-to-end strategies (scratch, fine-tuning without an activation cache):
 training images are decoded once and augmented afresh in every batch.
@@ -31,6 +35,7 @@ from transferlab.strategies.base import (
     extract_split,
     extraction_timing,
     make_extractor,
+    runs_end_to_end,
     tensors,
     train_head,
 )
@@ -86,6 +91,9 @@ class AugmentedHead:
 
 
 def fit_augmented_head(extractor: FeatureExtractor, split: DatasetSplit, options: TrainOptions) -> AugmentedHead:
+    """The head on the frozen base, from cached views or end to end (see the module's docstring)."""
+    if runs_end_to_end(options):
+        return fit_head_end_to_end(extractor, split, options)
     split, results = extract_split(extractor, split)
     views = extract_views(extractor, split.train.paths, augment_config(options), options.views)
     head, head_config, history = train_head_on_views(
@@ -96,6 +104,22 @@ def fit_augmented_head(extractor: FeatureExtractor, split: DatasetSplit, options
         len(split.classes),
     )
     return AugmentedHead(split, head, head_config, history, [*results.values(), *views])
+
+
+def fit_head_end_to_end(extractor: FeatureExtractor, split: DatasetSplit, options: TrainOptions) -> AugmentedHead:
+    """The head trained on features of training images augmented afresh in every batch; validation features
+    come from the cache like the cached variant's."""
+    split, results = extract_split(extractor, split)
+    train_images, _ = decode_images(extractor, split.train.paths, "decoding: train", options.quiet)
+    head, head_config, history = train_head(
+        options,
+        (torch.arange(len(split.train)), torch.from_numpy(split.train.labels)),
+        tensors(results["validation"].features, split.val),
+        len(split.classes),
+        description="training head (end to end, frozen base)",
+        batch_transform=FrozenBaseFeatures(train_images, augment_config(options), extractor),
+    )
+    return AugmentedHead(split, head, head_config, history, list(results.values()))
 
 
 def train(split: DatasetSplit, options: TrainOptions) -> StrategyResult:
@@ -120,7 +144,11 @@ def train(split: DatasetSplit, options: TrainOptions) -> StrategyResult:
         extract_seconds=extract_seconds,
         train_seconds=fitted.history.seconds,
         images_per_second=images_per_second,
-        extra={"views": options.views, "augment_key": augment_config(options).key()},
+        extra={
+            "views": None if runs_end_to_end(options) else options.views,
+            "augment_path": "end-to-end" if runs_end_to_end(options) else "cached",
+            "augment_key": augment_config(options).key(),
+        },
     )
 
 
@@ -173,3 +201,17 @@ class ImageBatches:
     def _augment(self, image: torch.Tensor, seed: int) -> torch.Tensor:
         pil = Image.fromarray(image.permute(1, 2, 0).numpy())
         return torch.from_numpy(np.array(augment_image(pil, self.config, seed))).permute(2, 0, 1)
+
+
+class FrozenBaseFeatures:
+    """fit()'s batch_transform for the end-to-end frozen base: image indices -> freshly augmented images ->
+    the frozen base's pooled features, computed on the extractor's device without gradients."""
+
+    def __init__(self, images: torch.Tensor, config: AugmentConfig, extractor: FeatureExtractor):
+        self.images = ImageBatches(images, config)
+        self.device = extractor.device
+        self.trunk = extractor.trunk().to(self.device, memory_format=CHANNELS_LAST).eval()
+
+    def __call__(self, indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        with torch.no_grad():
+            return self.trunk(self.images(indices, generator).to(self.device, non_blocking=True))

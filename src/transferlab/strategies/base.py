@@ -12,9 +12,9 @@ import torch
 from transferlab.augment import AugmentConfig
 from transferlab.classifier import Classifier
 from transferlab.data import DatasetSplit, Subset
-from transferlab.features import ExtractionResult, FeatureExtractor
+from transferlab.features import ExtractionResult, FeatureExtractor, resolve_device
 from transferlab.heads import HeadConfig, build_head
-from transferlab.training import FitConfig, History, fit
+from transferlab.training import BatchTransform, FitConfig, History, fit
 
 # A dense head on cached features: batch 256 at Adam 1e-3 matched batch 32 at 3e-4 on Caltech-101/97 (test
 # accuracy 94.5% vs 94.5%, mean of seeds 0-2) in a third of the time, which is most of a warm run.
@@ -42,6 +42,9 @@ class TrainOptions:
     finetune_lr: float = 1e-5
     finetune_epochs: int = 10
     augment: AugmentConfig | None = None
+    # augment/finetune: augment afresh every batch and run the frozen base on the fly (True), or train from
+    # cached features of K views (False); None: end to end on a GPU, cached on a CPU.
+    end_to_end: bool | None = None
 
     def to_dict(self) -> dict:
         values = asdict(self)
@@ -58,6 +61,17 @@ class StrategyResult:
     train_seconds: float = 0.0
     images_per_second: float = 0.0
     extra: dict = field(default_factory=dict)
+
+
+def training_device(options: TrainOptions) -> str:
+    """Where networks and heads train: the options' device, "auto" resolved."""
+    return resolve_device(options.device)
+
+
+def runs_end_to_end(options: TrainOptions) -> bool:
+    """Whether augmented views are made on the fly rather than cached: by default only on a GPU, where running
+    the base for every batch is cheap; on a CPU the base costs ~10 ms an image, so views are computed once."""
+    return training_device(options) != "cpu" if options.end_to_end is None else options.end_to_end
 
 
 def make_extractor(options: TrainOptions, **overrides) -> FeatureExtractor:
@@ -104,10 +118,15 @@ def train_head(
     val: tuple[torch.Tensor, torch.Tensor],
     n_classes: int,
     description: str = "training head",
+    batch_transform: BatchTransform | None = None,
 ) -> tuple[torch.nn.Module, HeadConfig, History]:
-    """A fresh seeded head fitted on feature tensors."""
-    config = HeadConfig(options.head, train[0].shape[1], n_classes, options.hidden, options.dropout)
+    """A fresh seeded head fitted on feature tensors (or on what `batch_transform` makes of the training inputs;
+    the validation features give the width)."""
+    config = HeadConfig(options.head, val[0].shape[1], n_classes, options.hidden, options.dropout)
     torch.manual_seed(options.fit.seed)
     head = build_head(config)
-    history = fit(head, train, val, options.fit, n_classes=n_classes, quiet=options.quiet, description=description)
+    history = fit(
+        head, train, val, options.fit, n_classes=n_classes, batch_transform=batch_transform,
+        device=training_device(options), quiet=options.quiet, description=description,
+    )
     return head, config, history

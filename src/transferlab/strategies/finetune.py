@@ -8,8 +8,8 @@ images, with BatchNorm kept in inference mode.
 On a CPU the frozen part dominates the cost, so by default the activations entering the first unfrozen
 block are computed once for the original and K augmented views of every training image (cached on disk,
 float16) and phase 2 trains only the unfrozen part from that cache: each epoch shows every image once, in
-one of its views drawn at random. When everything is unfrozen, or the backbone cannot be cut cleanly,
-phase 2 runs end to end on images augmented on the fly.
+one of its views drawn at random. On a GPU (or with `end_to_end=True`), when everything is unfrozen, or when
+the backbone cannot be cut cleanly, phase 2 runs end to end on images augmented afresh in every batch.
 
 The classifier keeps the pretrained backbone plus `backbone_state`: the tensors of the unfrozen part,
 named as in the full timm model's state_dict.
@@ -41,7 +41,15 @@ from transferlab.strategies.augment import (
     fit_augmented_head,
     train_head_on_views,
 )
-from transferlab.strategies.base import StrategyResult, TrainOptions, extraction_timing, make_extractor, tensors
+from transferlab.strategies.base import (
+    StrategyResult,
+    TrainOptions,
+    extraction_timing,
+    make_extractor,
+    runs_end_to_end,
+    tensors,
+    training_device,
+)
 from transferlab.training import BatchTransform, FitConfig, History, fit
 
 FINETUNE_OPTIMIZER = "rmsprop"  # the notebooks' choice for fine-tuning
@@ -137,7 +145,7 @@ def train(split: DatasetSplit, options: TrainOptions) -> StrategyResult:
     model = create_backbone(options.backbone, weights=options.weights, cache_dir=options.cache_dir)
     groups = unfrozen_groups(model, options.unfreeze)
     keys = unfrozen_state_keys(model, groups)
-    if len(groups) < len(block_groups(model)):
+    if len(groups) < len(block_groups(model)) and not runs_end_to_end(options):
         boundary = boundary_of(model, groups[0][0])
         spec = get_spec(options.backbone)
         tail = cached_tail(model, boundary, spec.mean, spec.std, spec.input_size)
@@ -232,6 +240,7 @@ def fine_tune(
         n_classes=len(split.classes),
         batch_transform=batch_transform,
         keep_batchnorm_frozen=True,
+        device=training_device(options),
         quiet=options.quiet,
         description=description,
     )

@@ -17,7 +17,7 @@ from transferlab.data import DatasetSplit
 from transferlab.features import FeatureExtractor, Trunk
 from transferlab.heads import HeadConfig, build_head
 from transferlab.strategies.augment import CHANNELS_LAST, ImageBatches, augment_config, decode_images
-from transferlab.strategies.base import StrategyResult, TrainOptions
+from transferlab.strategies.base import StrategyResult, TrainOptions, training_device
 from transferlab.training import fit
 
 DEFAULT_BACKBONE = "small_cnn"
@@ -48,6 +48,7 @@ def train(split: DatasetSplit, options: TrainOptions) -> StrategyResult:
         options.fit,
         n_classes=len(split.classes),
         batch_transform=ImageBatches(train_images, augmentation(options)),
+        device=training_device(options),
         quiet=options.quiet,
         description=f"training {options.backbone} from scratch",
     )
