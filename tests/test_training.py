@@ -62,6 +62,15 @@ def test_training_is_deterministic_for_a_seed():
         assert torch.equal(pa, pb)
 
 
+def test_training_progress_shows_the_epoch_and_its_scores(capsys):
+    x, y = blobs()  # 120 samples: 4 batches of 32 an epoch
+    fit(build_head(HeadConfig("linear", 16, 3)), (x, y), blobs(seed=1), FitConfig(epochs=2, patience=None),
+        n_classes=3, description="training probe")
+    shown = capsys.readouterr()
+    line = next(l for l in (shown.out + shown.err).splitlines() if "training probe" in l)
+    assert "epoch 2/2" in line and "val_acc" in line
+
+
 def test_early_stopping_restores_the_best_epoch_weights():
     x, y = blobs()
     xv, yv = blobs(seed=1)

@@ -150,18 +150,21 @@ def fit(
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        TextColumn("epoch {task.completed}/{task.total}"),
+        TextColumn("epoch {task.fields[epoch]}/%d" % config.epochs),
         TextColumn("{task.fields[stats]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         disable=quiet,
     ) as progress:
-        task = progress.add_task(description, total=config.epochs, stats="")
+        # the bar moves per batch: an end-to-end epoch on a CPU takes minutes
+        batches = -(-len(x_train) // config.batch_size)
+        task = progress.add_task(description, total=config.epochs * batches, epoch=1, stats="")
         for epoch in range(1, config.epochs + 1):
             epoch_start = time.perf_counter()
+            progress.update(task, epoch=epoch)
             loss, accuracy = _train_one_epoch(
                 module, x_train, y_train, config.batch_size, optimizer, loss_fn, generator,
-                batch_transform, keep_batchnorm_frozen, device,
+                batch_transform, keep_batchnorm_frozen, device, on_batch=lambda: progress.advance(task),
             )
             logits = predict_logits(module, x_val, device=device)
             val_loss = float(eval_loss_fn(logits, y_val))
@@ -177,7 +180,7 @@ def fit(
                 }
             )
             progress.update(
-                task, completed=epoch,
+                task,
                 stats=f"loss {loss:.3f} acc {accuracy:.3f} val_loss {val_loss:.3f} val_acc {val_accuracy:.3f}",
             )
             if val_loss < best_loss - 1e-6:
@@ -195,7 +198,9 @@ def fit(
     return history
 
 
-def _train_one_epoch(module, x, y, batch_size, optimizer, loss_fn, generator, batch_transform, keep_bn_frozen, device):
+def _train_one_epoch(
+    module, x, y, batch_size, optimizer, loss_fn, generator, batch_transform, keep_bn_frozen, device, on_batch
+):
     """Running mean of batch loss and accuracy, as Keras reports them."""
     module.train()
     if keep_bn_frozen:
@@ -216,4 +221,5 @@ def _train_one_epoch(module, x, y, batch_size, optimizer, loss_fn, generator, ba
         total_loss += loss.item() * len(index)
         correct += int((logits.argmax(1) == targets).sum())
         seen += len(index)
+        on_batch()
     return total_loss / seen, correct / seen
