@@ -23,6 +23,13 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 
+# shared by train and compare
+EndToEndOption = Annotated[Optional[bool], typer.Option(
+    "--end-to-end/--cached",
+    help="augment, finetune: augment every batch afresh through the network, or train from cached views "
+    "(default: end to end on a GPU, cached on a CPU).",
+)]
+
 
 class State:
     quiet = False
@@ -106,7 +113,7 @@ def train(
     unfreeze: Annotated[str, typer.Option(help="Top blocks to fine-tune: N or 'all'.")] = "1",
     finetune_epochs: Annotated[int, typer.Option(help="Epochs of the fine-tuning phase.")] = 10,
     finetune_lr: Annotated[float, typer.Option(help="Learning rate of the fine-tuning phase (RMSprop).")] = 1e-5,
-    end_to_end: Annotated[Optional[bool], typer.Option("--end-to-end/--cached", help="augment, finetune: augment every batch afresh through the frozen base, or train from cached views (default: end to end on a GPU, cached on a CPU).")] = None,
+    end_to_end: EndToEndOption = None,
     tta: Annotated[int, typer.Option(help="Test-time augmentation views for the evaluation (1: off).")] = 1,
 ):
     """Train and evaluate a classifier; write a run folder with metrics, model and plots."""
@@ -350,7 +357,7 @@ def compare(
     unfreeze: Annotated[str, typer.Option(help="Top blocks to fine-tune: N or 'all'.")] = "1",
     finetune_epochs: Annotated[Optional[int], typer.Option(help="Epochs of the fine-tuning phase.")] = None,
     finetune_lr: Annotated[Optional[float], typer.Option(help="Learning rate of the fine-tuning phase.")] = None,
-    end_to_end: Annotated[Optional[bool], typer.Option("--end-to-end/--cached", help="augment, finetune: augment every batch afresh through the frozen base, or train from cached views (default: end to end on a GPU, cached on a CPU).")] = None,
+    end_to_end: EndToEndOption = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     tta: Annotated[int, typer.Option(help="Test-time augmentation views for the evaluations (1: off).")] = 1,
 ):

@@ -124,6 +124,7 @@ def fit_head_end_to_end(extractor: FeatureExtractor, split: DatasetSplit, option
 
 def train(split: DatasetSplit, options: TrainOptions) -> StrategyResult:
     extractor = make_extractor(options)
+    end_to_end = runs_end_to_end(options)
     fitted = fit_augmented_head(extractor, split, options)
     classifier = Classifier(
         backbone=options.backbone,
@@ -145,8 +146,8 @@ def train(split: DatasetSplit, options: TrainOptions) -> StrategyResult:
         train_seconds=fitted.history.seconds,
         images_per_second=images_per_second,
         extra={
-            "views": None if runs_end_to_end(options) else options.views,
-            "augment_path": "end-to-end" if runs_end_to_end(options) else "cached",
+            "views": None if end_to_end else options.views,
+            "augment_path": "end-to-end" if end_to_end else "cached",
             "augment_key": augment_config(options).key(),
         },
     )
