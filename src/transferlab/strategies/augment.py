@@ -88,6 +88,7 @@ class AugmentedHead:
     head_config: HeadConfig
     history: History
     extractions: list[ExtractionResult]
+    train_images: torch.Tensor | None = None  # decoded training images, when the head was trained end to end
 
 
 def fit_augmented_head(extractor: FeatureExtractor, split: DatasetSplit, options: TrainOptions) -> AugmentedHead:
@@ -119,7 +120,7 @@ def fit_head_end_to_end(extractor: FeatureExtractor, split: DatasetSplit, option
         description="training head (end to end, frozen base)",
         batch_transform=FrozenBaseFeatures(train_images, augment_config(options), extractor),
     )
-    return AugmentedHead(split, head, head_config, history, list(results.values()))
+    return AugmentedHead(split, head, head_config, history, list(results.values()), train_images)
 
 
 def train(split: DatasetSplit, options: TrainOptions) -> StrategyResult:

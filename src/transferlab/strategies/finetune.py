@@ -191,11 +191,13 @@ def train_cached(
 def train_end_to_end(
     split: DatasetSplit, options: TrainOptions, model: torch.nn.Module, keys: list[str]
 ) -> StrategyResult:
-    """Phase 1 on cached pooled features; phase 2 runs the whole network on images augmented on the fly."""
+    """Phase 1 as the augment strategy's head; phase 2 runs the whole network on images augmented on the fly."""
     extractor = make_extractor(options)
     fitted = fit_augmented_head(extractor, split, options)
     split = fitted.split
-    train_images, _ = decode_images(extractor, split.train.paths, "decoding: train", options.quiet)
+    train_images = fitted.train_images  # already decoded when phase 1 ran end to end
+    if train_images is None:
+        train_images, _ = decode_images(extractor, split.train.paths, "decoding: train", options.quiet)
     val_images, _ = decode_images(extractor, split.val.paths, "decoding: validation", options.quiet)
     trainable = set(keys)
     for name, parameter in model.named_parameters():
