@@ -13,7 +13,8 @@ import transferlab
 from transferlab.augment import AugmentConfig
 from transferlab.backbones import create_backbone, get_spec
 from transferlab.errors import TransferlabError
-from transferlab.features import FeatureExtractor, Trunk, split_backbone
+from transferlab.features import FeatureExtractor
+from transferlab.trunk import Trunk, split_backbone
 from transferlab.strategies import TrainOptions, finetune, run_strategy
 from transferlab.strategies.augment import FrozenBaseFeatures, decode_images
 from transferlab.strategies.finetune import TailNet

@@ -7,13 +7,11 @@ the download cache, or a one-time download of timm's safetensors file from the H
 from __future__ import annotations
 
 import functools
-import hashlib
 import http.client
 import importlib
 import importlib.util
 import os
 import pickle
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +31,7 @@ from timm.models import get_pretrained_cfg, load_state_dict, remap_state_dict
 from torchvision.transforms import v2
 
 from transferlab.errors import TransferlabError
+from transferlab.files import atomic_path, memoized_file_digest
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 _DOWNLOAD_TIMEOUT_S = 30
@@ -229,16 +228,7 @@ def create_backbone(
 
 def weights_fingerprint(name: str, weights: str | Path | None = None, cache_dir: Path | None = None) -> str:
     """Short content hash of the weights create_backbone would load (downloads them if needed)."""
-    path = _weights_file(get_spec(name), weights, cache_dir)
-    stat = path.stat()
-    return _file_digest(path.resolve(), stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=64)
-def _file_digest(path: Path, mtime_ns: int, size: int) -> str:
-    """blake2b of the file; mtime and size are part of the memo key so a replaced file is hashed again."""
-    with path.open("rb") as file:
-        return hashlib.file_digest(file, lambda: hashlib.blake2b(digest_size=8)).hexdigest()
+    return memoized_file_digest(_weights_file(get_spec(name), weights, cache_dir), length=16)
 
 
 def _weights_file(spec: BackboneSpec, weights: str | Path | None, cache_dir: Path | None) -> Path:
@@ -316,18 +306,13 @@ def _download(spec: BackboneSpec, dest: Path) -> None:
     """Fetch spec.weights_url into `dest` atomically: a temp file in the same folder, checked, then renamed."""
     if spec.weights_url is None:
         raise _download_error(spec, dest, "no download URL is known")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out:
-            _fetch(spec, out)
-        _check_safetensors(spec, dest, tmp)
-        os.replace(tmp, dest)
+        with atomic_path(dest) as tmp:
+            with tmp.open("wb") as out:
+                _fetch(spec, out)
+            _check_safetensors(spec, dest, tmp)
     except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
         raise _download_error(spec, dest, _describe_download_failure(exc)) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _fetch(spec: BackboneSpec, out: BinaryIO) -> None:

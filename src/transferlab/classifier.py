@@ -20,7 +20,8 @@ from transferlab.augment import AugmentConfig
 from transferlab.backbones import get_spec
 from transferlab.errors import TransferlabError
 from transferlab.prediction import Prediction
-from transferlab.features import FeatureExtractor, atomic_write_bytes
+from transferlab.features import FeatureExtractor
+from transferlab.files import atomic_path, atomic_write_bytes
 from transferlab.heads import HeadConfig, build_head
 from transferlab.metrics import evaluate_probabilities
 
@@ -143,9 +144,8 @@ class Classifier:
         tensors = {f"head.{k}": v.contiguous() for k, v in self.head.state_dict().items()}
         for name, value in (self.backbone_state or {}).items():
             tensors[f"backbone.{name}"] = value.detach().cpu().contiguous()
-        tmp = directory / "model.safetensors.tmp"
-        save_file(tensors, str(tmp))
-        tmp.replace(directory / "model.safetensors")
+        with atomic_path(directory / "model.safetensors") as tmp:
+            save_file(tensors, str(tmp))
         description = {
             "format": MODEL_FORMAT,
             "backbone": self.backbone,

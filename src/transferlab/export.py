@@ -23,7 +23,8 @@ from transferlab.backbones import get_spec
 from transferlab.classifier import Classifier
 from transferlab.data import DatasetSplit, Subset, load_dataset
 from transferlab.errors import TransferlabError
-from transferlab.features import atomic_write_bytes, export_onnx
+from transferlab.files import atomic_write_bytes
+from transferlab.trunk import export_onnx
 from transferlab.onnx_predict import MODEL_FILE, ONNX_FORMAT, OnnxClassifier, metadata_path
 
 INT8_FILE = "model.int8.onnx"

@@ -23,7 +23,7 @@ from jinja2 import Environment, PackageLoader
 from transferlab.classifier import Classifier
 from transferlab.data import ImageDecodeError, open_image
 from transferlab.errors import TransferlabError
-from transferlab.features import atomic_write_bytes
+from transferlab.files import atomic_write_bytes
 from transferlab.metrics import most_confused_pairs
 from transferlab.summary import summarize_run
 

@@ -9,7 +9,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from transferlab.features import atomic_write_bytes
+from transferlab.files import atomic_write_bytes
 from transferlab.plots import plot_confusion_matrix, plot_training_curves
 from transferlab.strategies.base import StrategyResult
 

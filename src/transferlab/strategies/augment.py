@@ -27,7 +27,8 @@ from PIL import Image
 from transferlab.augment import AugmentConfig, augment_image
 from transferlab.classifier import Classifier
 from transferlab.data import DatasetSplit, ImageDecodeError
-from transferlab.features import ExtractionResult, FeatureExtractor, make_progress
+from transferlab.features import ExtractionResult, FeatureExtractor
+from transferlab.progress import make_progress
 from transferlab.heads import HeadConfig
 from transferlab.strategies.base import (
     StrategyResult,

@@ -12,7 +12,8 @@ import torch
 from transferlab.augment import AugmentConfig
 from transferlab.classifier import Classifier
 from transferlab.data import DatasetSplit, Subset
-from transferlab.features import ExtractionResult, FeatureExtractor, resolve_device
+from transferlab.features import ExtractionResult, FeatureExtractor
+from transferlab.runtimes import resolve_device
 from transferlab.heads import HeadConfig, build_head
 from transferlab.training import BatchTransform, FitConfig, History, fit
 

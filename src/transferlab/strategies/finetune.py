@@ -30,7 +30,7 @@ from transferlab.backbones import create_backbone, get_spec
 from transferlab.classifier import Classifier
 from transferlab.data import DatasetSplit
 from transferlab.errors import TransferlabError
-from transferlab.features import Trunk, split_backbone
+from transferlab.trunk import Trunk, split_backbone
 from transferlab.heads import HeadConfig
 from transferlab.strategies.augment import (
     CHANNELS_LAST,

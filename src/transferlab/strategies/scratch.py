@@ -14,7 +14,8 @@ from transferlab.augment import AugmentConfig
 from transferlab.backbones import create_backbone
 from transferlab.classifier import Classifier
 from transferlab.data import DatasetSplit
-from transferlab.features import FeatureExtractor, Trunk
+from transferlab.features import FeatureExtractor
+from transferlab.trunk import Trunk
 from transferlab.heads import HeadConfig, build_head
 from transferlab.strategies.augment import CHANNELS_LAST, ImageBatches, augment_config, decode_images
 from transferlab.strategies.base import StrategyResult, TrainOptions, training_device
