@@ -15,10 +15,10 @@ from transferlab.backbones import create_backbone, get_spec
 from transferlab.errors import TransferlabError
 from transferlab.features import FeatureExtractor
 from transferlab.trunk import Trunk, split_backbone
-from transferlab.strategies import TrainOptions, finetune, run_strategy
+from transferlab.strategies import TrainOptions, run_strategy
 from transferlab.strategies.augment import FrozenBaseFeatures, decode_images
 from transferlab.strategies.finetune import TailNet
-from transferlab.training import FitConfig
+from transferlab.options import FitConfig
 
 from conftest import write_colour_classes
 
@@ -161,14 +161,14 @@ def test_finetuned_run_reloads_and_predicts_with_its_own_weights(finetuned, colo
 def test_cached_fine_tuning_is_deterministic(colours):
     split = transferlab.dataset(colours)
     options = small_options(views=1, finetune_epochs=1)
-    first, second = finetune.train(split, options), finetune.train(split, options)
+    first, second = run_strategy("finetune", split, options), run_strategy("finetune", split, options)
     assert first.classifier.backbone_state
     for key, value in first.classifier.backbone_state.items():
         torch.testing.assert_close(value, second.classifier.backbone_state[key], rtol=0, atol=0)
 
 
 def test_fine_tuning_that_hurts_validation_is_discarded(colours):
-    result = finetune.train(transferlab.dataset(colours), small_options(views=1, finetune_epochs=1, finetune_lr=0.5))
+    result = run_strategy("finetune", transferlab.dataset(colours), small_options(views=1, finetune_epochs=1, finetune_lr=0.5))
     assert result.extra["finetune_improved"] is False
     assert result.classifier.backbone_state is None  # back to the pretrained base and the phase-1 head
     assert result.history.best_epoch <= result.extra["phase1_epochs"] < len(result.history.epochs)
@@ -176,7 +176,7 @@ def test_fine_tuning_that_hurts_validation_is_discarded(colours):
 
 def test_unfreeze_all_falls_back_to_end_to_end(colours):
     split = transferlab.dataset(colours)
-    result = finetune.train(split, small_options(views=1, unfreeze="all", finetune_epochs=1))
+    result = run_strategy("finetune", split, small_options(views=1, unfreeze="all", finetune_epochs=1))
     assert result.extra["finetune_path"] == "end-to-end"
     state = result.classifier.backbone_state
     assert {"conv_stem.weight", "blocks.0.0.conv_dw.weight", "conv_head.weight"} <= set(state)
@@ -184,13 +184,13 @@ def test_unfreeze_all_falls_back_to_end_to_end(colours):
 
 
 def test_end_to_end_fine_tuning_is_chosen_on_request(colours):
-    result = finetune.train(transferlab.dataset(colours), small_options(views=1, finetune_epochs=1, end_to_end=True))
+    result = run_strategy("finetune", transferlab.dataset(colours), small_options(views=1, finetune_epochs=1, end_to_end=True))
     assert result.extra["finetune_path"] == "end-to-end"
 
 
 def test_unfreeze_must_be_a_count_or_all(colours):
     with pytest.raises(TransferlabError, match="--unfreeze"):
-        finetune.train(transferlab.dataset(colours), small_options(unfreeze="top"))
+        run_strategy("finetune", transferlab.dataset(colours), small_options(unfreeze="top"))
 
 
 # -- scratch ----------------------------------------------------------------------------------------
@@ -213,7 +213,7 @@ def test_scratch_with_a_named_backbone_starts_from_random_weights(colours, pretr
     options = small_options(backbone="efficientnet_lite0", fit=FitConfig(epochs=1))
     result = run_strategy("scratch", transferlab.dataset(colours), options)
     state = result.classifier.backbone_state
-    assert result.classifier.pretrained is False
+    assert result.classifier.extractor.pretrained is False
     assert not torch.allclose(state["conv_stem.weight"], pretrained_state["conv_stem.weight"], atol=1e-2)
 
 

@@ -15,6 +15,7 @@ from transferlab.errors import TransferlabError
 RUN_FILES = [
     "config.json", "split.csv", "skipped.csv", "history.csv", "metrics.json", "model.safetensors",
     "model.json", "labels.txt", "accuracy.png", "loss.png", "confusion_matrix.png", "report.html",
+    "test_predictions.csv", "summary.json",
 ]
 
 

@@ -12,6 +12,7 @@ _EXPORTS = {
     "train": "transferlab.api",
     "load": "transferlab.api",
     "dataset": "transferlab.api",
+    "compare": "transferlab.api",
     "Classifier": "transferlab.classifier",
     "Prediction": "transferlab.prediction",
     "TransferlabError": "transferlab.errors",

@@ -14,15 +14,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from transferlab.api import train
 from transferlab.classifier import Classifier
 from transferlab.data import load_dataset
-from transferlab.errors import TransferlabError
+from transferlab.options import COMPARE_STRATEGIES, check_split_csv_alone, check_strategies
+from transferlab.pipeline import train
 from transferlab.plots import plot_comparison
 from transferlab.runs import unique_run_dir
-from transferlab.strategies import STRATEGIES
-
-DEFAULT_STRATEGIES = ("scratch", "extract", "augment", "finetune")
 COLUMNS = (
     "strategy", "backbone", "test_accuracy", "top5_accuracy", "val_accuracy", "epochs_run",
     "train_seconds", "extract_seconds", "total_seconds", "images_per_second", "run_dir",
@@ -48,7 +45,7 @@ class Comparison:
 
 def compare(
     data: str | Path,
-    strategies: Iterable[str] = DEFAULT_STRATEGIES,
+    strategies: Iterable[str] = COMPARE_STRATEGIES,
     *,
     out: str | Path | None = None,
     seed: int = 0,
@@ -63,19 +60,15 @@ def compare(
     `train_kwargs` are `transferlab.train` keywords shared by all runs (backbone, epochs, views, ...);
     `backbone` applies to the transfer strategies, `scratch_backbone` (default: the small convnet) to scratch.
     """
-    strategies = checked_strategies(strategies)
+    strategies = check_strategies(strategies)
     console = console or Console(quiet=quiet, stderr=True)
+    selection = {key: train_kwargs.pop(key) for key in SELECTION_KEYWORDS if key in train_kwargs}
+    check_split_csv_alone(split_csv, **selection)
     out_dir = unique_run_dir(out, data, "compare")
     out_dir.mkdir(parents=True, exist_ok=True)
-    selection = {key: train_kwargs.pop(key) for key in SELECTION_KEYWORDS if key in train_kwargs}
     if split_csv is None:
         split_csv = out_dir / "split.csv"
         load_dataset(data, seed=seed, **selection).write_split_csv(split_csv)
-    elif selection:
-        raise TransferlabError(
-            f"split_csv fixes the files; {', '.join(selection)} cannot be combined with it",
-            hint="leave out split_csv, or the file-selection options",
-        )
     classifiers: dict[str, Classifier] = {}
     for strategy in strategies:
         console.rule(f"[bold]{strategy}")
@@ -94,15 +87,6 @@ def compare(
     write_comparison(comparison, title=f"{Path(data).resolve().name}: strategies compared on one split")
     console.print(comparison.table())
     return comparison
-
-
-def checked_strategies(strategies: Iterable[str]) -> list[str]:
-    names = list(strategies)
-    unknown = [name for name in names if name not in STRATEGIES]
-    if unknown or not names or len(set(names)) != len(names):
-        problem = f"unknown strategy {unknown[0]!r}" if unknown else "strategies must be distinct and not empty"
-        raise TransferlabError(problem, hint=f"choose from: {', '.join(STRATEGIES)}, e.g. scratch,extract,augment")
-    return names
 
 
 def row_of(strategy: str, classifier: Classifier, out_dir: Path) -> dict:

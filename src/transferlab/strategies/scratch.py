@@ -12,24 +12,23 @@ import torch
 
 from transferlab.augment import AugmentConfig
 from transferlab.backbones import create_backbone
-from transferlab.classifier import Classifier
 from transferlab.data import DatasetSplit
-from transferlab.features import FeatureExtractor
-from transferlab.trunk import Trunk
+from transferlab.errors import TransferlabError
 from transferlab.heads import HeadConfig, build_head
-from transferlab.strategies.augment import CHANNELS_LAST, ImageBatches, augment_config, decode_images
-from transferlab.strategies.base import StrategyResult, TrainOptions, training_device
+from transferlab.strategies.augment import augment_config
+from transferlab.strategies.base import Trained, TrainOptions, make_extractor, training_device
+from transferlab.strategies.inputs import CHANNELS_LAST, ImageBatches, decode_images
 from transferlab.training import fit
-
-DEFAULT_BACKBONE = "small_cnn"
-# A network trained from random weights needs many small steps (the notebooks: batch 20-32).
-BATCH_SIZE = 32
-LR = 3e-4
+from transferlab.trunk import Trunk
 
 
-def train(split: DatasetSplit, options: TrainOptions) -> StrategyResult:
+def train(split: DatasetSplit, options: TrainOptions) -> Trained:
+    if options.layer is not None:
+        raise TransferlabError(
+            "--layer cannot be combined with training from scratch", hint="scratch trains the whole network; drop --layer"
+        )
     # Only its preprocessing is used: decoding at the network's own input size (no trunk is ever built here).
-    decoder = FeatureExtractor(options.backbone, pretrained=False, cache_dir=options.cache_dir, quiet=True)
+    decoder = make_extractor(options, pretrained=False)
     train_images, train_failed = decode_images(decoder, split.train.paths, "decoding: train", options.quiet)
     val_images, val_failed = decode_images(decoder, split.val.paths, "decoding: validation", options.quiet)
     failed = {**train_failed, **val_failed}
@@ -53,22 +52,10 @@ def train(split: DatasetSplit, options: TrainOptions) -> StrategyResult:
         quiet=options.quiet,
         description=f"training {options.backbone} from scratch",
     )
-    classifier = Classifier(
-        backbone=options.backbone,
-        classes=split.classes,
-        head=head,
-        head_config=head_config,
-        pretrained=False,
-        backbone_state={key: value.detach().clone() for key, value in model.state_dict().items()},
-        strategy="scratch",
-        cache_dir=options.cache_dir,
-    )
-    return StrategyResult(
-        classifier=classifier,
-        history=history,
-        split=split,
-        train_seconds=history.seconds,
-        extra={"augment_key": augmentation(options).key()},
+    state = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    trained_extractor = make_extractor(options, pretrained=False, backbone_state=state)
+    return Trained(
+        trained_extractor, head, head_config, history, split, extra={"augment_key": augmentation(options).key()}
     )
 
 
