@@ -19,9 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as F
-
 from transferlab.errors import TransferlabError
 
 # Keras fill modes as numpy.pad modes (Keras docs: nearest aaaa|abcd, reflect abcddcba|abcd, wrap abcdabcd|abcd).
@@ -188,6 +185,8 @@ def apply_transform(
     image: Image.Image, params: TransformParams, *, fill_mode: str = "nearest", cval: float = 0.0
 ) -> Image.Image:
     """Apply `params` to `image` in Keras' order: affine (bilinear), flips, brightness. Returns RGB."""
+    from torchvision.transforms.v2 import functional as F  # imported on first use: see transferlab.backbones
+
     if fill_mode not in FILL_MODES:
         raise _invalid("fill_mode", fill_mode, f"use one of {', '.join(FILL_MODES)}")
     pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
@@ -211,6 +210,9 @@ def augment_image(image: Image.Image, config: AugmentConfig, seed: int) -> Image
 def _affine_with_fill(pixels: torch.Tensor, params: TransformParams, fill_mode: str, cval: float) -> torch.Tensor:
     # torchvision's affine only fills with a constant; Keras' nearest/reflect/wrap are emulated by padding with
     # numpy.pad first, transforming about the (unchanged) centre of the padded image, then cropping back.
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
     _, height, width = pixels.shape
     pad_x, pad_y = _padding_needed(params, width, height)
     extra = {"constant_values": round(cval)} if fill_mode == "constant" else {}

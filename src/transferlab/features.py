@@ -27,6 +27,7 @@ from transferlab.data import ImageDecodeError, open_image
 from transferlab.errors import TransferlabError
 from transferlab.feature_cache import FeatureCache
 from transferlab.files import file_digest
+from transferlab.options import DEFAULT_BACKBONE
 from transferlab.progress import make_progress
 from transferlab.runtimes import Runtime, TrunkSource, make_runtime, resolve_device, resolve_runtime
 from transferlab.trunk import Trunk, split_backbone, stage_count
@@ -59,7 +60,7 @@ class FeatureExtractor:
 
     def __init__(
         self,
-        backbone: str = "efficientnet_lite0",
+        backbone: str = DEFAULT_BACKBONE,
         *,
         layer: int | None = None,
         weights: str | Path | None = None,

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from timm.models import group_parameters
 
 from transferlab.backbones import create_backbone, get_spec
 from transferlab.data import DatasetSplit
@@ -54,6 +53,8 @@ def block_groups(model: torch.nn.Module) -> list[list[str]]:
             f"{type(model).__name__} has no pretrained blocks to fine-tune",
             hint="use a pretrained backbone (see `transferlab backbones`), or --strategy scratch",
         )
+    from timm.models import group_parameters  # timm is imported where a network is built: see transferlab.backbones
+
     classifier = model.pretrained_cfg.get("classifier") or "classifier"
     groups = group_parameters(model, model.group_matcher(coarse=True))
     kept = [[n for n in names if not n.startswith(classifier + ".")] for _, names in sorted(groups.items())]
