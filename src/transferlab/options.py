@@ -93,6 +93,14 @@ def check_tta(tta: int) -> int:
     return tta
 
 
+def check_runtime(runtime: str) -> str:
+    from transferlab.runtimes import RUNTIMES  # torch-free; a table that code outside the package may extend
+
+    if runtime != "auto" and runtime not in RUNTIMES:
+        raise TransferlabError(f"unknown runtime {runtime!r}", hint=f"choose one of: auto, {', '.join(RUNTIMES)}")
+    return runtime
+
+
 def check_device(device: str) -> str:
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
         raise TransferlabError(f"unknown device {device!r}", hint="use auto, cpu or cuda")
@@ -147,6 +155,7 @@ class TrainOptions:
     dropout: float = 0.5
     fit: FitConfig = field(default_factory=lambda: FitConfig(batch_size=HEAD_BATCH_SIZE, lr=HEAD_LR))
     device: str = "auto"
+    runtime: str = "auto"  # what runs the frozen trunk: auto | onnx | torch | one registered in runtimes.RUNTIMES
     extract_batch_size: int = 32
     cache_dir: Path | None = None
     quiet: bool = False
@@ -176,6 +185,7 @@ class TrainOptions:
                 f"--unfreeze must be a number of top blocks or 'all', got {self.unfreeze!r}", hint="e.g. --unfreeze 1"
             )
         check_device(self.device)
+        check_runtime(self.runtime)
 
     def to_dict(self) -> dict:
         values = asdict(self)

@@ -55,6 +55,7 @@ def train(
     layer: int | None = None,
     weights: str | Path | None = None,
     device: str = "auto",
+    runtime: str = "auto",
     extract_batch_size: int = 32,
     cache_dir: str | Path | None = None,
     views: int = 3,
@@ -76,7 +77,8 @@ def train(
     AugmentConfig or a preset name ("notebook", "light", "none"); None means light views for augment and
     finetune, the notebooks' settings for scratch. `end_to_end` (augment, finetune): True augments afresh in
     every batch and runs the frozen base on the fly, False trains from cached features of `views` views;
-    None picks end to end on a GPU, cached on a CPU.
+    None picks end to end on a GPU, cached on a CPU. `runtime` runs the frozen trunk: "auto" (ONNX Runtime on a
+    CPU, PyTorch on CUDA), "onnx", "torch" or a name registered with `transferlab.runtimes.register_runtime`.
     """
     started = time.perf_counter()
     console = console or Console(quiet=quiet, stderr=True)
@@ -103,6 +105,7 @@ def train(
             seed=seed,
         ),
         device=device,
+        runtime=runtime,
         extract_batch_size=extract_batch_size,
         cache_dir=Path(cache_dir) if cache_dir else None,
         quiet=quiet,

@@ -82,6 +82,7 @@ def make_extractor(options: TrainOptions, **overrides) -> FeatureExtractor:
         layer=options.layer,
         weights=options.weights,
         device=options.device,
+        runtime=options.runtime,
         batch_size=options.extract_batch_size,
         cache_dir=options.cache_dir,
         quiet=options.quiet,
