@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from transferlab.errors import TransferlabError
 from transferlab.features import FeatureExtractor
 from transferlab.trunk import Trunk, split_backbone
 from transferlab.strategies import TrainOptions, run_strategy
-from transferlab.strategies.augment import FrozenBaseFeatures, decode_images
+from transferlab.strategies.augment import FrozenBaseFeatures
+from transferlab.strategies.inputs import decode_images
 from transferlab.strategies.finetune import TailNet
 from transferlab.options import FitConfig
 
@@ -230,3 +232,41 @@ def test_finetune_on_real_photos_beats_chance(shared, tmp_path):
         max_per_class=15, views=1, epochs=10, finetune_epochs=2, quiet=True,
     )
     assert classifier.metrics["test_accuracy"] >= 0.75  # ants vs bees: chance is 0.5
+
+
+# -- featurewise standardisation (Keras' dataset-level options) ----------------------------------------
+def test_scratch_fits_featurewise_normalisation_and_keeps_it_at_prediction_and_export(colours, tmp_path):
+    from transferlab.augment import FeaturewiseStandardizer
+    from transferlab.export import export_run
+    from transferlab.onnx_predict import OnnxClassifier
+
+    config = dataclasses.replace(AugmentConfig.none(), featurewise_center=True, featurewise_std_normalization=True)
+    classifier = transferlab.train(colours, strategy="scratch", augment=config, out=tmp_path / "run", epochs=2,
+                                   quiet=True)
+    split = transferlab.dataset(colours)  # the split train drew (same seed)
+    decoded = np.stack([classifier.extractor.prepare(path) for path in split.train.paths]).astype(np.float64) / 255
+    expected = FeaturewiseStandardizer(center=True, std_normalization=True).fit(decoded)
+    mean, std = json.loads((tmp_path / "run" / "model.json").read_text())["normalization"]
+    np.testing.assert_allclose(mean, expected.mean_, atol=1e-6)
+    np.testing.assert_allclose(std, expected.std_ + FeaturewiseStandardizer.STD_GUARD, atol=1e-6)
+    images = sorted((colours / "blue").glob("*.jpg"))[:3]
+    loaded = transferlab.load(tmp_path / "run")
+    np.testing.assert_allclose(loaded.predict_proba(images)[0], classifier.predict_proba(images)[0], atol=1e-6)
+    export_run(tmp_path / "run")
+    onnx = OnnxClassifier(tmp_path / "run")
+    torch_top = [p.top[0] for p in loaded.predict(images, top_k=1)]
+    onnx_top = [p.top[0] for p in onnx.predict(images, top_k=1)]
+    assert [label for label, _ in torch_top] == [label for label, _ in onnx_top]
+    np.testing.assert_allclose([p for _, p in torch_top], [p for _, p in onnx_top], atol=1e-4)
+
+
+def test_featurewise_options_are_refused_by_pretrained_strategies(colours):
+    config = dataclasses.replace(AugmentConfig.light(), featurewise_center=True)
+    with pytest.raises(TransferlabError, match="training from scratch only"):
+        transferlab.train(colours, strategy="augment", augment=config, quiet=True)
+
+
+def test_zca_whitening_is_refused_at_sizes_it_cannot_handle(colours):
+    config = dataclasses.replace(AugmentConfig.none(), zca_whitening=True)
+    with pytest.raises(TransferlabError, match="ZCA whitening needs images of at most"):
+        transferlab.train(colours, strategy="scratch", augment=config, epochs=1, quiet=True)

@@ -3,7 +3,8 @@
 Per-image options (rotation, shifts, shear, zoom, flips, brightness, fill modes) are sampled from a local
 numpy Generator seeded per call, so `augment_image(image, config, seed)` is reproducible and never touches
 global RNG state. Dataset-level options (featurewise centering / std normalization / ZCA whitening) live in
-`FeaturewiseStandardizer`, fitted on the training split's arrays. `preview_grid` and `save_augmented` let
+`FeaturewiseStandardizer`, fitted on the training split's arrays (strategy scratch turns centering and std
+normalisation into its input normalisation; `featurewise_preview` shows all three). `preview_grid` and `save_augmented` let
 users look at what a config does (Keras' save_to_dir / save_prefix / save_format).
 """
 
@@ -258,7 +259,7 @@ class FeaturewiseStandardizer:
     # A d x d covariance and its SVD: 64x64x3 is already 150 MB per matrix and a long SVD.
     MAX_ZCA_FEATURES = 64 * 64 * 3
     # Keras divides by (std + 1e-6) so constant channels do not divide by zero.
-    _STD_GUARD = 1e-6
+    STD_GUARD = 1e-6
 
     def __init__(
         self,
@@ -321,7 +322,7 @@ class FeaturewiseStandardizer:
 
     def _standardize(self, batch: np.ndarray) -> np.ndarray:
         centred = batch - self.mean_
-        return centred / (self.std_ + self._STD_GUARD) if self.std_ is not None else centred
+        return centred / (self.std_ + self.STD_GUARD) if self.std_ is not None else centred
 
 
 def _fit_zca(batch: np.ndarray, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
@@ -375,6 +376,23 @@ def preview_grid(
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         grid.save(path, format="PNG")
     return grid
+
+
+def featurewise_preview(images: list[Image.Image], config: AugmentConfig, size: int = 32) -> list[Image.Image]:
+    """What featurewise centering / std normalisation / ZCA whitening do to `images`: the standardizer is fitted
+    on them (resized to size x size, small enough for ZCA) and each result is stretched to 0..255 to be seen,
+    as the Keras lessons show whitened CIFAR images."""
+    standardizer = FeaturewiseStandardizer.from_config(config)
+    if not (standardizer.center or standardizer.std_normalization or standardizer.zca_whitening):
+        raise TransferlabError(
+            "the augmentation has no featurewise option to preview",
+            hint="set featurewise_center, featurewise_std_normalization or zca_whitening",
+        )
+    batch = np.stack([np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)) for im in images]) / 255.0
+    out = standardizer.fit(batch).transform(batch)
+    low = out.min(axis=(1, 2, 3), keepdims=True)
+    span = np.maximum(out.max(axis=(1, 2, 3), keepdims=True) - low, 1e-12)
+    return [Image.fromarray(im) for im in ((out - low) / span * 255).round().astype(np.uint8)]
 
 
 def save_augmented(

@@ -145,7 +145,10 @@ class Classifier:
             "strategy": self.strategy,
             "head": self.head_config.to_dict(),
             "classes": self.classes,
-            "preprocessing": preprocessing_of(self.backbone),
+            "normalization": [list(self.extractor.normalization[0]), list(self.extractor.normalization[1])]
+            if self.extractor.normalization
+            else None,
+            "preprocessing": preprocessing_of(self.extractor),
         }
         atomic_write_bytes(directory / "model.json", json.dumps(description, indent=2).encode())
         atomic_write_bytes(directory / "labels.txt", ("\n".join(self.classes) + "\n").encode())
@@ -174,6 +177,7 @@ class Classifier:
             weights=description.get("weights"),
             pretrained=description.get("pretrained", True),
             backbone_state=backbone_state or None,
+            normalization=description.get("normalization"),
             cache_dir=cache_dir,
             quiet=True,
         )
@@ -191,13 +195,13 @@ class Classifier:
         return classifier
 
 
-def preprocessing_of(backbone: str) -> dict:
-    spec = get_spec(backbone)
+def preprocessing_of(extractor: FeatureExtractor) -> dict:
+    spec = extractor.spec
     return {
         "input_size": spec.input_size,
         "resize_size": spec.resize_size,
         "interpolation": spec.interpolation,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
+        "mean": list(extractor.mean),
+        "std": list(extractor.std),
         "input": "uint8 RGB, NCHW",
     }

@@ -73,14 +73,18 @@ class FeatureExtractor:
         use_cache: bool = True,
         quiet: bool = False,
         until: str | None = None,
+        normalization: tuple[Sequence[float], Sequence[float]] | None = None,
     ):
         """`until` names a block (see `split_backbone`): the extractor then returns the unpooled activations
-        entering it, flattened to [n, c*h*w] and stored as float16 (they are large; fine-tuning caches them)."""
+        entering it, flattened to [n, c*h*w] and stored as float16 (they are large; fine-tuning caches them).
+        `normalization` (mean, std per channel, for pixels scaled to 0..1) replaces the backbone's own: a network
+        trained from scratch with featurewise centering / std normalisation fitted them on its training images."""
         if batch_size < 1:
             raise TransferlabError(f"batch size must be >= 1, got {batch_size}")
         self.spec = backbones.get_spec(backbone)
         self.layer = layer
         self.until = until
+        self.normalization = (tuple(normalization[0]), tuple(normalization[1])) if normalization else None
         self.dtype = np.float16 if until else np.float32
         self.weights = weights
         self.backbone_state = backbone_state
@@ -98,6 +102,14 @@ class FeatureExtractor:
 
     # -- identity ---------------------------------------------------------------------------------
     @property
+    def mean(self) -> tuple[float, ...]:
+        return self.normalization[0] if self.normalization else self.spec.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.normalization[1] if self.normalization else self.spec.std
+
+    @property
     def key(self) -> str:
         """Hash of everything that determines a feature vector except the image and its augmentation."""
         if self._key is None:
@@ -113,8 +125,8 @@ class FeatureExtractor:
                 "input_size": self.spec.input_size,
                 "resize": self.spec.resize_size,
                 "interpolation": self.spec.interpolation,
-                "mean": self.spec.mean,
-                "std": self.spec.std,
+                "mean": self.mean,
+                "std": self.std,
             }
             self._key = hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=12).hexdigest()
         return self._key
@@ -137,9 +149,9 @@ class FeatureExtractor:
                 model.load_state_dict(self.backbone_state, strict=False)
             self._check_layer(model)
             if self.until:
-                self._trunk = Trunk(split_backbone(model, self.until)[0], self.spec.mean, self.spec.std, pool=False)
+                self._trunk = Trunk(split_backbone(model, self.until)[0], self.mean, self.std, pool=False)
             else:
-                self._trunk = Trunk(model, self.spec.mean, self.spec.std, self.layer)
+                self._trunk = Trunk(model, self.mean, self.std, self.layer)
             self._trunk.eval()
         return self._trunk
 

@@ -88,6 +88,20 @@ def check_split_csv_alone(split_csv: str | Path | None, **selection: Any) -> Non
         )
 
 
+FEATUREWISE_FLAGS = ("featurewise_center", "featurewise_std_normalization", "zca_whitening")
+
+
+def check_featurewise(strategy: str, augment: Any) -> None:
+    """Keras' dataset-level options (featurewise centering / std normalisation / ZCA) fit a from-scratch network's
+    input; a pretrained backbone expects the normalisation it was trained with, so other strategies refuse them."""
+    asked = [flag for flag in FEATUREWISE_FLAGS if getattr(augment, flag, False)]
+    if asked and strategy != "scratch":
+        raise TransferlabError(
+            f"{', '.join(asked)} apply to training from scratch only, not to strategy {strategy!r}",
+            hint="a pretrained backbone expects its own ImageNet normalisation: turn them off, or use --strategy scratch",
+        )
+
+
 def check_tta(tta: int) -> int:
     _at_least("--tta", tta, 1)
     return tta

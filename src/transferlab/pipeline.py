@@ -18,6 +18,7 @@ from transferlab.options import (
     DEFAULT_SPLIT,
     FitConfig,
     TrainOptions,
+    check_featurewise,
     check_split_csv_alone,
     check_strategy,
     check_tta,
@@ -116,6 +117,7 @@ def train(
         augment=AugmentConfig.preset(augment) if isinstance(augment, str) else augment,
         end_to_end=end_to_end,
     )
+    check_featurewise(strategy, options.augment)
     get_spec(options.backbone)  # unknown backbone: fail before reading any image
     dataset = load_dataset(
         data, split=fractions, seed=seed, include=include, exclude=exclude, max_per_class=max_per_class,

@@ -8,11 +8,13 @@ trained from random init instead. Training images are decoded once and augmented
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from transferlab.augment import AugmentConfig
+from transferlab.augment import AugmentConfig, FeaturewiseStandardizer
 from transferlab.backbones import create_backbone
 from transferlab.data import DatasetSplit
+from transferlab.features import FeatureExtractor
 from transferlab.errors import TransferlabError
 from transferlab.heads import HeadConfig, build_head
 from transferlab.strategies.augment import augment_config
@@ -34,9 +36,10 @@ def train(split: DatasetSplit, options: TrainOptions) -> Trained:
     failed = {**train_failed, **val_failed}
     split = split.without(failed) if failed else split
 
+    normalization = featurewise_normalization(train_images, augmentation(options), decoder)
     torch.manual_seed(options.fit.seed)
     model = create_backbone(options.backbone, pretrained=False)
-    trunk = Trunk(model, decoder.spec.mean, decoder.spec.std)
+    trunk = Trunk(model, *(normalization or (decoder.mean, decoder.std)))
     head_config = HeadConfig(
         options.head, feature_size(trunk, decoder.spec.input_size), len(split.classes), options.hidden, options.dropout
     )
@@ -53,7 +56,7 @@ def train(split: DatasetSplit, options: TrainOptions) -> Trained:
         description=f"training {options.backbone} from scratch",
     )
     state = {key: value.detach().clone() for key, value in model.state_dict().items()}
-    trained_extractor = make_extractor(options, pretrained=False, backbone_state=state)
+    trained_extractor = make_extractor(options, pretrained=False, backbone_state=state, normalization=normalization)
     return Trained(
         trained_extractor, head, head_config, history, split, extra={"augment_key": augmentation(options).key()}
     )
@@ -63,6 +66,41 @@ def augmentation(options: TrainOptions) -> AugmentConfig:
     """The user's, or the notebooks' ImageDataGenerator settings: a network learning from nothing needs
     strong augmentation on small data."""
     return augment_config(options, default=AugmentConfig())
+
+
+def featurewise_normalization(
+    images: torch.Tensor, config: AugmentConfig, decoder: FeatureExtractor
+) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """Keras' featurewise_center / featurewise_std_normalization as the network's input normalisation: the
+    per-channel mean and std of the training images (pixels scaled to 0..1), saved with the model, so that
+    prediction and the ONNX export apply them too. None when neither is asked for."""
+    size = decoder.spec.input_size
+    if config.zca_whitening and 3 * size * size > FeaturewiseStandardizer.MAX_ZCA_FEATURES:
+        raise TransferlabError(
+            f"ZCA whitening needs images of at most {FeaturewiseStandardizer.MAX_ZCA_FEATURES} values; "
+            f"{decoder.spec.name} trains at {size}x{size}x3",
+            hint="turn zca_whitening off (featurewise_center / featurewise_std_normalization work at any size)",
+        )
+    if not (config.featurewise_center or config.featurewise_std_normalization):
+        return None
+    mean, std = channel_statistics(images)
+    return (
+        tuple(mean) if config.featurewise_center else decoder.mean,
+        tuple(std + FeaturewiseStandardizer.STD_GUARD) if config.featurewise_std_normalization else decoder.std,
+    )
+
+
+def channel_statistics(images: torch.Tensor, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation of uint8 NCHW images, scaled to 0..1, accumulated in chunks (a
+    float copy of a whole training set would take gigabytes)."""
+    total, squares, count = np.zeros(3), np.zeros(3), 0
+    for start in range(0, len(images), chunk):
+        pixels = images[start : start + chunk].double() / 255.0
+        total += pixels.sum(dim=(0, 2, 3)).numpy()
+        squares += (pixels * pixels).sum(dim=(0, 2, 3)).numpy()
+        count += pixels.numel() // 3
+    mean = total / count
+    return mean, np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
 
 
 def feature_size(trunk: Trunk, input_size: int) -> int:
