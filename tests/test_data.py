@@ -47,7 +47,7 @@ def test_class_folders_are_split_70_15_15_and_stratified(tmp_path):
     dataset = load_dataset(root)
     assert dataset.layout == "folders"
     assert dataset.classes == ["cat", "dog", "eel"]
-    assert (len(dataset.train), len(dataset.val), len(dataset.test)) == (84, 18, 18)
+    assert (len(dataset.train), len(dataset.validation), len(dataset.test)) == (84, 18, 18)
     assert class_names_in(dataset, "validation") == {"cat": 6, "dog": 6, "eel": 6}
     assert class_names_in(dataset, "test") == {"cat": 6, "dog": 6, "eel": 6}
     assert dataset.train.labels.dtype == np.int64
@@ -71,13 +71,13 @@ def test_split_is_deterministic_per_seed(tmp_path):
 
 def test_custom_split_fractions_are_respected(tmp_path):
     dataset = load_dataset(make_classes(tmp_path / "data", {"a": 50, "b": 50}), split=(0.5, 0.3, 0.2))
-    assert (len(dataset.train), len(dataset.val), len(dataset.test)) == (50, 30, 20)
+    assert (len(dataset.train), len(dataset.validation), len(dataset.test)) == (50, 30, 20)
 
 
 def test_zero_test_fraction_uses_validation_as_test(tmp_path):
     dataset = load_dataset(make_classes(tmp_path / "data", {"a": 10, "b": 10}), split=(0.8, 0.2, 0))
     assert dataset.test_is_validation
-    assert dataset.test.paths == dataset.val.paths and len(dataset.val) == 4
+    assert dataset.test.paths == dataset.validation.paths and len(dataset.validation) == 4
 
 
 @pytest.mark.parametrize("split", [(0.7, 0.2, 0.2), (0.9, -0.1, 0.2), (0.7, 0.3), (1.0, 0.0, 0.0), ("a", 0.5, 0.5)])
@@ -126,8 +126,8 @@ def test_presplit_folders_are_recognised_under_aliases(tmp_path, names):
         make_classes(root / folder, {"a": count, "b": count})
     dataset = load_dataset(root)
     assert dataset.layout == "presplit" and not dataset.test_is_validation
-    assert (len(dataset.train), len(dataset.val), len(dataset.test)) == (12, 6, 4)
-    assert {p.parent.parent.name for p in dataset.val.paths} == {names[1]}
+    assert (len(dataset.train), len(dataset.validation), len(dataset.test)) == (12, 6, 4)
+    assert {p.parent.parent.name for p in dataset.validation.paths} == {names[1]}
 
 
 def test_presplit_without_validation_holds_out_15_percent_of_train(tmp_path):
@@ -135,8 +135,8 @@ def test_presplit_without_validation_holds_out_15_percent_of_train(tmp_path):
     make_classes(root / "train", {"a": 20, "b": 20})
     make_classes(root / "test", {"a": 5, "b": 5})
     dataset = load_dataset(root)
-    assert (len(dataset.train), len(dataset.val), len(dataset.test)) == (34, 6, 10)
-    assert all(p.parent.parent.name == "train" for p in dataset.val.paths)
+    assert (len(dataset.train), len(dataset.validation), len(dataset.test)) == (34, 6, 10)
+    assert all(p.parent.parent.name == "train" for p in dataset.validation.paths)
     assert class_names_in(dataset, "validation") == {"a": 3, "b": 3}
 
 
@@ -145,7 +145,7 @@ def test_presplit_without_test_uses_validation_as_test(tmp_path):
     make_classes(root / "train", {"a": 6, "b": 6})
     make_classes(root / "val", {"a": 2, "b": 2})
     dataset = load_dataset(root)
-    assert dataset.test_is_validation and dataset.test.paths == dataset.val.paths
+    assert dataset.test_is_validation and dataset.test.paths == dataset.validation.paths
     assert len(dataset.train) == 12
 
 
@@ -179,7 +179,7 @@ def test_split_lists_define_train_and_test_with_validation_from_train(tmp_path):
                        "test.txt": [f"{c}/img_{i:03d}.png" for c in "ab" for i in range(10, 12)]})
     dataset = load_dataset(root)
     assert dataset.layout == "lists"
-    assert (len(dataset.train), len(dataset.val), len(dataset.test)) == (17, 3, 4)
+    assert (len(dataset.train), len(dataset.validation), len(dataset.test)) == (17, 3, 4)
     assert {p.name for p in dataset.test.paths} == {"img_010.png", "img_011.png"}
 
 
@@ -188,7 +188,7 @@ def test_split_lists_use_val_txt_when_present(tmp_path):
     write_lists(root, {"train.txt": ["a/img_000.png", "a/img_001.png", "b/img_000.png", "b/img_001.png"],
                        "val.txt": ["a/img_002.png", "b/img_002.png"], "test.txt": ["a/img_003.png", "b/img_003.png"]})
     dataset = load_dataset(root)
-    assert sorted(p.name for p in dataset.val.paths) == ["img_002.png", "img_002.png"]
+    assert sorted(p.name for p in dataset.validation.paths) == ["img_002.png", "img_002.png"]
 
 
 def test_split_list_paths_resolve_inside_the_one_subfolder_holding_them(tmp_path):
@@ -450,7 +450,7 @@ def shared_datasets() -> Path:
 def test_caltech_101_97_has_97_classes_and_6209_images_split_70_15_15(shared_datasets):
     dataset = load_dataset(shared_datasets / "caltech101" / "101_ObjectCategories", exclude=CALTECH_EXCLUDED)
     assert dataset.layout == "folders" and len(dataset.classes) == 97
-    assert (len(dataset.train), len(dataset.val), len(dataset.test)) == (4347, 931, 931)
+    assert (len(dataset.train), len(dataset.validation), len(dataset.test)) == (4347, 931, 931)
     assert dataset.skipped == []
     assert min(n["test"] for n in dataset.class_counts().values()) >= 4  # stratified: even 31-image classes
 
@@ -460,7 +460,7 @@ def test_caltech_split_lists_layout(shared_datasets):
     dataset = load_dataset(shared_datasets / "caltech101")
     assert dataset.layout == "lists" and len(dataset.classes) == 102
     assert len(dataset.test) == 3049
-    assert len(dataset.train) + len(dataset.val) == 6096 - 1  # BACKGROUND_Google/tmp has no image extension
+    assert len(dataset.train) + len(dataset.validation) == 6096 - 1  # BACKGROUND_Google/tmp has no image extension
     assert dataset.skipped == [Skipped(str(shared_datasets / "caltech101/101_ObjectCategories/BACKGROUND_Google/tmp"),
                                        "unsupported extension (none)")]
 
@@ -470,8 +470,8 @@ def test_hymenoptera_presplit_uses_val_as_validation_and_test(shared_datasets):
     root = shared_datasets / "hymenoptera"
     dataset = load_dataset(root)
     assert dataset.layout == "presplit" and dataset.classes == ["ants", "bees"]
-    assert dataset.test_is_validation and dataset.test.paths == dataset.val.paths
-    assert (len(dataset.train), len(dataset.val)) == (245, 153)
+    assert dataset.test_is_validation and dataset.test.paths == dataset.validation.paths
+    assert (len(dataset.train), len(dataset.validation)) == (245, 153)
     placeholder = root / "train" / "ants" / "imageNotFound.gif"
     assert placeholder in dataset.train.paths and dataset.skipped == []  # a real GIF, just not an ant
     assert open_image(placeholder).size == (300, 300)

@@ -148,7 +148,7 @@ def train_auto(
     dataset = load_dataset(data, seed=seed, split_csv=split_csv, **selection)
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset.write_split_csv(out_dir / "split.csv")
-    cost = CostModel(len(dataset.train), len(dataset.val) + len(dataset.test))
+    cost = CostModel(len(dataset.train), len(dataset.validation) + len(dataset.test))
     budget = budget or default_budget(cost)
     attempts, classifiers, chosen = [], {}, None
     for candidate in candidates:
@@ -174,9 +174,9 @@ def train_auto(
         attempt.test_accuracy = classifier.metrics["test_accuracy"]
         attempt.status = "trained"
         classifiers[candidate.label] = classifier
-        if chosen is None or better(attempt, chosen, len(dataset.val)):
+        if chosen is None or better(attempt, chosen, len(dataset.validation)):
             chosen = attempt
-    return finish(out_dir, data, attempts, classifiers, chosen, budget, len(dataset.val), console)
+    return finish(out_dir, data, attempts, classifiers, chosen, budget, len(dataset.validation), console)
 
 
 def finish(out_dir, data, attempts, classifiers, chosen, budget, n_val, console) -> Classifier:

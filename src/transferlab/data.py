@@ -83,14 +83,14 @@ class DatasetSplit:
     root: Path
     classes: list[str]
     train: Subset
-    val: Subset
+    validation: Subset
     test: Subset
     skipped: list[Skipped]
     test_is_validation: bool
     layout: str  # "folders" | "presplit" | "lists" | "csv"
 
     def subsets(self) -> dict[str, Subset]:
-        return {"train": self.train, "validation": self.val, "test": self.test}
+        return {"train": self.train, "validation": self.validation, "test": self.test}
 
     def class_counts(self) -> dict[str, dict[str, int]]:
         per_split = {
@@ -134,11 +134,11 @@ class DatasetSplit:
         """This split minus files that failed to decode later (path -> reason), which join `skipped`."""
         dropped = {Path(path): reason for path, reason in failed.items()}
         present = {path for subset in self.subsets().values() for path in subset.paths}
-        val = _drop(self.val, dropped)
+        val = _drop(self.validation, dropped)
         result = replace(
             self,
             train=_drop(self.train, dropped),
-            val=val,
+            validation=val,
             test=val if self.test_is_validation else _drop(self.test, dropped),
             skipped=self.skipped + [Skipped(str(path), reason) for path, reason in dropped.items() if path in present],
         )
@@ -188,7 +188,7 @@ def load_dataset(
         root=root,
         classes=classes,
         train=_subset(train, index),
-        val=val_subset,
+        validation=val_subset,
         test=val_subset if test is None else _subset(test, index),
         skipped=skipped,
         test_is_validation=test is None,

@@ -194,7 +194,7 @@ def run_metrics(result: StrategyResult, test: TestPredictions, tta: int, seconds
         "test_is_validation": split.test_is_validation,
         "n_classes": len(split.classes),
         "n_train": len(split.train),
-        "n_val": len(split.val),
+        "n_val": len(split.validation),
         "n_test": len(split.test),
         "n_skipped": len(split.skipped),
         "tta": tta,

@@ -67,7 +67,7 @@ def fit_augmented_head(
         options,
         [results["train"].features, *(view.features for view in views)],
         split.train.labels,
-        tensors(results["validation"].features, split.val),
+        tensors(results["validation"].features, split.validation),
         len(split.classes),
     )
     return Trained(extractor, head, head_config, history, split, [*results.values(), *views]), None
@@ -83,7 +83,7 @@ def fit_head_end_to_end(
     head, head_config, history = train_head(
         options,
         (torch.arange(len(split.train)), torch.from_numpy(split.train.labels)),
-        tensors(results["validation"].features, split.val),
+        tensors(results["validation"].features, split.validation),
         len(split.classes),
         description="training head (end to end, frozen base)",
         batch_transform=FrozenBaseFeatures(train_images, augment_config(options), extractor),

@@ -12,7 +12,7 @@ def train(split: DatasetSplit, options: TrainOptions) -> Trained:
     head, head_config, history = train_head(
         options,
         tensors(results["train"].features, split.train),
-        tensors(results["validation"].features, split.val),
+        tensors(results["validation"].features, split.validation),
         len(split.classes),
     )
     return Trained(extractor, head, head_config, history, split, list(results.values()))

@@ -141,12 +141,12 @@ def train_cached(
     """Both phases from the activations at the boundary: the frozen prefix runs once per image and view."""
     extractor = make_extractor(options, until=boundary)
     train_original = extractor.extract(split.train.paths, description="activations: train")
-    val = extractor.extract(split.val.paths, description="activations: validation")
+    val = extractor.extract(split.validation.paths, description="activations: validation")
     failed = {**train_original.failed, **val.failed}
     split = split.without(failed) if failed else split
     views = extract_views(extractor, split.train.paths, augment_config(options), options.views)
     activations = torch.from_numpy(np.stack([train_original.features, *(view.features for view in views)]))
-    val_inputs = tensors(val.features, split.val)
+    val_inputs = tensors(val.features, split.validation)
 
     pooling_started = time.perf_counter()
     pooled_views = [pooled(tail, view) for view in activations]
@@ -177,7 +177,7 @@ def train_end_to_end(
     split = fitted.split
     if train_images is None:
         train_images, _ = decode_images(extractor, split.train.paths, "decoding: train", options.quiet)
-    val_images, _ = decode_images(extractor, split.val.paths, "decoding: validation", options.quiet)
+    val_images, _ = decode_images(extractor, split.validation.paths, "decoding: validation", options.quiet)
     trainable = set(keys)
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name in trainable)
@@ -187,7 +187,7 @@ def train_end_to_end(
             memory_format=CHANNELS_LAST
         ),
         split,
-        (val_images, torch.from_numpy(split.val.labels)),
+        (val_images, torch.from_numpy(split.validation.labels)),
         ImageBatches(train_images, augment_config(options)),
         options,
         "fine-tuning (end to end)",

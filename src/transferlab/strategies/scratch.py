@@ -32,7 +32,7 @@ def train(split: DatasetSplit, options: TrainOptions) -> Trained:
     # Only its preprocessing is used: decoding at the network's own input size (no trunk is ever built here).
     decoder = make_extractor(options, pretrained=False)
     train_images, train_failed = decode_images(decoder, split.train.paths, "decoding: train", options.quiet)
-    val_images, val_failed = decode_images(decoder, split.val.paths, "decoding: validation", options.quiet)
+    val_images, val_failed = decode_images(decoder, split.validation.paths, "decoding: validation", options.quiet)
     failed = {**train_failed, **val_failed}
     split = split.without(failed) if failed else split
 
@@ -47,7 +47,7 @@ def train(split: DatasetSplit, options: TrainOptions) -> Trained:
     history = fit(
         torch.nn.Sequential(trunk, head).to(memory_format=CHANNELS_LAST),
         (torch.arange(len(split.train)), torch.from_numpy(split.train.labels)),
-        (val_images, torch.from_numpy(split.val.labels)),
+        (val_images, torch.from_numpy(split.validation.labels)),
         options.fit,
         n_classes=len(split.classes),
         batch_transform=ImageBatches(train_images, augmentation(options)),
