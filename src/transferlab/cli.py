@@ -30,6 +30,9 @@ EndToEndOption = Annotated[Optional[bool], typer.Option(
     help="augment, finetune: augment every batch afresh through the network, or train from cached views "
     "(default: end to end on a GPU, cached on a CPU).",
 )]
+OverwriteOption = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace --out if it already exists (the whole folder; without this, an existing one is an error)."
+)]
 
 
 class State:
@@ -84,6 +87,7 @@ def train(
     strategy: Annotated[str, typer.Option(help="extract | augment | finetune | scratch | auto (the best within --budget)")] = "extract",
     budget: Annotated[Optional[str], typer.Option(help="Time budget of --strategy auto: 90s, 10m, 1h (default: fitted to the data size).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<data>-<strategy>).")] = None,
+    overwrite: OverwriteOption = False,
     include: Annotated[Optional[str], typer.Option(help="Only these classes, comma-separated.")] = None,
     exclude: Annotated[Optional[str], typer.Option(help="Leave out these classes, comma-separated.")] = None,
     split: Annotated[str, typer.Option(help="train,validation,test fractions for a folder of classes.")] = "0.7,0.15,0.15",
@@ -118,6 +122,7 @@ def train(
         strategy=strategy,
         budget=parse_duration(budget) if budget else None,
         out=out_dir,
+        overwrite=overwrite,
         split_csv=split_csv,
         seed=seed,
         **data_selection(include, exclude, split, max_per_class),
@@ -341,6 +346,7 @@ def compare(
     backbone: Annotated[str, typer.Option(help="Pretrained backbone of the transfer strategies.")] = DEFAULT_BACKBONE,
     scratch_backbone: Annotated[Optional[str], typer.Option(help="Architecture for scratch (default small_cnn).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the runs and tables (default runs/<data>-compare).")] = None,
+    overwrite: OverwriteOption = False,
     include: Annotated[Optional[str], typer.Option(help="Only these classes, comma-separated.")] = None,
     exclude: Annotated[Optional[str], typer.Option(help="Leave out these classes, comma-separated.")] = None,
     split: Annotated[str, typer.Option(help="train,validation,test fractions for a folder of classes.")] = "0.7,0.15,0.15",
@@ -369,6 +375,7 @@ def compare(
         backbone=backbone,
         scratch_backbone=scratch_backbone,
         out=out_dir,
+        overwrite=overwrite,
         seed=seed,
         **data_selection(include, exclude, split, max_per_class),
         unfreeze=unfreeze,

@@ -200,7 +200,13 @@ class FeatureExtractor:
         """uint8 [n, h, w, 3] -> [n, d] in self.dtype (float32, or float16 for unpooled activations)."""
         out = self.runner.run(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
         # rounded here, not only when stored, so a cold run returns exactly what a warm run reads back
-        return out.reshape(len(out), -1).astype(self.dtype, copy=False)
+        out = out.reshape(len(out), -1).astype(self.dtype, copy=False)
+        if not np.isfinite(out).all():  # never cached, never trained on: a broken trunk, not bad images
+            raise TransferlabError(
+                f"the {self.name} trunk ({self.runtime} runtime) gives non-finite features",
+                hint=f"delete {self.onnx_path()} if it exists, check --weights, or try --runtime torch",
+            )
+        return out
 
     # -- images -----------------------------------------------------------------------------------
     def prepare(self, source: Path | bytes | Image.Image, augment: AugmentConfig | None = None, seed: int = 0):

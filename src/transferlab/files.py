@@ -2,37 +2,80 @@
 
 Every artifact goes through `atomic_path`: it is written to a temporary file in the destination folder and
 renamed over the destination only when complete, so a reader (or a run killed with kill -9) never sees half a
-file.
+file. A full disk, wherever it strikes (here, in the feature cache, in a run folder), becomes one line naming
+the path, the space needed and the space free (`no_space_error`), and leaves no partial file behind.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from transferlab.errors import TransferlabError
+
+
+def no_space_error(path: Path, needed_bytes: int) -> TransferlabError:
+    """The one-line error for a full disk: where, about how much was needed and how much is free."""
+    folder = next((p for p in (Path(path), *Path(path).parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(folder).free
+    return TransferlabError(
+        f"no space left on device writing {path} (needs about {_mb(needed_bytes)}, {_mb(free)} free)",
+        hint=f"free some space on the disk holding {folder} (or write elsewhere) and run again",
+    )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.1f} GB"
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """A full disk, as the OS says it (ENOSPC, EDQUOT) or as a library rewords it (safetensors, ONNX)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "no space left" in str(exc).lower() or "disk is full" in str(exc).lower()
+
 
 @contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path`; when the block succeeds it replaces `path`, when it fails it is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def disk_space_guard(path: Path, needed_bytes: Callable[[], int] = lambda: 0) -> Iterator[None]:
+    """Turn a full-disk failure inside the block into `no_space_error(path, needed_bytes())`."""
+    try:
+        yield
+    except TransferlabError:
+        raise
+    except Exception as exc:
+        if is_no_space(exc):
+            raise no_space_error(path, needed_bytes()) from exc
+        raise
+
+
+@contextmanager
+def atomic_path(path: Path, size: int = 0) -> Iterator[Path]:
+    """A temporary path beside `path`; when the block succeeds it replaces `path`, when it fails it is removed.
+    `size`, when known, is what a full-disk error reports as needed."""
+    with disk_space_guard(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(name)
     os.chmod(tmp, 0o644)  # mkstemp makes files private (0600); artifacts are meant to be shared
     try:
-        yield tmp
-        os.replace(tmp, path)
+        # else the size reached before the failure: a lower bound on what the file needs
+        with disk_space_guard(path, lambda: max(size, tmp.stat().st_size if tmp.exists() else 0)):
+            yield tmp
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+    with atomic_path(path, len(data)) as tmp, open(tmp, "wb") as file:
         file.write(data)
         file.flush()
         os.fsync(file.fileno())

@@ -28,7 +28,7 @@ from transferlab.options import (
     split_fractions,
 )
 from transferlab.report import write_report
-from transferlab.runs import TestPredictions, unique_run_dir, write_run
+from transferlab.runs import TestPredictions, check_out, staged_folder, unique_run_dir, write_run
 from transferlab.strategies import StrategyResult, run_strategy
 from transferlab.strategies.base import runs_end_to_end
 
@@ -70,6 +70,7 @@ def train(
     augment: AugmentConfig | str | None = None,
     end_to_end: bool | None = None,
     tta: int = 1,
+    overwrite: bool = False,
     quiet: bool = False,
     console: Console | None = None,
 ) -> Classifier:
@@ -84,6 +85,8 @@ def train(
     every batch and runs the frozen base on the fly, False trains from cached features of `views` views;
     None picks end to end on a GPU, cached on a CPU. `runtime` runs the frozen trunk: "auto" (ONNX Runtime on a
     CPU, PyTorch on CUDA), "onnx", "torch" or a name registered with `transferlab.runtimes.register_runtime`.
+    An `out` folder that exists and is not empty is an error before any work unless `overwrite`, which replaces
+    it whole; the run is written to a hidden sibling and moved into place only when complete.
     """
     started = time.perf_counter()
     console = console or Console(quiet=quiet, stderr=True)
@@ -91,6 +94,7 @@ def train(
     fractions = split_fractions(split)
     check_split_csv_alone(split_csv, include=include, exclude=exclude, max_per_class=max_per_class)
     check_tta(tta)
+    check_out(out, overwrite)
     default_batch_size, default_lr = default_fit(strategy)
     options = TrainOptions(
         backbone=backbone or default_backbone(strategy),
@@ -145,8 +149,9 @@ def train(
         "options": options.to_dict(),
         "layout": dataset.layout,
     }
-    write_run(run_dir, result, config=config, metrics=metrics, test=test)
-    write_report(run_dir)
+    with staged_folder(run_dir) as staging:
+        write_run(staging, result, config=config, metrics=metrics, test=test)
+        write_report(staging, shown_as=run_dir)
     classifier = result.classifier
     classifier.run_dir, classifier.metrics, classifier.history = run_dir, metrics, result.history
     console.print(run_summary(metrics, run_dir))

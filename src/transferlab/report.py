@@ -35,14 +35,15 @@ MAX_SKIPPED_ROWS = 200
 THUMBNAIL_PX = 128
 
 
-def write_report(directory: str | Path) -> Path:
+def write_report(directory: str | Path, shown_as: str | Path | None = None) -> Path:
     """Write `report.html` into a run folder, or into a compare folder (detected by its compare.csv), from the
-    files in it alone."""
+    files in it alone. `shown_as` is the folder the report names, when it is written before being moved there."""
     folder = Path(directory)
     if (folder / "compare.csv").is_file():
         html = _templates().get_template("compare.html.j2").render(**compare_context(folder))
     else:
-        html = _templates().get_template("run.html.j2").render(**run_context(folder))
+        context = {**run_context(folder), "run": str(Path(shown_as or folder).resolve())}
+        html = _templates().get_template("run.html.j2").render(**context)
     path = folder / REPORT_NAME
     atomic_write_bytes(path, html.encode("utf-8"))
     return path

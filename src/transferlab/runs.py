@@ -5,9 +5,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import platform
 import re
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -15,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.classifier import Classifier
-from transferlab.files import atomic_write_bytes
+from transferlab.errors import TransferlabError
+from transferlab.files import atomic_write_bytes, disk_space_guard
 from transferlab.plots import plot_confusion_matrix, plot_training_curves
 from transferlab.strategies.base import StrategyResult
 from transferlab.summary import Summary, summarize_run
@@ -37,6 +43,73 @@ def unique_run_dir(out: str | Path | None, data: str | Path, strategy: str, root
         candidate = root / f"{stem}-{strategy}-{n}"
         n += 1
     return candidate
+
+
+def check_out(out: str | Path | None, overwrite: bool = False) -> None:
+    """Before any work: `--out` must not be a file, nor a folder with something in it unless `overwrite`."""
+    if out is None:
+        return
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise TransferlabError(f"--out {out} is a file, not a folder", hint="give a folder path for the run")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise TransferlabError(
+            f"--out {out} already exists and is not empty",
+            hint="add --overwrite to replace the whole folder, or choose another --out",
+        )
+
+
+@contextmanager
+def staged_folder(final: Path) -> Iterator[Path]:
+    """A hidden temporary sibling (`.<name>.partial-XXXX`) for the block to fill, moved into place only when the
+    block succeeds: a folder already at `final` is renamed aside, the new one moved in, the old one deleted.
+    A failure or a crash never leaves a folder that mixes two runs (at worst a hidden sibling to delete)."""
+    with disk_space_guard(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
+    os.chmod(staging, 0o755)  # mkdtemp makes folders private; run folders are meant to be shared
+    try:
+        with disk_space_guard(final, lambda: folder_size(staging)):
+            yield staging
+        move_into_place(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextmanager
+def replacing_folder(final: Path, overwrite: bool) -> Iterator[Path]:
+    """For a folder of runs (compare, auto) built in place, so that paths recorded in it stay true: with
+    `overwrite`, an existing folder is renamed aside first, deleted when the block succeeds, put back when it
+    fails. (A crash in between leaves the old one as a hidden `.<name>.old-XXXX` sibling.)"""
+    old = None
+    if overwrite and final.exists():
+        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
+        os.replace(final, old)
+    try:
+        with disk_space_guard(final, lambda: folder_size(final)):
+            final.mkdir(parents=True, exist_ok=True)
+            yield final
+    except BaseException:
+        if old is not None:
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(old, final)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def move_into_place(staging: Path, final: Path) -> None:
+    if not final.exists():
+        os.replace(staging, final)
+        return
+    old = staging.with_name(staging.name.replace(".partial-", ".old-"))
+    os.replace(final, old)
+    os.replace(staging, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
 
 
 def environment() -> dict:

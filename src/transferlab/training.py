@@ -19,6 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
+from transferlab.errors import TransferlabError
 from transferlab.options import FitConfig
 
 BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -138,8 +139,10 @@ def fit(
                 module, x_train, y_train, config.batch_size, optimizer, loss_fn, generator,
                 batch_transform, keep_batchnorm_frozen, device, on_batch=lambda: progress.advance(task),
             )
+            check_finite_loss(loss, epoch, config.lr)
             logits = predict_logits(module, x_val, device=device)
             val_loss = float(eval_loss_fn(logits, y_val))
+            check_finite_loss(val_loss, epoch, config.lr, "validation ")
             val_accuracy = float((logits.argmax(1) == y_val).float().mean())
             history.epochs.append(
                 {
@@ -168,6 +171,15 @@ def fit(
     module.cpu().eval()
     history.seconds = time.perf_counter() - start
     return history
+
+
+def check_finite_loss(loss: float, epoch: int, lr: float, which: str = "") -> None:
+    """A NaN or infinite loss means every later epoch (and the model) is garbage: stop, saying where."""
+    if not np.isfinite(loss):
+        raise TransferlabError(
+            f"training diverged: the {which}loss is {loss} at epoch {epoch}",
+            hint=f"lower the learning rate (--lr, now {lr:g}) and check the data for broken images or labels",
+        )
 
 
 def _train_one_epoch(
