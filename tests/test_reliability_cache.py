@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -165,18 +164,6 @@ def test_trunk_giving_non_finite_features_is_a_clear_error_and_nothing_is_cached
         assert len(fx.cache) == 0
     finally:
         RUNTIMES.pop("nan-for-test")
-
-
-@pytest.fixture
-def small_disk(tmp_path) -> Path:
-    """A 2 MB tmpfs (needs root); skipped with the reason where mounting is not permitted."""
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs: {done.stderr.decode().strip() or 'not permitted'}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_full_disk_while_caching_is_one_line_naming_the_path(small_disk):

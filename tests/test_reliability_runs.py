@@ -22,6 +22,7 @@ from transferlab.files import atomic_write_bytes
 from transferlab.options import FitConfig
 from transferlab.runs import replacing_folder
 from transferlab.training import fit
+from transferlab.trunk import export_onnx
 
 runner = CliRunner()
 
@@ -114,22 +115,28 @@ def test_compare_into_an_existing_folder_needs_overwrite(tmp_path):
         compare(tmp_path / "no-such-data", ["extract"], out=out, quiet=True)
 
 
-@pytest.fixture
-def small_disk(tmp_path) -> Path:
-    """A 2 MB tmpfs (needs root); skipped with the reason where mounting is not permitted."""
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs: {done.stderr.decode().strip() or 'not permitted'}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
-
-
 def test_full_disk_writing_a_file_is_one_line_naming_the_path_and_leaves_nothing(small_disk):
     target = small_disk / "big.bin"
     with pytest.raises(TransferlabError, match=r"no space left on device writing .*big\.bin \(needs about 3\.0 MB"):
         atomic_write_bytes(target, b"x" * 3_000_000)
+    assert list(small_disk.iterdir()) == []
+
+
+class BigLinear(torch.nn.Module):
+    """uint8 images in, as a trunk takes them; 6.2 MB of weights, three times the small disk."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3 * 8 * 8, 8000)
+
+    def forward(self, images):
+        return self.linear(images.float().flatten(1))
+
+
+def test_full_disk_exporting_onnx_is_one_line_with_the_size_needed(small_disk):
+    module = BigLinear()
+    with pytest.raises(TransferlabError, match=r"writing .*trunk\.onnx \(needs about 6\.\d MB, "):
+        export_onnx(module, 8, small_disk / "trunk.onnx")
     assert list(small_disk.iterdir()) == []
 
 

@@ -21,12 +21,14 @@ from pathlib import Path
 from transferlab.errors import TransferlabError
 
 
-def no_space_error(path: Path, needed_bytes: int) -> TransferlabError:
-    """The one-line error for a full disk: where, about how much was needed and how much is free."""
+def no_space_error(path: Path, needed_bytes: int, lower_bound: bool = False) -> TransferlabError:
+    """The one-line error for a full disk: where, how much was needed (about, or more than what had been
+    written when the disk filled) and how much is free."""
     folder = next((p for p in (Path(path), *Path(path).parents) if p.exists()), Path("."))
     free = shutil.disk_usage(folder).free
+    needs = f"needs more than {_mb(needed_bytes)}" if lower_bound else f"needs about {_mb(needed_bytes)}"
     return TransferlabError(
-        f"no space left on device writing {path} (needs about {_mb(needed_bytes)}, {_mb(free)} free)",
+        f"no space left on device writing {path} ({needs}, {_mb(free)} free)",
         hint=f"free some space on the disk holding {folder} (or write elsewhere) and run again",
     )
 
@@ -43,22 +45,25 @@ def is_no_space(exc: BaseException) -> bool:
 
 
 @contextmanager
-def disk_space_guard(path: Path, needed_bytes: Callable[[], int] = lambda: 0) -> Iterator[None]:
-    """Turn a full-disk failure inside the block into `no_space_error(path, needed_bytes())`."""
+def disk_space_guard(
+    path: Path, needed_bytes: Callable[[], int] = lambda: 0, lower_bound: bool = True
+) -> Iterator[None]:
+    """Turn a full-disk failure inside the block into `no_space_error(path, needed_bytes(), lower_bound)`."""
     try:
         yield
     except TransferlabError:
         raise
     except Exception as exc:
         if is_no_space(exc):
-            raise no_space_error(path, needed_bytes()) from exc
+            raise no_space_error(path, needed_bytes(), lower_bound) from exc
         raise
 
 
 @contextmanager
 def atomic_path(path: Path, size: int = 0) -> Iterator[Path]:
     """A temporary path beside `path`; when the block succeeds it replaces `path`, when it fails it is removed.
-    `size`, when known, is what a full-disk error reports as needed."""
+    `size`, when known (or estimated), is what a full-disk error reports as needed; else the size written
+    when the disk filled, as a lower bound."""
     with disk_space_guard(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -66,8 +71,7 @@ def atomic_path(path: Path, size: int = 0) -> Iterator[Path]:
     tmp = Path(name)
     os.chmod(tmp, 0o644)  # mkstemp makes files private (0600); artifacts are meant to be shared
     try:
-        # else the size reached before the failure: a lower bound on what the file needs
-        with disk_space_guard(path, lambda: max(size, tmp.stat().st_size if tmp.exists() else 0)):
+        with disk_space_guard(path, lambda: size or (tmp.stat().st_size if tmp.exists() else 0), not size):
             yield tmp
             os.replace(tmp, path)
     finally:

@@ -86,7 +86,8 @@ def export_onnx(
     sizes = [input_size] if isinstance(input_size, int) else list(input_size)
     dummies = tuple(torch.zeros((2, 3, size, size), dtype=torch.uint8) for size in sizes)
     names = input_names(len(sizes))
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    weight_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())  # about the file's size
+    with atomic_path(path, weight_bytes) as tmp, warnings.catch_warnings():
         # the TorchScript exporter is deprecated but exports timm CNNs reliably and fast
         warnings.simplefilter("ignore")
         torch.onnx.export(
