@@ -67,7 +67,9 @@ class FeatureCache:
             source = Path(f"{self.path}{suffix}")
             if source.exists():
                 os.replace(source, Path(f"{self.path}.corrupt{suffix}"))
-        warn(f"feature cache {self.path} is damaged ({exc}); moved aside to {self.path.name}.corrupt, rebuilding")
+        lines = [line for line in str(exc).splitlines() if line.strip() and not line.startswith("***")]
+        reason = lines[0][:100] if lines else type(exc).__name__  # quick_check lists every damaged cell
+        warn(f"feature cache {self.path} is damaged ({reason}); moved aside to {self.path.name}.corrupt, rebuilding")
 
     def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
         """The valid records among `keys`; damaged ones are deleted (and reported once) so they are recomputed."""
