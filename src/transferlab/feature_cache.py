@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.errors import TransferlabError, warn
-from transferlab.files import no_space_error
+from transferlab.files import disk_space_guard, no_space_error
 
 TABLE = "features_v2"  # v2: a CRC-32 per record; the unchecked v1 table ("features") is dropped on open
 
@@ -31,7 +31,8 @@ def record_checksum(blob: bytes) -> int:
 
 class FeatureCache:
     def __init__(self, path: Path, dtype: type = np.float32):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        with disk_space_guard(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.dtype = np.dtype(dtype)
         try:
