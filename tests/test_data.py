@@ -10,8 +10,9 @@ import pytest
 from PIL import ExifTags, Image
 from rich.console import Console
 
-from transferlab import data
-from transferlab.data import DatasetSplit, ImageDecodeError, Skipped, load_dataset, open_image
+from transferlab import data, decoding
+from transferlab.data import DatasetSplit, Skipped, load_dataset
+from transferlab.decoding import ImageDecodeError, open_image
 from transferlab.errors import TransferlabError
 
 CALTECH_EXCLUDED = ["BACKGROUND_Google", "Motorbikes", "airplanes", "Faces_easy", "Faces"]
@@ -424,7 +425,7 @@ def test_non_image_raises_image_decode_error(tmp_path):
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 @pytest.mark.parametrize("size", [(12, 10), (30, 30)])  # above the limit; above twice the limit (PIL's own error)
 def test_images_above_the_pixel_limit_are_refused(monkeypatch, size):
-    monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", 100)
+    monkeypatch.setattr(decoding, "MAX_IMAGE_PIXELS", 100)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(ImageDecodeError) as error:
         open_image(encoded(Image.new("RGB", size), "PNG"))
@@ -432,7 +433,7 @@ def test_images_above_the_pixel_limit_are_refused(monkeypatch, size):
 
 
 def test_pixel_limit_is_set_for_pillow():
-    assert Image.MAX_IMAGE_PIXELS == data.MAX_IMAGE_PIXELS == 120_000_000
+    assert Image.MAX_IMAGE_PIXELS == decoding.MAX_IMAGE_PIXELS == 120_000_000
 
 
 # --- integration on ../shared --------------------------------------------------------------------------------

@@ -15,28 +15,22 @@ decoded are dropped later with `DatasetSplit.without`.
 from __future__ import annotations
 
 import csv
-import io
 import math
 import os
 import stat
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps
 from rich.table import Table
 from sklearn.model_selection import train_test_split
 
+from transferlab.decoding import IMAGE_EXTENSIONS, ImageDecodeError, opened
 from transferlab.errors import TransferlabError
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
-MAX_IMAGE_PIXELS = 120_000_000
-MAX_ASPECT_RATIO = 100  # resizing the shorter side of a 1 x 100000 image to 256 px would need gigabytes
-Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # PIL warns above this and refuses above twice this; we refuse above it
 
 SPLITS = ("train", "validation", "test")
 SPLIT_FOLDER_ALIASES = {
@@ -48,13 +42,6 @@ SPLIT_LIST_FILES = {"train": ("train.txt",), "validation": ("val.txt", "validati
 AUTO_VALIDATION_FRACTION = 0.15  # share of train held out when a layout brings no validation set
 
 _Entry = tuple[Path, str]  # (absolute image path, class name)
-
-
-class ImageDecodeError(TransferlabError):
-    """An image file that cannot be decoded; `.message` is a short reason such as "truncated image"."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason, hint="check that the file opens in an image viewer; re-save it as JPEG or PNG")
 
 
 @dataclass(frozen=True)
@@ -196,70 +183,6 @@ def load_dataset(
     )
     _check_usable(dataset)
     return dataset
-
-
-def open_image(source: Path | str | bytes, draft_size: tuple[int, int] | None = None) -> Image.Image:
-    """Decode an image fully to RGB with its EXIF orientation applied; raise ImageDecodeError if unusable.
-
-    draft_size (width, height) lets libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale, never below that size.
-    """
-    with _opened(source) as image:
-        if draft_size is not None and image.format == "JPEG":
-            if image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):
-                draft_size = (draft_size[1], draft_size[0])  # the stored image is rotated by 90 degrees
-            image.draft("RGB", draft_size)
-        image.load()
-        return _to_rgb(ImageOps.exif_transpose(image))
-
-
-@contextmanager
-def _opened(source: Path | str | bytes) -> Iterator[Image.Image]:
-    """Image.open (reads the header only), with every failure inside the block turned into ImageDecodeError."""
-    try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-            pixels = image.width * image.height
-            if pixels > MAX_IMAGE_PIXELS:
-                raise ImageDecodeError(f"image too large ({pixels:,} pixels, limit {MAX_IMAGE_PIXELS:,})")
-            if max(image.size) > MAX_ASPECT_RATIO * max(1, min(image.size)):
-                raise ImageDecodeError(
-                    f"image {image.width}x{image.height} is too elongated (aspect ratio over {MAX_ASPECT_RATIO})"
-                )
-            yield image
-    except ImageDecodeError:
-        raise
-    except FileNotFoundError as exc:
-        raise ImageDecodeError("file not found") from exc
-    except Image.UnidentifiedImageError as exc:
-        raise ImageDecodeError("not an image (UnidentifiedImageError)") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"image too large (over {MAX_IMAGE_PIXELS:,} pixels)") from exc
-    except Exception as exc:  # decoders raise many exception types on malformed bytes; each means "unusable file"
-        if "truncated" in str(exc).lower():
-            raise ImageDecodeError("truncated image") from exc
-        raise ImageDecodeError(f"corrupt image ({type(exc).__name__}: {exc})"[:160]) from exc
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-        return Image.fromarray(_to_uint8(np.asarray(image), image.mode)).convert("RGB")
-    if image.has_transparency_data:
-        white = Image.new("RGBA", image.size, "white")
-        return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
-    return image.convert("RGB")
-
-
-def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
-    """Scale 16-bit, 32-bit or float pixels to 0..255 (PIL's own convert clips them instead of scaling)."""
-    peak = float(values.max(initial=0))
-    if mode == "F" and peak <= 1.0:
-        full_scale = 1.0  # float images in 0..1
-    elif mode.startswith("I;16") or peak > 255:
-        full_scale = 65535.0  # 16-bit data, which PIL also opens as mode I
-    else:
-        full_scale = 255.0
-    return np.clip(np.round(values * (255.0 / full_scale)), 0, 255).astype(np.uint8)
 
 
 def _data_folder(data: Path | str) -> Path:
@@ -481,7 +404,7 @@ def _skip_reason(path: Path) -> str | None:
     if info.st_size == 0:
         return "empty file"
     try:
-        with _opened(path):
+        with opened(path):
             return None
     except ImageDecodeError as exc:
         return exc.message

@@ -23,7 +23,7 @@ from PIL import Image
 
 from transferlab import backbones
 from transferlab.augment import AugmentConfig, augment_image
-from transferlab.data import ImageDecodeError, open_image
+from transferlab.decoding import ImageDecodeError, open_image
 from transferlab.errors import TransferlabError
 from transferlab.feature_cache import FeatureCache
 from transferlab.files import file_digest

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader
 
-from transferlab.data import ImageDecodeError, open_image
+from transferlab.decoding import ImageDecodeError, open_image
 from transferlab.errors import TransferlabError
 from transferlab.files import atomic_write_bytes
 from transferlab.metrics import most_confused_pairs
