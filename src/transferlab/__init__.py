@@ -12,14 +12,18 @@ _EXPORTS = {
     "train": "transferlab.api",
     "load": "transferlab.api",
     "dataset": "transferlab.api",
+    "compare": "transferlab.api",
+    "show_augmentations": "transferlab.notebook",
     "Classifier": "transferlab.classifier",
     "Prediction": "transferlab.prediction",
     "TransferlabError": "transferlab.errors",
 }
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = [*_EXPORTS, "summary", "__version__"]
 
 
 def __getattr__(name: str):
+    if name == "summary":  # the module is callable: transferlab.summary(classifier or run or backbone)
+        return import_module("transferlab.summary")
     if name in _EXPORTS:
         return getattr(import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'transferlab' has no attribute {name!r}")

@@ -57,6 +57,7 @@ def train(
     end_to_end: bool | None = None,
     tta: int = 1,
     quiet: bool = False,
+    verbose: int = 1,
     console: Console | None = None,
 ) -> Classifier:
     """Train a classifier on a folder of images, evaluate it on the test split, write a run folder.
@@ -67,9 +68,11 @@ def train(
     32 / 3e-4 for scratch). `augment` is an AugmentConfig or a preset name ("notebook", "light", "none");
     None means light views for augment and finetune, the notebooks' settings for scratch. `end_to_end`
     (augment, finetune): True augments afresh in every batch and runs the frozen base on the fly, False trains
-    from cached features of `views` views; None picks end to end on a GPU, cached on a CPU.
+    from cached features of `views` views; None picks end to end on a GPU, cached on a CPU. `verbose` as in
+    Keras: 0 silent (as `quiet`), 1 progress bars, 2 one line per epoch and no bars (logs, CI).
     """
     started = time.perf_counter()
+    quiet = quiet or checked_verbose(verbose) == 0
     console = console or Console(quiet=quiet, stderr=True)
     if strategy not in STRATEGIES:
         raise TransferlabError(f"unknown strategy {strategy!r}", hint=f"choose one of: {', '.join(STRATEGIES)}")
@@ -92,7 +95,8 @@ def train(
         ),
         device=device,
         cache_dir=Path(cache_dir) if cache_dir else None,
-        quiet=quiet,
+        quiet=quiet or verbose == 2,
+        log_epochs=not quiet and verbose == 2,
         views=views,
         unfreeze=str(unfreeze),
         finetune_lr=finetune_lr,
@@ -135,6 +139,13 @@ def train(
     classifier.run_dir, classifier.metrics, classifier.history = run_dir, metrics, result.history
     console.print(run_summary(metrics, run_dir))
     return classifier
+
+
+def checked_verbose(verbose: int) -> int:
+    if verbose not in (0, 1, 2):
+        raise TransferlabError(f"verbose must be 0, 1 or 2, got {verbose!r}",
+                               hint="0: silent, 1: progress bars, 2: one line per epoch")
+    return verbose
 
 
 def run_metrics(result: StrategyResult, test: dict, tta: int, seconds: float, no_tta: dict | None = None) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from transferlab.api import train
+from transferlab.api import checked_verbose, train
 from transferlab.classifier import Classifier
 from transferlab.data import load_dataset
 from transferlab.errors import TransferlabError
@@ -37,6 +37,22 @@ class Comparison:
     rows: list[dict]
     classifiers: dict[str, Classifier]
 
+    @classmethod
+    def of(cls, classifiers: dict[str, Classifier], out: str | Path) -> Comparison:
+        """A comparison of runs already trained on one split, whose run folders lie under `out`."""
+        return cls(Path(out), [row_of(name, c, Path(out)) for name, c in classifiers.items()], dict(classifiers))
+
+    def _repr_html_(self) -> str:
+        from transferlab.notebook import comparison_card  # notebooks only: keeps matplotlib unloaded
+
+        return comparison_card(self)
+
+    def plot(self, metrics: tuple[str, ...] = ("accuracy", "loss")):
+        """Figure: validation `metrics` per epoch, one line per strategy."""
+        from transferlab.notebook import comparison_plot
+
+        return comparison_plot(self, metrics)
+
     def table(self) -> Table:
         table = Table(title=f"strategies compared ({self.out})")
         for header in ("strategy", "backbone", "test acc.", "top-5", "train s", "extraction s", "total s", "img/s"):
@@ -55,6 +71,7 @@ def compare(
     split_csv: str | Path | None = None,
     scratch_backbone: str | None = None,
     quiet: bool = False,
+    verbose: int = 1,
     console: Console | None = None,
     **train_kwargs,
 ) -> Comparison:
@@ -64,6 +81,7 @@ def compare(
     `backbone` applies to the transfer strategies, `scratch_backbone` (default: the small convnet) to scratch.
     """
     strategies = checked_strategies(strategies)
+    quiet = quiet or checked_verbose(verbose) == 0
     console = console or Console(quiet=quiet, stderr=True)
     out_dir = unique_run_dir(out, data, "compare")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -88,9 +106,10 @@ def compare(
             seed=seed,
             split_csv=split_csv,
             quiet=quiet,
+            verbose=verbose,
             console=console,
         )
-    comparison = Comparison(out_dir, [row_of(name, c, out_dir) for name, c in classifiers.items()], classifiers)
+    comparison = Comparison.of(classifiers, out_dir)
     write_comparison(comparison, title=f"{Path(data).resolve().name}: strategies compared on one split")
     console.print(comparison.table())
     return comparison

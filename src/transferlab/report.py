@@ -41,9 +41,9 @@ def write_report(directory: str | Path, *, cache_dir: str | Path | None = None) 
     folder = Path(directory)
     cache = Path(cache_dir) if cache_dir else None
     if (folder / "compare.csv").is_file():
-        html = _templates().get_template("compare.html.j2").render(**compare_context(folder, cache))
+        html = jinja_environment().get_template("compare.html.j2").render(**compare_context(folder, cache))
     else:
-        html = _templates().get_template("run.html.j2").render(**run_context(folder, cache))
+        html = jinja_environment().get_template("run.html.j2").render(**run_context(folder, cache))
     path = folder / REPORT_NAME
     atomic_write_bytes(path, html.encode("utf-8"))
     return path
@@ -125,7 +125,8 @@ def _sample_paths(rows: list[dict], classes: list[str], data_root: Path) -> dict
     return picked
 
 
-def top_losses(classifier: Classifier, rows: list[dict], data_root: Path, tta: int = 1) -> dict:
+def top_losses(classifier: Classifier, rows: list[dict], data_root: Path, tta: int = 1,
+               limit: int = MAX_TOP_LOSSES) -> dict:
     """Misclassified test images (validation images when there is no test split), highest loss first."""
     split = "test" if any(row["split"] == "test" for row in rows) else "validation"
     labelled = [(data_root / row["path"], row["class"]) for row in rows if row["split"] == split]
@@ -141,7 +142,7 @@ def top_losses(classifier: Classifier, rows: list[dict], data_root: Path, tta: i
     p_true = probabilities[np.arange(len(kept)), truth]
     wrong = np.flatnonzero(predicted != truth)
     result["n_wrong"] = int(len(wrong))
-    for i in wrong[np.argsort(p_true[wrong])][:MAX_TOP_LOSSES]:  # lowest p(true class) = highest loss
+    for i in wrong[np.argsort(p_true[wrong])][:limit]:  # lowest p(true class) = highest loss
         path, cls = kept[i]
         result["items"].append({
             "path": str(path),
@@ -293,7 +294,7 @@ def _now() -> str:
     return datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
 
 
-def _templates() -> Environment:
+def jinja_environment() -> Environment:
     environment = Environment(
         loader=PackageLoader("transferlab", "templates"),
         autoescape=True,  # class names are folder names: escape everything

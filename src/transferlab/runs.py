@@ -10,7 +10,6 @@ from importlib import metadata
 from pathlib import Path
 
 from transferlab.features import atomic_write_bytes
-from transferlab.plots import plot_confusion_matrix, plot_training_curves
 from transferlab.strategies.base import StrategyResult
 
 VERSIONED_PACKAGES = ("transferlab", "torch", "torchvision", "timm", "onnxruntime", "numpy", "scikit-learn", "pillow")
@@ -46,6 +45,8 @@ def write_json(path: Path, value) -> Path:
 
 def write_run(run_dir: Path, result: StrategyResult, *, config: dict, metrics: dict) -> dict[str, Path]:
     """config.json, split.csv, skipped.csv, history.csv, metrics.json, model files and plots."""
+    from transferlab.plots import plot_confusion_matrix, plot_training_curves  # matplotlib only when drawing
+
     run_dir.mkdir(parents=True, exist_ok=True)
     files = {
         "config": write_json(run_dir / "config.json", {**config, "environment": environment()}),

@@ -7,6 +7,8 @@ since 2023, and the few lines here return plain data (for the report and tests) 
 
 from __future__ import annotations
 
+import sys
+import types
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -76,6 +78,11 @@ class Summary:
             "trainable": self.trainable,
             "non_trainable": self.non_trainable,
         }
+
+    def _repr_html_(self) -> str:
+        from transferlab.notebook import summary_html  # notebooks only
+
+        return summary_html(self)
 
     def table(self) -> Table:
         table = Table(
@@ -213,9 +220,9 @@ def summarize_run(run: str | Path | Classifier, input_size: int | None = None, d
     )
 
 
-def summary_of(target: str | Path, input_size: int | None = None, depth: int = 1) -> Summary:
-    """`target` is a run folder (it holds model.json) or a backbone name."""
-    if Path(target).is_dir():
+def summary_of(target: str | Path | Classifier, input_size: int | None = None, depth: int = 1) -> Summary:
+    """`target` is a Classifier, a run folder (it holds model.json) or a backbone name."""
+    if isinstance(target, Classifier) or Path(target).is_dir():
         return summarize_run(target, input_size, depth)
     if str(target) not in {spec.name for spec in list_specs()}:
         raise TransferlabError(
@@ -226,3 +233,14 @@ def summary_of(target: str | Path, input_size: int | None = None, depth: int = 1
 
 
 __all__ = ["LayerRow", "Summary", "summarize", "summarize_backbone", "summarize_run", "summary_of"]
+
+
+class _CallableModule(types.ModuleType):
+    """`transferlab.summary(target)` is Keras' model.summary(). The package attribute `summary` becomes this
+    module as soon as anything imports it, so the module itself answers the call."""
+
+    def __call__(self, target: str | Path | Classifier, input_size: int | None = None, depth: int = 1) -> Summary:
+        return summary_of(target, input_size, depth)
+
+
+sys.modules[__name__].__class__ = _CallableModule

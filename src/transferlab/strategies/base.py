@@ -36,7 +36,8 @@ class TrainOptions:
     device: str = "auto"
     extract_batch_size: int = 32
     cache_dir: Path | None = None
-    quiet: bool = False
+    quiet: bool = False  # no progress bars
+    log_epochs: bool = False  # one line per epoch (verbose=2)
     views: int = 3  # augmented views per training image (augment, finetune); more cost ~50 s each on Caltech
     unfreeze: str = "1"  # top blocks to fine-tune: a number or "all"
     finetune_lr: float = 1e-5
@@ -127,6 +128,6 @@ def train_head(
     head = build_head(config)
     history = fit(
         head, train, val, options.fit, n_classes=n_classes, batch_transform=batch_transform,
-        device=training_device(options), quiet=options.quiet, description=description,
+        device=training_device(options), quiet=options.quiet, log_epochs=options.log_epochs, description=description,
     )
     return head, config, history

@@ -50,6 +50,7 @@ def train(split: DatasetSplit, options: TrainOptions) -> StrategyResult:
         batch_transform=ImageBatches(train_images, augmentation(options)),
         device=training_device(options),
         quiet=options.quiet,
+        log_epochs=options.log_epochs,
         description=f"training {options.backbone} from scratch",
     )
     classifier = Classifier(

@@ -1,0 +1,54 @@
+"""docs/tutorial.ipynb is executed here, as a user's Jupyter would run it, so it can never drift from the code.
+
+The kernel starts in docs/ (where Jupyter starts a notebook's kernel), reads ../shared through TRANSFERLAB_SHARED,
+writes its runs under a temporary folder (TRANSFERLAB_TUTORIAL_RUNS) and uses the test session's isolated
+feature cache (TRANSFERLAB_CACHE, inherited from this process).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "docs" / "tutorial.ipynb"
+EXECUTED = Path(__file__).resolve().parents[1] / "test-output" / "tutorial.executed.ipynb"  # gitignored, to look at
+CELL_TIMEOUT_S = 600  # the slowest cell (fine-tuning) takes about a minute on a busy 2-core CPU
+
+
+def test_committed_tutorial_has_no_outputs():
+    import nbformat
+
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert code and all(not cell.outputs and cell.execution_count is None for cell in code), (
+        "strip the outputs before committing: "
+        "python -m nbconvert --clear-output, or nbformat (see scripts/strip_notebook.py)"
+    )
+
+
+@pytest.mark.integration
+def test_tutorial_notebook_executes_without_error(shared, tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("TRANSFERLAB_SHARED", str(shared))
+    monkeypatch.setenv("TRANSFERLAB_TUTORIAL_RUNS", str(tmp_path / "runs"))
+    assert os.environ.get("TRANSFERLAB_CACHE"), "the session's isolated cache should be set by conftest"
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    client = NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+                            resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    try:
+        client.execute()  # raises CellExecutionError, with the cell and its traceback, when a cell fails
+    finally:
+        EXECUTED.parent.mkdir(exist_ok=True)
+        nbformat.write(notebook, EXECUTED)
+
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    cards = [o for o in outputs if "transferlab-card" in o.get("data", {}).get("text/html", "")]
+    assert len(cards) >= 7  # five classifiers, the comparison and the loaded run
+    figures = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(figures) >= 8  # history, augmentations (3), comparison, confusion, top losses, predictions
+    assert (tmp_path / "runs" / "ants-bees" / "extract" / "model.onnx").is_file()
