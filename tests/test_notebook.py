@@ -24,7 +24,7 @@ def test_committed_tutorial_has_no_outputs():
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     assert code and all(not cell.outputs and cell.execution_count is None for cell in code), (
         "strip the outputs before committing: "
-        "python -m nbconvert --clear-output, or nbformat (see scripts/strip_notebook.py)"
+        "python scripts/strip_notebook.py docs/tutorial.ipynb"
     )
 
 

@@ -44,7 +44,8 @@ def classifier_card(classifier: Classifier) -> str:
     rows = [("backbone", classifier.backbone), ("strategy", classifier.strategy), ("classes", classes_text(classifier))]
     if metrics.get("test_accuracy") is not None:
         rows += [(label, value) for label, value in key_numbers(metrics) if label != "classes"]
-        rows += [(label, value) for label, value in timings(metrics) if label != "total"]
+        rows += [(label if " " in label else f"{label} time", value)  # "extract" -> "extract time"
+                 for label, value in timings(metrics) if label != "total"]
     else:
         rows.append(("test accuracy", "not evaluated (train it with transferlab.train)"))
     history = history_of(classifier)
@@ -93,15 +94,20 @@ def folder_links(folder: Path | None) -> dict:
         return {"folder": None, "report": None}
     folder = Path(folder).resolve()
     report = folder / REPORT_NAME
-    return {"folder": {"path": str(folder), "href": href(folder)},
+    inside = relative_to_cwd(folder)
+    return {"folder": {"path": inside or str(folder), "href": href(folder)},
             "report": {"href": href(report)} if report.is_file() else None}
 
 
-def href(path: Path) -> str:
+def relative_to_cwd(path: Path) -> str | None:
     try:
         return path.relative_to(Path.cwd().resolve()).as_posix()
     except ValueError:
-        return path.as_uri()
+        return None
+
+
+def href(path: Path) -> str:
+    return relative_to_cwd(path) or path.as_uri()
 
 
 def figure_uri(fig: Figure) -> str:
