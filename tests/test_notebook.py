@@ -52,3 +52,7 @@ def test_tutorial_notebook_executes_without_error(shared, tmp_path, monkeypatch)
     figures = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(figures) >= 8  # history, augmentations (3), comparison, confusion, top losses, predictions
     assert (tmp_path / "runs" / "ants-bees" / "extract" / "model.onnx").is_file()
+    # progress without flooding: one live widget per bar (verbose=1), one line per epoch (verbose=2)
+    assert max(len(cell.outputs) for cell in notebook.cells if cell.cell_type == "code") <= 40
+    widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert widgets, "rich draws its progress bars in ipywidgets in Jupyter"

@@ -128,6 +128,13 @@ def test_comparison_card_lists_every_strategy_and_marks_the_best(comparison):
     assert html.count('style="font-weight:600"') == 1 and 'src="data:image/png;base64,' in html
 
 
+def test_comparison_of_runs_outside_its_folder_is_a_clear_error(clf, tmp_path):
+    from transferlab.compare import Comparison
+
+    with pytest.raises(TransferlabError, match="is not inside"):
+        Comparison.of({"extract": clf}, tmp_path / "elsewhere")
+
+
 def test_comparison_plot_draws_one_line_per_strategy_for_accuracy_and_loss(comparison):
     fig = comparison.plot()
     assert [ax.get_title() for ax in fig.axes] == ["validation accuracy per epoch", "validation loss per epoch"]

@@ -40,7 +40,12 @@ class Comparison:
     @classmethod
     def of(cls, classifiers: dict[str, Classifier], out: str | Path) -> Comparison:
         """A comparison of runs already trained on one split, whose run folders lie under `out`."""
-        return cls(Path(out), [row_of(name, c, Path(out)) for name, c in classifiers.items()], dict(classifiers))
+        out = Path(out)
+        for classifier in classifiers.values():
+            if classifier.run_dir is None or not Path(classifier.run_dir).resolve().is_relative_to(out.resolve()):
+                raise TransferlabError(f"run folder {classifier.run_dir} is not inside {out}",
+                                       hint="train each run with out=<comparison folder>/<name>")
+        return cls(out, [row_of(name, c, out) for name, c in classifiers.items()], dict(classifiers))
 
     def _repr_html_(self) -> str:
         from transferlab.notebook import comparison_card  # notebooks only: keeps matplotlib unloaded
@@ -130,7 +135,7 @@ def row_of(strategy: str, classifier: Classifier, out_dir: Path) -> dict:
         "strategy": strategy,
         "backbone": classifier.backbone,
         **{key: metrics.get(key) for key in COLUMNS[2:-1]},
-        "run_dir": str(Path(classifier.run_dir).relative_to(out_dir)),
+        "run_dir": str(Path(classifier.run_dir).resolve().relative_to(out_dir.resolve())),
     }
 
 
