@@ -56,3 +56,17 @@ def test_tutorial_notebook_executes_without_error(shared, tmp_path, monkeypatch)
     assert max(len(cell.outputs) for cell in notebook.cells if cell.cell_type == "code") <= 40
     widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert widgets, "rich draws its progress bars in ipywidgets in Jupyter"
+
+
+def test_figures_show_exactly_once_in_a_kernel_whether_or_not_pyplot_is_imported():
+    import nbformat
+    from nbclient import NotebookClient
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    draw = "from transferlab.plots import history_figure\nhistory_figure([{'epoch': 1, 'loss': 1.0, " \
+           "'accuracy': 0.5, 'val_loss': 1.1, 'val_accuracy': 0.4}])"
+    notebook = new_notebook(cells=[new_code_cell(draw), new_code_cell("import matplotlib.pyplot as plt"),
+                                   new_code_cell(draw)])
+    NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
+    pictures = [[o for o in cell.outputs if "image/png" in o.get("data", {})] for cell in notebook.cells]
+    assert [len(p) for p in pictures] == [1, 0, 1]
