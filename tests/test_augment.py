@@ -14,6 +14,7 @@ from transferlab.augment import (
     FeaturewiseStandardizer,
     TransformParams,
     apply_transform,
+    featurewise_preview,
     augment_image,
     preview_grid,
     sample_transform,
@@ -297,3 +298,14 @@ def test_save_augmented_writes_n_files_with_prefix_and_format(tmp_path):
 def test_save_augmented_rejects_unknown_format(tmp_path):
     with pytest.raises(TransferlabError, match="format"):
         save_augmented(noise_image(), AugmentConfig(), 1, tmp_path, format="xyz")
+
+
+def test_featurewise_preview_shows_whitened_images():
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)) for _ in range(6)]
+    config = AugmentConfig(featurewise_center=True, zca_whitening=True, zca_epsilon=1e-2)
+    previews = featurewise_preview(images, config, size=16)
+    assert len(previews) == 6 and all(p.size == (16, 16) and p.mode == "RGB" for p in previews)
+    assert all(np.asarray(p).min() == 0 and np.asarray(p).max() == 255 for p in previews)  # stretched to be seen
+    with pytest.raises(TransferlabError, match="no featurewise option"):
+        featurewise_preview(images, AugmentConfig.light())

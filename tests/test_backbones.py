@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +101,18 @@ def test_specs_take_preprocessing_and_weights_url_from_timm():
     assert (lite1.input_size, lite1.resize_size) == (240, 272)
     assert vgg16.mean == (0.485, 0.456, 0.406) and vgg16.interpolation == "bilinear"
     assert vgg16.weights_url == "https://huggingface.co/timm/vgg16.tv_in1k/resolve/main/model.safetensors"
+
+
+@pytest.mark.parametrize("spec", [s for s in list_specs() if s.builder is None], ids=lambda s: s.name)
+def test_written_out_specs_match_timm_pretrained_config(spec):
+    assert spec == backbones.spec_from_timm(spec.name, spec.timm_name, spec.description, spec.embedded_package)
+
+
+def test_importing_the_train_path_does_not_import_timm_or_torchvision():
+    # a warm run never builds a network; importing timm's model zoo costs seconds (see transferlab.backbones)
+    code = "import sys, transferlab.api, transferlab.cli; print(sorted({'timm', 'torchvision'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("name", EMBEDDED)

@@ -12,7 +12,8 @@ import torch
 
 from conftest import COLOURS, write_colour_images
 from transferlab.errors import TransferlabError
-from transferlab.features import FeatureCache, FeatureExtractor
+from transferlab.feature_cache import FeatureCache
+from transferlab.features import FeatureExtractor
 
 
 @pytest.fixture

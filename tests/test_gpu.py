@@ -10,7 +10,8 @@ import transferlab
 from conftest import COLOURS, write_colour_classes, write_colour_images
 from transferlab.features import FeatureExtractor
 from transferlab.heads import HeadConfig, build_head
-from transferlab.training import FitConfig, fit
+from transferlab.options import FitConfig
+from transferlab.training import fit
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,11 +14,13 @@ import transferlab
 from transferlab.augment import AugmentConfig
 from transferlab.backbones import create_backbone, get_spec
 from transferlab.errors import TransferlabError
-from transferlab.features import FeatureExtractor, Trunk, split_backbone
-from transferlab.strategies import TrainOptions, finetune, run_strategy
-from transferlab.strategies.augment import FrozenBaseFeatures, decode_images
+from transferlab.features import FeatureExtractor
+from transferlab.trunk import Trunk, split_backbone
+from transferlab.strategies import TrainOptions, run_strategy
+from transferlab.strategies.augment import FrozenBaseFeatures
+from transferlab.strategies.inputs import decode_images
 from transferlab.strategies.finetune import TailNet
-from transferlab.training import FitConfig
+from transferlab.options import FitConfig
 
 from conftest import write_colour_classes
 
@@ -160,14 +163,14 @@ def test_finetuned_run_reloads_and_predicts_with_its_own_weights(finetuned, colo
 def test_cached_fine_tuning_is_deterministic(colours):
     split = transferlab.dataset(colours)
     options = small_options(views=1, finetune_epochs=1)
-    first, second = finetune.train(split, options), finetune.train(split, options)
+    first, second = run_strategy("finetune", split, options), run_strategy("finetune", split, options)
     assert first.classifier.backbone_state
     for key, value in first.classifier.backbone_state.items():
         torch.testing.assert_close(value, second.classifier.backbone_state[key], rtol=0, atol=0)
 
 
 def test_fine_tuning_that_hurts_validation_is_discarded(colours):
-    result = finetune.train(transferlab.dataset(colours), small_options(views=1, finetune_epochs=1, finetune_lr=0.5))
+    result = run_strategy("finetune", transferlab.dataset(colours), small_options(views=1, finetune_epochs=1, finetune_lr=0.5))
     assert result.extra["finetune_improved"] is False
     assert result.classifier.backbone_state is None  # back to the pretrained base and the phase-1 head
     assert result.history.best_epoch <= result.extra["phase1_epochs"] < len(result.history.epochs)
@@ -175,7 +178,7 @@ def test_fine_tuning_that_hurts_validation_is_discarded(colours):
 
 def test_unfreeze_all_falls_back_to_end_to_end(colours):
     split = transferlab.dataset(colours)
-    result = finetune.train(split, small_options(views=1, unfreeze="all", finetune_epochs=1))
+    result = run_strategy("finetune", split, small_options(views=1, unfreeze="all", finetune_epochs=1))
     assert result.extra["finetune_path"] == "end-to-end"
     state = result.classifier.backbone_state
     assert {"conv_stem.weight", "blocks.0.0.conv_dw.weight", "conv_head.weight"} <= set(state)
@@ -183,13 +186,13 @@ def test_unfreeze_all_falls_back_to_end_to_end(colours):
 
 
 def test_end_to_end_fine_tuning_is_chosen_on_request(colours):
-    result = finetune.train(transferlab.dataset(colours), small_options(views=1, finetune_epochs=1, end_to_end=True))
+    result = run_strategy("finetune", transferlab.dataset(colours), small_options(views=1, finetune_epochs=1, end_to_end=True))
     assert result.extra["finetune_path"] == "end-to-end"
 
 
 def test_unfreeze_must_be_a_count_or_all(colours):
     with pytest.raises(TransferlabError, match="--unfreeze"):
-        finetune.train(transferlab.dataset(colours), small_options(unfreeze="top"))
+        run_strategy("finetune", transferlab.dataset(colours), small_options(unfreeze="top"))
 
 
 # -- scratch ----------------------------------------------------------------------------------------
@@ -212,7 +215,7 @@ def test_scratch_with_a_named_backbone_starts_from_random_weights(colours, pretr
     options = small_options(backbone="efficientnet_lite0", fit=FitConfig(epochs=1))
     result = run_strategy("scratch", transferlab.dataset(colours), options)
     state = result.classifier.backbone_state
-    assert result.classifier.pretrained is False
+    assert result.classifier.extractor.pretrained is False
     assert not torch.allclose(state["conv_stem.weight"], pretrained_state["conv_stem.weight"], atol=1e-2)
 
 
@@ -229,3 +232,41 @@ def test_finetune_on_real_photos_beats_chance(shared, tmp_path):
         max_per_class=15, views=1, epochs=10, finetune_epochs=2, quiet=True,
     )
     assert classifier.metrics["test_accuracy"] >= 0.75  # ants vs bees: chance is 0.5
+
+
+# -- featurewise standardisation (Keras' dataset-level options) ----------------------------------------
+def test_scratch_fits_featurewise_normalisation_and_keeps_it_at_prediction_and_export(colours, tmp_path):
+    from transferlab.augment import FeaturewiseStandardizer
+    from transferlab.export import export_run
+    from transferlab.onnx_predict import OnnxClassifier
+
+    config = dataclasses.replace(AugmentConfig.none(), featurewise_center=True, featurewise_std_normalization=True)
+    classifier = transferlab.train(colours, strategy="scratch", augment=config, out=tmp_path / "run", epochs=2,
+                                   quiet=True)
+    split = transferlab.dataset(colours)  # the split train drew (same seed)
+    decoded = np.stack([classifier.extractor.prepare(path) for path in split.train.paths]).astype(np.float64) / 255
+    expected = FeaturewiseStandardizer(center=True, std_normalization=True).fit(decoded)
+    mean, std = json.loads((tmp_path / "run" / "model.json").read_text())["normalization"]
+    np.testing.assert_allclose(mean, expected.mean_, atol=1e-6)
+    np.testing.assert_allclose(std, expected.std_ + FeaturewiseStandardizer.STD_GUARD, atol=1e-6)
+    images = sorted((colours / "blue").glob("*.jpg"))[:3]
+    loaded = transferlab.load(tmp_path / "run")
+    np.testing.assert_allclose(loaded.predict_proba(images)[0], classifier.predict_proba(images)[0], atol=1e-6)
+    export_run(tmp_path / "run")
+    onnx = OnnxClassifier(tmp_path / "run")
+    torch_top = [p.top[0] for p in loaded.predict(images, top_k=1)]
+    onnx_top = [p.top[0] for p in onnx.predict(images, top_k=1)]
+    assert [label for label, _ in torch_top] == [label for label, _ in onnx_top]
+    np.testing.assert_allclose([p for _, p in torch_top], [p for _, p in onnx_top], atol=1e-4)
+
+
+def test_featurewise_options_are_refused_by_pretrained_strategies(colours):
+    config = dataclasses.replace(AugmentConfig.light(), featurewise_center=True)
+    with pytest.raises(TransferlabError, match="training from scratch only"):
+        transferlab.train(colours, strategy="augment", augment=config, quiet=True)
+
+
+def test_zca_whitening_is_refused_at_sizes_it_cannot_handle(colours):
+    config = dataclasses.replace(AugmentConfig.none(), zca_whitening=True)
+    with pytest.raises(TransferlabError, match="ZCA whitening needs images of at most"):
+        transferlab.train(colours, strategy="scratch", augment=config, epochs=1, quiet=True)

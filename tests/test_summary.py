@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from transferlab.backbones import create_backbone
 from transferlab.classifier import Classifier
+from transferlab.features import FeatureExtractor
 from transferlab.cli import app
 from transferlab.errors import TransferlabError
 from transferlab.heads import HeadConfig, build_head
@@ -30,8 +31,9 @@ def saved_classifier(directory, backbone_state=None, strategy="extract"):
     """A run folder with model.json and weights, as `train` writes it, without training."""
     config = HeadConfig("mlp", 1280, 3)
     torch.manual_seed(0)
-    Classifier(backbone="efficientnet_lite0", classes=["a", "b", "c"], head=build_head(config), head_config=config,
-               backbone_state=backbone_state, strategy=strategy).save(directory)
+    extractor = FeatureExtractor("efficientnet_lite0", backbone_state=backbone_state)
+    Classifier(extractor=extractor, classes=["a", "b", "c"], head=build_head(config), head_config=config,
+               strategy=strategy).save(directory)
     return directory
 
 

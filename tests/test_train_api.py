@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from importlib import metadata
 
 import numpy as np
@@ -15,6 +17,7 @@ from transferlab.errors import TransferlabError
 RUN_FILES = [
     "config.json", "split.csv", "skipped.csv", "history.csv", "metrics.json", "model.safetensors",
     "model.json", "labels.txt", "accuracy.png", "loss.png", "confusion_matrix.png", "report.html",
+    "test_predictions.csv", "summary.json",
 ]
 
 
@@ -82,3 +85,20 @@ def test_unknown_backbone_fails_before_reading_images(tmp_path):
 def test_load_of_a_non_run_folder_is_a_clear_error(tmp_path):
     with pytest.raises(TransferlabError, match="not a transferlab run folder"):
         transferlab.load(tmp_path)
+
+
+def test_warm_rerun_builds_no_network(colour_folder, tmp_path):
+    """With every feature cached and the model summary remembered, a rerun imports neither timm nor torchvision
+    (seconds of a warm run on a CPU)."""
+    transferlab.train(colour_folder, out=tmp_path / "cold", epochs=2, quiet=True)
+    code = (
+        "import sys\n"
+        "from transferlab.cli import main\n"
+        f"sys.argv = ['transferlab', '--quiet', 'train', {str(colour_folder)!r}, '--epochs', '2', "
+        f"'--out', {str(tmp_path / 'warm')!r}]\n"
+        "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
+        "print(sorted({'timm', 'torchvision'} & set(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "warm" / "summary.json").read_text() == (tmp_path / "cold" / "summary.json").read_text()

@@ -10,7 +10,8 @@ from transferlab.errors import TransferlabError
 from transferlab.heads import HeadConfig, build_head
 from transferlab.metrics import evaluate_probabilities, most_confused_pairs
 from transferlab.plots import plot_training_curves, smooth
-from transferlab.training import FitConfig, History, class_weights, fit
+from transferlab.options import FitConfig
+from transferlab.training import History, class_weights, fit
 
 
 def blobs(n_per_class=40, n_classes=3, dim=16, seed=0):

@@ -3,7 +3,8 @@
 Per-image options (rotation, shifts, shear, zoom, flips, brightness, fill modes) are sampled from a local
 numpy Generator seeded per call, so `augment_image(image, config, seed)` is reproducible and never touches
 global RNG state. Dataset-level options (featurewise centering / std normalization / ZCA whitening) live in
-`FeaturewiseStandardizer`, fitted on the training split's arrays. `preview_grid` and `save_augmented` let
+`FeaturewiseStandardizer`, fitted on the training split's arrays (strategy scratch turns centering and std
+normalisation into its input normalisation; `featurewise_preview` shows all three). `preview_grid` and `save_augmented` let
 users look at what a config does (Keras' save_to_dir / save_prefix / save_format).
 """
 
@@ -19,9 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as F
-
 from transferlab.errors import TransferlabError
 
 # Keras fill modes as numpy.pad modes (Keras docs: nearest aaaa|abcd, reflect abcddcba|abcd, wrap abcdabcd|abcd).
@@ -188,6 +186,8 @@ def apply_transform(
     image: Image.Image, params: TransformParams, *, fill_mode: str = "nearest", cval: float = 0.0
 ) -> Image.Image:
     """Apply `params` to `image` in Keras' order: affine (bilinear), flips, brightness. Returns RGB."""
+    from torchvision.transforms.v2 import functional as F  # imported on first use: see transferlab.backbones
+
     if fill_mode not in FILL_MODES:
         raise _invalid("fill_mode", fill_mode, f"use one of {', '.join(FILL_MODES)}")
     pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
@@ -211,6 +211,9 @@ def augment_image(image: Image.Image, config: AugmentConfig, seed: int) -> Image
 def _affine_with_fill(pixels: torch.Tensor, params: TransformParams, fill_mode: str, cval: float) -> torch.Tensor:
     # torchvision's affine only fills with a constant; Keras' nearest/reflect/wrap are emulated by padding with
     # numpy.pad first, transforming about the (unchanged) centre of the padded image, then cropping back.
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
     _, height, width = pixels.shape
     pad_x, pad_y = _padding_needed(params, width, height)
     extra = {"constant_values": round(cval)} if fill_mode == "constant" else {}
@@ -256,7 +259,7 @@ class FeaturewiseStandardizer:
     # A d x d covariance and its SVD: 64x64x3 is already 150 MB per matrix and a long SVD.
     MAX_ZCA_FEATURES = 64 * 64 * 3
     # Keras divides by (std + 1e-6) so constant channels do not divide by zero.
-    _STD_GUARD = 1e-6
+    STD_GUARD = 1e-6
 
     def __init__(
         self,
@@ -319,7 +322,7 @@ class FeaturewiseStandardizer:
 
     def _standardize(self, batch: np.ndarray) -> np.ndarray:
         centred = batch - self.mean_
-        return centred / (self.std_ + self._STD_GUARD) if self.std_ is not None else centred
+        return centred / (self.std_ + self.STD_GUARD) if self.std_ is not None else centred
 
 
 def _fit_zca(batch: np.ndarray, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
@@ -378,6 +381,23 @@ def preview_variants(image: Image.Image, config: AugmentConfig, n: int = 8, seed
     _check_count(n)
     labelled = [("original", image.convert("RGB"))]
     return labelled + [(f"seed {seed + i}", augment_image(image, config, seed + i)) for i in range(n)]
+
+
+def featurewise_preview(images: list[Image.Image], config: AugmentConfig, size: int = 32) -> list[Image.Image]:
+    """What featurewise centering / std normalisation / ZCA whitening do to `images`: the standardizer is fitted
+    on them (resized to size x size, small enough for ZCA) and each result is stretched to 0..255 to be seen,
+    as the Keras lessons show whitened CIFAR images."""
+    standardizer = FeaturewiseStandardizer.from_config(config)
+    if not (standardizer.center or standardizer.std_normalization or standardizer.zca_whitening):
+        raise TransferlabError(
+            "the augmentation has no featurewise option to preview",
+            hint="set featurewise_center, featurewise_std_normalization or zca_whitening",
+        )
+    batch = np.stack([np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)) for im in images]) / 255.0
+    out = standardizer.fit(batch).transform(batch)
+    low = out.min(axis=(1, 2, 3), keepdims=True)
+    span = np.maximum(out.max(axis=(1, 2, 3), keepdims=True) - low, 1e-12)
+    return [Image.fromarray(im) for im in ((out - low) / span * 255).round().astype(np.uint8)]
 
 
 def save_augmented(

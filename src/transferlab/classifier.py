@@ -20,46 +20,39 @@ from transferlab.augment import AugmentConfig
 from transferlab.backbones import get_spec
 from transferlab.errors import TransferlabError
 from transferlab.prediction import Prediction
-from transferlab.features import FeatureExtractor, atomic_write_bytes
+from transferlab.features import FeatureExtractor
+from transferlab.files import atomic_path, atomic_write_bytes
 from transferlab.heads import HeadConfig, build_head
 from transferlab.metrics import evaluate_probabilities
+from transferlab.options import check_tta
 
 MODEL_FORMAT = "transferlab-model/1"
 
 
 class Classifier:
-    """Predicts classes for images. Build one with `transferlab.train(...)` or `transferlab.load(run)`."""
+    """Predicts classes for images. Build one with `transferlab.train(...)` or `transferlab.load(run)`.
+
+    It is a feature extractor (the backbone trunk, with any tensors training changed) plus a head and labels.
+    """
 
     def __init__(
         self,
         *,
-        backbone: str,
+        extractor: FeatureExtractor,
         classes: list[str],
         head: torch.nn.Module,
         head_config: HeadConfig,
-        layer: int | None = None,
-        weights: str | None = None,
-        pretrained: bool = True,
-        backbone_state: dict[str, torch.Tensor] | None = None,
         strategy: str = "extract",
         run_dir: Path | None = None,
-        cache_dir: Path | None = None,
-        extractor: FeatureExtractor | None = None,
     ):
-        self.backbone = backbone
+        self.extractor = extractor
         self.classes = list(classes)
         self.head = head.eval()
         self.head_config = head_config
-        self.layer = layer
-        self.weights = weights
-        self.pretrained = pretrained
-        self.backbone_state = backbone_state
         self.strategy = strategy
         self.run_dir = run_dir
-        self.cache_dir = cache_dir
         self.metrics: dict = {}
         self.history = None
-        self._extractor = extractor  # a warm one (ONNX session loaded) may be handed over by a strategy
 
     def __repr__(self) -> str:
         return f"Classifier(backbone={self.backbone!r}, strategy={self.strategy!r}, classes={len(self.classes)})"
@@ -95,18 +88,13 @@ class Classifier:
         return show_predictions(self, images, labels)
 
     @property
-    def extractor(self) -> FeatureExtractor:
-        if self._extractor is None:
-            self._extractor = FeatureExtractor(
-                self.backbone,
-                layer=self.layer,
-                weights=self.weights,
-                pretrained=self.pretrained,
-                backbone_state=self.backbone_state,
-                cache_dir=self.cache_dir,
-                quiet=True,
-            )
-        return self._extractor
+    def backbone(self) -> str:
+        return self.extractor.spec.name
+
+    @property
+    def backbone_state(self) -> dict[str, torch.Tensor] | None:
+        """The backbone tensors training changed (fine-tuned blocks, or every weight of a scratch network)."""
+        return self.extractor.backbone_state
 
     def network(self) -> torch.nn.Module:
         """The whole model as one torch module: uint8 NCHW images -> logits (used by export and summary)."""
@@ -118,27 +106,30 @@ class Classifier:
         with torch.inference_mode():
             return torch.softmax(self.head(torch.from_numpy(features)), dim=1).numpy()
 
-    def predict_proba(self, images: Sequence[str | Path | Image.Image], tta: int = 1) -> tuple[np.ndarray, dict]:
-        """Probabilities [n_ok, n_classes] for the images that decode, and {source: reason} for the others.
-
-        `tta` > 1 averages over the original and tta-1 mildly augmented views (flips, small crops).
-        """
-        if tta < 1:
-            raise TransferlabError(f"--tta must be >= 1, got {tta}")
-        if all(isinstance(im, Image.Image) for im in images):
-            return self.probabilities_from_features(self.extractor.features_of_images(list(images))), {}
-        paths = [Path(p) for p in images]
+    def view_probabilities(self, paths: Sequence[str | Path], tta: int = 1) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Probabilities of each view [tta, n_ok, n_classes] (view 0: the image itself, then tta-1 mildly
+        augmented views: flips, small crops), `kept` [n] (whether each path decoded) and {path: reason}."""
+        check_tta(tta)
+        paths = [Path(p) for p in paths]
         missing = [p for p in paths if not p.is_file()]
         if missing:
             raise TransferlabError(f"no such image file: {missing[0]}")
         result = self.extractor.extract(paths, description="features")
-        probs = self.probabilities_from_features(result.features)
+        decoded = [p for p, k in zip(paths, result.kept) if k]
+        views = [self.probabilities_from_features(result.features)]
         light = AugmentConfig.light()
         for view in range(1, tta):
-            augmented = self.extractor.extract([p for p, k in zip(paths, result.kept) if k], augment=light, view=view)
-            probs = probs + self.probabilities_from_features(augmented.features)
-        failed = {str(p): reason for p, reason in result.failed.items()}
-        return probs / tta, {"kept": result.kept, "failed": failed}
+            augmented = self.extractor.extract(decoded, augment=light, view=view, description=f"features: view {view}")
+            views.append(self.probabilities_from_features(augmented.features))
+        return np.stack(views), result.kept, {str(p): reason for p, reason in result.failed.items()}
+
+    def predict_proba(self, images: Sequence[str | Path | Image.Image], tta: int = 1) -> tuple[np.ndarray, dict]:
+        """Probabilities [n_ok, n_classes] for the images that decode, and {"kept": [n] bool, "failed":
+        {source: reason}}. `tta` > 1 averages over the original and tta-1 mildly augmented views."""
+        if all(isinstance(im, Image.Image) for im in images):
+            return self.probabilities_from_features(self.extractor.features_of_images(list(images))), {}
+        views, kept, failed = self.view_probabilities(images, tta)
+        return views.mean(axis=0), {"kept": kept, "failed": failed}
 
     def predict(self, images: Sequence[str | Path | Image.Image], top_k: int = 5, tta: int = 1) -> list[Prediction]:
         probs, info = self.predict_proba(images, tta=tta)
@@ -173,19 +164,21 @@ class Classifier:
         tensors = {f"head.{k}": v.contiguous() for k, v in self.head.state_dict().items()}
         for name, value in (self.backbone_state or {}).items():
             tensors[f"backbone.{name}"] = value.detach().cpu().contiguous()
-        tmp = directory / "model.safetensors.tmp"
-        save_file(tensors, str(tmp))
-        tmp.replace(directory / "model.safetensors")
+        with atomic_path(directory / "model.safetensors") as tmp:
+            save_file(tensors, str(tmp))
         description = {
             "format": MODEL_FORMAT,
             "backbone": self.backbone,
-            "layer": self.layer,
-            "weights": self.weights,
-            "pretrained": self.pretrained,
+            "layer": self.extractor.layer,
+            "weights": str(self.extractor.weights) if self.extractor.weights else None,
+            "pretrained": self.extractor.pretrained,
             "strategy": self.strategy,
             "head": self.head_config.to_dict(),
             "classes": self.classes,
-            "preprocessing": preprocessing_of(self.backbone),
+            "normalization": [list(self.extractor.normalization[0]), list(self.extractor.normalization[1])]
+            if self.extractor.normalization
+            else None,
+            "preprocessing": preprocessing_of(self.extractor),
         }
         atomic_write_bytes(directory / "model.json", json.dumps(description, indent=2).encode())
         atomic_write_bytes(directory / "labels.txt", ("\n".join(self.classes) + "\n").encode())
@@ -208,18 +201,23 @@ class Classifier:
         head = build_head(head_config)
         head.load_state_dict({k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")})
         backbone_state = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
-        classifier = cls(
-            backbone=description["backbone"],
-            classes=description["classes"],
-            head=head,
-            head_config=head_config,
+        extractor = FeatureExtractor(
+            description["backbone"],
             layer=description.get("layer"),
             weights=description.get("weights"),
             pretrained=description.get("pretrained", True),
             backbone_state=backbone_state or None,
+            normalization=description.get("normalization"),
+            cache_dir=cache_dir,
+            quiet=True,
+        )
+        classifier = cls(
+            extractor=extractor,
+            classes=description["classes"],
+            head=head,
+            head_config=head_config,
             strategy=description.get("strategy", "extract"),
             run_dir=directory,
-            cache_dir=cache_dir,
         )
         metrics_path = directory / "metrics.json"
         if metrics_path.is_file():
@@ -227,13 +225,13 @@ class Classifier:
         return classifier
 
 
-def preprocessing_of(backbone: str) -> dict:
-    spec = get_spec(backbone)
+def preprocessing_of(extractor: FeatureExtractor) -> dict:
+    spec = extractor.spec
     return {
         "input_size": spec.input_size,
         "resize_size": spec.resize_size,
         "interpolation": spec.interpolation,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
+        "mean": list(extractor.mean),
+        "std": list(extractor.std),
         "input": "uint8 RGB, NCHW",
     }

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from transferlab.errors import TransferlabError
+from transferlab.options import COMPARE_STRATEGIES, DEFAULT_BACKBONE, split_fractions
 
 app = typer.Typer(
     help="Turn a small folder of labelled images into an accurate image classifier.",
@@ -53,22 +54,12 @@ def comma_list(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
-def parse_split(value: str) -> tuple[float, float, float]:
-    try:
-        parts = tuple(float(v) for v in value.split(","))
-    except ValueError:
-        parts = ()
-    if len(parts) != 3:
-        raise TransferlabError(f"--split must be three comma-separated fractions, got {value!r}", hint="e.g. --split 0.7,0.15,0.15")
-    return parts  # type: ignore[return-value]
-
-
 def data_selection(include: str | None, exclude: str | None, split: str, max_per_class: int | None) -> dict:
     """The data flags `train` and `compare` share, parsed into API keywords."""
     return {
         "include": comma_list(include),
         "exclude": comma_list(exclude),
-        "split": parse_split(split),
+        "split": split_fractions(split),
         "max_per_class": max_per_class,
     }
 
@@ -108,6 +99,7 @@ def train(
     layer: Annotated[Optional[str], typer.Option(help="Take features from this stage index instead of the last.")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Backbone weights file (safetensors) instead of a download.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    runtime: Annotated[str, typer.Option(help="What runs the frozen backbone: auto (ONNX Runtime on a CPU, PyTorch on a GPU) | onnx | torch.")] = "auto",
     views: Annotated[int, typer.Option(help="Augmented views per training image (augment, finetune).")] = 3,
     augment: Annotated[Optional[str], typer.Option(help="Training augmentation: notebook | light | none (default: light for augment and finetune, notebook for scratch).")] = None,
     unfreeze: Annotated[str, typer.Option(help="Top blocks to fine-tune: N or 'all'.")] = "1",
@@ -137,6 +129,7 @@ def train(
         layer=parse_layer(layer),
         weights=weights,
         device=device,
+        runtime=runtime,
         views=views,
         augment=augment,
         unfreeze=unfreeze,
@@ -218,7 +211,7 @@ def predictions_table(predictions) -> Table:
 @app.command()
 def imagenet(
     images: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
-    backbone: Annotated[str, typer.Option(help="Pretrained backbone with an ImageNet head.")] = "efficientnet_lite0",
+    backbone: Annotated[str, typer.Option(help="Pretrained backbone with an ImageNet head.")] = DEFAULT_BACKBONE,
     top_k: Annotated[int, typer.Option(help="Classes to show per image.")] = 5,
     weights: Annotated[Optional[Path], typer.Option(help="Backbone weights file.")] = None,
 ):
@@ -342,8 +335,8 @@ def summary(
 @app.command()
 def compare(
     data: Annotated[Path, typer.Argument(help="Image folder, as for `transferlab train`.")],
-    strategies: Annotated[str, typer.Option(help="Comma-separated strategies, trained in this order.")] = "scratch,extract,augment,finetune",
-    backbone: Annotated[str, typer.Option(help="Pretrained backbone of the transfer strategies.")] = "efficientnet_lite0",
+    strategies: Annotated[str, typer.Option(help="Comma-separated strategies, trained in this order.")] = ",".join(COMPARE_STRATEGIES),
+    backbone: Annotated[str, typer.Option(help="Pretrained backbone of the transfer strategies.")] = DEFAULT_BACKBONE,
     scratch_backbone: Annotated[Optional[str], typer.Option(help="Architecture for scratch (default small_cnn).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the runs and tables (default runs/<data>-compare).")] = None,
     include: Annotated[Optional[str], typer.Option(help="Only these classes, comma-separated.")] = None,
@@ -391,7 +384,7 @@ def augment_preview(
     source: Annotated[Path, typer.Argument(help="An image, or a folder (its first image is used).")],
     n: Annotated[int, typer.Option("--n", help="Number of augmented variants.")] = 8,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the grid (and the variants).")] = Path("augment-preview"),
-    backbone: Annotated[str, typer.Option(help="Resize and crop as this backbone sees images, before augmenting.")] = "efficientnet_lite0",
+    backbone: Annotated[str, typer.Option(help="Resize and crop as this backbone sees images, before augmenting.")] = DEFAULT_BACKBONE,
     seed: Annotated[int, typer.Option(help="Seed of the first variant.")] = 0,
     save_prefix: Annotated[Optional[str], typer.Option(help="Also write the variants as PREFIX_<i>_<seed>.<format>.")] = None,
     save_format: Annotated[str, typer.Option(help="Format of the saved variants: jpeg | png.")] = "jpeg",

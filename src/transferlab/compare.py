@@ -14,15 +14,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from transferlab.api import checked_verbose, train
 from transferlab.classifier import Classifier
 from transferlab.data import load_dataset
 from transferlab.errors import TransferlabError
-from transferlab.plots import plot_comparison
+from transferlab.options import COMPARE_STRATEGIES, check_split_csv_alone, check_strategies, check_verbose
+from transferlab.pipeline import train
 from transferlab.runs import unique_run_dir
-from transferlab.strategies import STRATEGIES
-
-DEFAULT_STRATEGIES = ("scratch", "extract", "augment", "finetune")
 COLUMNS = (
     "strategy", "backbone", "test_accuracy", "top5_accuracy", "val_accuracy", "epochs_run",
     "train_seconds", "extract_seconds", "total_seconds", "images_per_second", "run_dir",
@@ -69,7 +66,7 @@ class Comparison:
 
 def compare(
     data: str | Path,
-    strategies: Iterable[str] = DEFAULT_STRATEGIES,
+    strategies: Iterable[str] = COMPARE_STRATEGIES,
     *,
     out: str | Path | None = None,
     seed: int = 0,
@@ -85,20 +82,16 @@ def compare(
     `train_kwargs` are `transferlab.train` keywords shared by all runs (backbone, epochs, views, ...);
     `backbone` applies to the transfer strategies, `scratch_backbone` (default: the small convnet) to scratch.
     """
-    strategies = checked_strategies(strategies)
-    quiet = quiet or checked_verbose(verbose) == 0
+    strategies = check_strategies(strategies)
+    quiet = quiet or check_verbose(verbose) == 0
     console = console or Console(quiet=quiet, stderr=True)
+    selection = {key: train_kwargs.pop(key) for key in SELECTION_KEYWORDS if key in train_kwargs}
+    check_split_csv_alone(split_csv, **selection)
     out_dir = unique_run_dir(out, data, "compare")
     out_dir.mkdir(parents=True, exist_ok=True)
-    selection = {key: train_kwargs.pop(key) for key in SELECTION_KEYWORDS if key in train_kwargs}
     if split_csv is None:
         split_csv = out_dir / "split.csv"
         load_dataset(data, seed=seed, **selection).write_split_csv(split_csv)
-    elif selection:
-        raise TransferlabError(
-            f"split_csv fixes the files; {', '.join(selection)} cannot be combined with it",
-            hint="leave out split_csv, or the file-selection options",
-        )
     classifiers: dict[str, Classifier] = {}
     for strategy in strategies:
         console.rule(f"[bold]{strategy}")
@@ -118,15 +111,6 @@ def compare(
     write_comparison(comparison, title=f"{Path(data).resolve().name}: strategies compared on one split")
     console.print(comparison.table())
     return comparison
-
-
-def checked_strategies(strategies: Iterable[str]) -> list[str]:
-    names = list(strategies)
-    unknown = [name for name in names if name not in STRATEGIES]
-    if unknown or not names or len(set(names)) != len(names):
-        problem = f"unknown strategy {unknown[0]!r}" if unknown else "strategies must be distinct and not empty"
-        raise TransferlabError(problem, hint=f"choose from: {', '.join(STRATEGIES)}, e.g. scratch,extract,augment")
-    return names
 
 
 def row_of(strategy: str, classifier: Classifier, out_dir: Path) -> dict:
@@ -158,6 +142,8 @@ def write_comparison(comparison: Comparison, title: str) -> list[Path]:
     ]
     md_path.write_text("\n".join(lines) + "\n")
     histories = {name: c.history.epochs for name, c in comparison.classifiers.items()}
+    from transferlab.plots import plot_comparison  # matplotlib only when drawing: `import transferlab.api` stays light
+
     return [csv_path, md_path, *plot_comparison(histories, comparison.out)]
 
 

@@ -23,7 +23,8 @@ from transferlab.backbones import get_spec
 from transferlab.classifier import Classifier
 from transferlab.data import DatasetSplit, Subset, load_dataset
 from transferlab.errors import TransferlabError
-from transferlab.features import atomic_write_bytes, export_onnx
+from transferlab.files import atomic_write_bytes
+from transferlab.trunk import export_onnx
 from transferlab.onnx_predict import MODEL_FILE, ONNX_FORMAT, OnnxClassifier, metadata_path
 
 INT8_FILE = "model.int8.onnx"
@@ -87,8 +88,8 @@ def write_metadata(path: Path, classifier: Classifier) -> Path:
             "input_size": spec.input_size,
             "interpolation": spec.interpolation,
             "steps": "shorter side to resize_size, centre crop input_size; mean/std normalisation is in the graph",
-            "mean": list(spec.mean),
-            "std": list(spec.std),
+            "mean": list(classifier.extractor.mean),
+            "std": list(classifier.extractor.std),
         },
         "labels": classifier.classes,
         "backbone": classifier.backbone,

@@ -1,21 +1,17 @@
-"""Feature extraction engine: a frozen backbone trunk run over images, with a content-addressed cache.
+"""Feature extraction: a frozen backbone trunk run over image files, with a content-addressed cache.
 
-On a CPU the trunk is exported once to ONNX (cached on disk) and run by ONNX Runtime, 2-4x faster than
-eager PyTorch here; on CUDA it runs in PyTorch. Decoding happens in worker threads while the runtime
-works on the previous batch. Features are cached in SQLite keyed by the image bytes' hash, so a killed
-run loses at most the batch in flight and a later run (another head, another strategy) reuses the rest.
+The trunk runs in a runtime from `transferlab.runtimes` (ONNX Runtime on a CPU, PyTorch on CUDA, or one
+registered from outside). Decoding happens in worker threads while the runtime works on the previous batch.
+Features are cached (`transferlab.feature_cache`) keyed by the image bytes' hash, so a killed run loses at most
+the batch in flight and a later run (another head, another strategy) reuses the rest.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
-import sqlite3
-import tempfile
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,99 +20,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from transferlab import backbones
 from transferlab.augment import AugmentConfig, augment_image
 from transferlab.data import ImageDecodeError, open_image
 from transferlab.errors import TransferlabError
+from transferlab.feature_cache import FeatureCache
+from transferlab.files import file_digest
+from transferlab.options import DEFAULT_BACKBONE
+from transferlab.progress import make_progress
+from transferlab.runtimes import Runtime, TrunkSource, make_runtime, resolve_device, resolve_runtime
+from transferlab.trunk import Trunk, split_backbone, stage_count
 
 FORMAT_VERSION = 1  # bump when the trunk wrapper or the preprocessing changes meaning
-
-
-def resolve_device(device: str = "auto") -> str:
-    """'auto' means CUDA when a GPU is present, else CPU."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TransferlabError(f"device {device!r} requested but no CUDA GPU is available", hint="use --device cpu")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise TransferlabError(f"unknown device {device!r}", hint="use auto, cpu or cuda")
-    return device
-
-
-RUNTIMES = ("auto", "onnx", "torch")
-
-
-def resolve_runtime(runtime: str, device: str) -> str:
-    """'auto' means ONNX Runtime on a CPU (2-4x faster here) and PyTorch on CUDA."""
-    if runtime not in RUNTIMES:
-        raise TransferlabError(f"unknown runtime {runtime!r}", hint=f"choose one of: {', '.join(RUNTIMES)}")
-    if runtime == "onnx" and device != "cpu":
-        raise TransferlabError("the ONNX Runtime path runs on the CPU only", hint="use --runtime torch with a GPU")
-    if runtime == "auto":
-        return "onnx" if device == "cpu" else "torch"
-    return runtime
-
-
-class Trunk(torch.nn.Module):
-    """uint8 NCHW images -> normalised -> backbone up to `layer` -> globally pooled features.
-
-    Normalisation lives inside the network so that exported models take raw RGB bytes.
-    `layer=None` gives the backbone's pre-logits features; an int picks the output of that stage
-    (negative counts from the end), which suits images far from ImageNet. `pool=False` keeps the spatial
-    map ([n, c, h, w]); with `layer=None` that is the output of `forward_features` (e.g. a split prefix).
-    """
-
-    def __init__(self, model: torch.nn.Module, mean, std, layer: int | None = None, pool: bool = True):
-        super().__init__()
-        self.model = model
-        self.layer = layer
-        self.pool = pool
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.float() - self.mean) / self.std
-        if self.layer is None and not self.pool:
-            return self.model.forward_features(x)
-        if self.layer is None:
-            return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-        (x,) = self.model.forward_intermediates(x, indices=[self.layer], intermediates_only=True)
-        return x.mean(dim=(2, 3)) if self.pool else x
-
-
-def split_backbone(model: torch.nn.Module, boundary: str) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(prefix, tail): copies of `model` cut before `boundary`, a top-level child ("layer4") or an element of a
-    top-level Sequential ("blocks.6").
-
-    `prefix.forward_features(x)` gives the activations at the boundary and
-    `tail.forward_head(tail.forward_features(a), pre_logits=True)` the pooled features from them: the modules
-    on the other side are replaced by Identity, so both keep the model's own forward code and the tail's
-    state_dict keys are those of the full model. This assumes children registered in forward order (true of
-    timm's CNNs); models that add parameters between children (ViT's position embedding) do not split,
-    which callers detect by comparing with the whole model.
-    """
-    container, _, index = boundary.partition(".")
-    names = [name for name, _ in model.named_children()]
-    if container not in names or (index and not index.isdigit()):
-        raise TransferlabError(f"cannot split {type(model).__name__} at {boundary!r}: no such block")
-    position = names.index(container)
-    prefix, tail = copy.deepcopy(model), copy.deepcopy(model)
-    for name in names[position + 1 :]:
-        setattr(prefix, name, torch.nn.Identity())
-    for name in names[:position]:
-        setattr(tail, name, torch.nn.Identity())
-    if index:
-        setattr(prefix, container, getattr(prefix, container)[: int(index)])
-        setattr(tail, container, getattr(tail, container)[int(index) :])
-    else:
-        setattr(prefix, container, torch.nn.Identity())
-    return prefix, tail
-
-
-def stage_count(model: torch.nn.Module) -> int:
-    return len(model.feature_info) if hasattr(model, "feature_info") else 0
 
 
 @dataclass
@@ -135,75 +51,6 @@ class ExtractionResult:
         return computed / self.seconds if self.seconds > 0 and computed > 0 else 0.0
 
 
-class FeatureCache:
-    """Feature vectors in one SQLite file per extractor; each batch is one transaction (atomic on kill -9)."""
-
-    def __init__(self, path: Path, dtype: type = np.float32):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self.dtype = np.dtype(dtype)
-        self._db = sqlite3.connect(path, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS features (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
-        self._db.commit()
-
-    def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
-        found: dict[str, np.ndarray] = {}
-        for start in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
-            chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for key, blob in self._db.execute(f"SELECT key, vector FROM features WHERE key IN ({marks})", chunk):
-                found[key] = np.frombuffer(blob, dtype=self.dtype)
-        return found
-
-    def put_many(self, items: dict[str, np.ndarray]) -> None:
-        with self._db:  # one transaction: all of the batch or nothing
-            self._db.executemany(
-                "INSERT OR REPLACE INTO features (key, vector) VALUES (?, ?)",
-                [(k, np.ascontiguousarray(v, dtype=self.dtype).tobytes()) for k, v in items.items()],
-            )
-
-    def __len__(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM features").fetchone()[0]
-
-    def close(self) -> None:
-        self._db.close()
-
-
-def file_digest(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "blake2b").hexdigest()[:32]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.chmod(tmp, 0o644)  # mkstemp makes files private (0600); artifacts are meant to be shared
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def make_progress(quiet: bool = False) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=quiet,
-        transient=False,
-    )
-
-
 class FeatureExtractor:
     """Runs a frozen backbone trunk over image files and returns (cached) pooled features.
 
@@ -213,7 +60,7 @@ class FeatureExtractor:
 
     def __init__(
         self,
-        backbone: str = "efficientnet_lite0",
+        backbone: str = DEFAULT_BACKBONE,
         *,
         layer: int | None = None,
         weights: str | Path | None = None,
@@ -226,14 +73,18 @@ class FeatureExtractor:
         use_cache: bool = True,
         quiet: bool = False,
         until: str | None = None,
+        normalization: tuple[Sequence[float], Sequence[float]] | None = None,
     ):
         """`until` names a block (see `split_backbone`): the extractor then returns the unpooled activations
-        entering it, flattened to [n, c*h*w] and stored as float16 (they are large; fine-tuning caches them)."""
+        entering it, flattened to [n, c*h*w] and stored as float16 (they are large; fine-tuning caches them).
+        `normalization` (mean, std per channel, for pixels scaled to 0..1) replaces the backbone's own: a network
+        trained from scratch with featurewise centering / std normalisation fitted them on its training images."""
         if batch_size < 1:
             raise TransferlabError(f"batch size must be >= 1, got {batch_size}")
         self.spec = backbones.get_spec(backbone)
         self.layer = layer
         self.until = until
+        self.normalization = (tuple(normalization[0]), tuple(normalization[1])) if normalization else None
         self.dtype = np.float16 if until else np.float32
         self.weights = weights
         self.backbone_state = backbone_state
@@ -245,11 +96,19 @@ class FeatureExtractor:
         self.use_cache = use_cache
         self.quiet = quiet
         self._trunk: Trunk | None = None
-        self._session = None
+        self._runtime: Runtime | None = None
         self._key: str | None = None
         self._cache: FeatureCache | None = None
 
     # -- identity ---------------------------------------------------------------------------------
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.normalization[0] if self.normalization else self.spec.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.normalization[1] if self.normalization else self.spec.std
+
     @property
     def key(self) -> str:
         """Hash of everything that determines a feature vector except the image and its augmentation."""
@@ -266,8 +125,8 @@ class FeatureExtractor:
                 "input_size": self.spec.input_size,
                 "resize": self.spec.resize_size,
                 "interpolation": self.spec.interpolation,
-                "mean": self.spec.mean,
-                "std": self.spec.std,
+                "mean": self.mean,
+                "std": self.std,
             }
             self._key = hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=12).hexdigest()
         return self._key
@@ -290,9 +149,9 @@ class FeatureExtractor:
                 model.load_state_dict(self.backbone_state, strict=False)
             self._check_layer(model)
             if self.until:
-                self._trunk = Trunk(split_backbone(model, self.until)[0], self.spec.mean, self.spec.std, pool=False)
+                self._trunk = Trunk(split_backbone(model, self.until)[0], self.mean, self.std, pool=False)
             else:
-                self._trunk = Trunk(model, self.spec.mean, self.spec.std, self.layer)
+                self._trunk = Trunk(model, self.mean, self.std, self.layer)
             self._trunk.eval()
         return self._trunk
 
@@ -309,28 +168,17 @@ class FeatureExtractor:
     def onnx_path(self) -> Path:
         return self.cache_dir / "onnx" / f"{self.spec.name}-{self.key}.onnx"
 
-    def _onnx_session(self):
-        import onnxruntime as ort
-
-        path = self.onnx_path()
-        if not path.exists():
-            export_onnx(self.trunk(), self.spec.input_size, path)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = os.cpu_count() or 1
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    @property
+    def runner(self) -> Runtime:
+        """The runtime that computes features (built on first use: an ONNX export or a network load)."""
+        if self._runtime is None:
+            source = TrunkSource(self.trunk, self.onnx_path(), self.spec.input_size, self.device)
+            self._runtime = make_runtime(self.runtime, source)
+        return self._runtime
 
     def run_batch(self, batch: np.ndarray) -> np.ndarray:
         """uint8 [n, h, w, 3] -> [n, d] in self.dtype (float32, or float16 for unpooled activations)."""
-        nchw = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
-        if self.runtime == "onnx":
-            if self._session is None:
-                self._session = self._onnx_session()
-            out = self._session.run(None, {"images": nchw})[0]
-        else:
-            trunk = self.trunk().to(self.device)
-            with torch.inference_mode():
-                out = trunk(torch.from_numpy(nchw).to(self.device, non_blocking=True)).float().cpu().numpy()
+        out = self.runner.run(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
         # rounded here, not only when stored, so a cold run returns exactly what a warm run reads back
         return out.reshape(len(out), -1).astype(self.dtype, copy=False)
 
@@ -451,31 +299,3 @@ def state_fingerprint(state: dict[str, torch.Tensor] | None) -> str | None:
         h.update(name.encode())
         h.update(state[name].detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def export_onnx(module: torch.nn.Module, input_size: int, path: Path, output_name: str = "features") -> Path:
-    """Export a uint8-NCHW-input module to ONNX with a dynamic batch axis, atomically."""
-    dummy = torch.zeros((2, 3, input_size, input_size), dtype=torch.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes files private (0600); exported models are meant to be shared
-    try:
-        with warnings.catch_warnings():
-            # the TorchScript exporter is deprecated but exports timm CNNs reliably and fast
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module.cpu().eval(),
-                (dummy,),
-                tmp,
-                input_names=["images"],
-                output_names=[output_name],
-                dynamic_axes={"images": {0: "batch"}, output_name: {0: "batch"}},
-                opset_version=17,
-                dynamo=False,
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

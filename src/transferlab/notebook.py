@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from transferlab.augment import AugmentConfig, FeaturewiseStandardizer, preview_variants
+from transferlab.augment import AugmentConfig, featurewise_preview, preview_variants
 from transferlab.errors import TransferlabError
-from transferlab.report import REPORT_NAME, _read_csv, _run_json, jinja_environment, key_numbers, timings, top_losses
+from transferlab.report import REPORT_NAME, _run_json, jinja_environment, key_numbers, timings, top_losses
+from transferlab.runs import TEST_PREDICTIONS
 from transferlab.training import History
 
 if TYPE_CHECKING:
@@ -155,17 +156,19 @@ def plot_confusion_matrix(classifier: Classifier) -> Figure:
 
 def show_top_losses(classifier: Classifier, n: int = 9) -> Figure:
     """The n misclassified test images the model was surest about (lowest probability of the true class),
-    titled true / predicted / probability of the prediction; the same images as the report's top losses."""
+    titled true / predicted / probability of the prediction: the report's top losses, from the test
+    predictions the run recorded."""
     from transferlab.plots import image_grid_figure
 
     run = run_folder(classifier)
-    config, rows = _run_json(run, "config.json"), _read_csv(run / "split.csv")
-    losses = top_losses(classifier, rows, Path(config["data"]), tta=int(classifier.metrics.get("tta") or 1), limit=n)
-    items = losses["items"]
+    data_root = Path(_run_json(run, "config.json")["data"])
+    losses = top_losses(run, data_root, classifier.metrics.get("test_is_validation", False), limit=n)
+    items = [item for item in losses["items"] if (data_root / item["path"]).is_file()]
     titles = [f"{item['true']} / {item['predicted']}\np={item['p_predicted']:.2f}" for item in items]
-    fig = image_grid_figure([thumbnail(item["path"]) for item in items], titles, colours=[WRONG] * len(items))
+    fig = image_grid_figure([thumbnail(data_root / item["path"]) for item in items], titles,
+                            colours=[WRONG] * len(items))
     fig.suptitle(f"top losses: {len(items)} of {losses['n_wrong']} misclassified {losses['split']} images\n"
-                 "(true / predicted / probability)" if items else f"no misclassified {losses['split']} image",
+                 "(true / predicted / probability)" if items else f"no misclassified {losses['split']} image shown",
                  fontsize=10)
     fig.tight_layout()
     return fig
@@ -192,13 +195,15 @@ def show_augmentations(
     augment: AugmentConfig | str = "notebook",
     n: int = 8,
     seed: int = 0,
-    fit_on: Sequence[str | Path | Image.Image] | None = None,
+    fit_on: Sequence[str | Path | Image.Image] = (),
+    size: int = 32,
 ) -> Figure:
     """The original and n augmented variants, as the lessons preview ImageDataGenerator.
 
-    With featurewise centering / std normalization / ZCA whitening in `augment`, the standardizer is fitted on
-    `fit_on` (training images of the same size; default: the variants themselves) and the standardized
-    variants are shown, each rescaled to 0..1 for display.
+    With featurewise centering / std normalization / ZCA whitening in `augment`, the variants are shown
+    standardized (by `augment.featurewise_preview`: resized to size x size, small enough for ZCA, and stretched
+    to 0..255 to be seen), with the standardizer fitted on the `fit_on` images (training images, as Keras'
+    `datagen.fit(x_train)`) together with the variants.
     """
     from transferlab.plots import image_grid_figure
 
@@ -206,20 +211,11 @@ def show_augmentations(
     labelled = preview_variants(thumbnail(image, limit=None), config, n=n, seed=seed)
     titles, pictures = [label for label, _ in labelled], [picture for _, picture in labelled]
     if config.featurewise_center or config.featurewise_std_normalization or config.zca_whitening:
-        fitted = [thumbnail(item, limit=None).convert("RGB") for item in fit_on] if fit_on else pictures
-        standardizer = FeaturewiseStandardizer.from_config(config).fit(np.stack([np.asarray(p) for p in fitted]))
-        standardized = standardizer.transform(np.stack([np.asarray(p) for p in pictures[1:]]))
-        pictures[1:] = [rescaled(values) for values in standardized]
+        fitted = [thumbnail(item, limit=None) for item in fit_on]
+        pictures[1:] = featurewise_preview([*fitted, *pictures[1:]], config, size=size)[len(fitted):]
         kind = "ZCA-whitened" if config.zca_whitening else "standardized"
         titles[1:] = [f"{title}, {kind}" for title in titles[1:]]
     return image_grid_figure(pictures, titles)
-
-
-def rescaled(values: np.ndarray) -> np.ndarray:
-    """Standardized pixels stretched to 0..1 between their 1st and 99th percentiles, so that imshow shows
-    their pattern rather than a few extreme pixels (whitening makes pixels unlike the fitted ones extreme)."""
-    low, high = (float(v) for v in np.percentile(values, [1, 99]))
-    return np.clip((values - low) / (high - low), 0, 1) if high > low else np.zeros_like(values)
 
 
 def comparison_plot(comparison: Comparison, metrics: Sequence[str] = ("accuracy", "loss"),
@@ -237,9 +233,10 @@ def comparison_plot(comparison: Comparison, metrics: Sequence[str] = ("accuracy"
 
 # -- helpers ------------------------------------------------------------------------------------------
 def run_folder(classifier: Classifier) -> Path:
+    """The classifier's run folder, with the test predictions recorded at training time."""
     run = Path(classifier.run_dir) if classifier.run_dir else None
-    if run is None or not (run / "split.csv").is_file() or not (run / "config.json").is_file():
-        raise TransferlabError("this classifier has no run folder with split.csv and config.json",
+    if run is None or not (run / TEST_PREDICTIONS).is_file() or not (run / "config.json").is_file():
+        raise TransferlabError(f"this classifier has no run folder with {TEST_PREDICTIONS} and config.json",
                                hint="train it with transferlab.train, or load it with transferlab.load(run_folder)")
     return run
 

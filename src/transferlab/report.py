@@ -17,15 +17,14 @@ from collections import Counter, defaultdict
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 from jinja2 import Environment, PackageLoader
 
-from transferlab.classifier import Classifier
 from transferlab.data import ImageDecodeError, open_image
 from transferlab.errors import TransferlabError
-from transferlab.features import atomic_write_bytes
+from transferlab.files import atomic_write_bytes
 from transferlab.metrics import most_confused_pairs
-from transferlab.summary import summarize_run
+from transferlab.runs import SUMMARY, TEST_PREDICTIONS
+from transferlab.summary import Summary
 
 REPORT_NAME = "report.html"
 SPLIT_COLUMNS = ("train", "validation", "test")
@@ -36,41 +35,41 @@ MAX_SKIPPED_ROWS = 200
 THUMBNAIL_PX = 128
 
 
-def write_report(directory: str | Path, *, cache_dir: str | Path | None = None) -> Path:
-    """Write `report.html` into a run folder, or into a compare folder (detected by its compare.csv)."""
+def write_report(directory: str | Path) -> Path:
+    """Write `report.html` into a run folder, or into a compare folder (detected by its compare.csv), from the
+    files in it alone."""
     folder = Path(directory)
-    cache = Path(cache_dir) if cache_dir else None
     if (folder / "compare.csv").is_file():
-        html = jinja_environment().get_template("compare.html.j2").render(**compare_context(folder, cache))
+        html = jinja_environment().get_template("compare.html.j2").render(**compare_context(folder))
     else:
-        html = jinja_environment().get_template("run.html.j2").render(**run_context(folder, cache))
+        html = jinja_environment().get_template("run.html.j2").render(**run_context(folder))
     path = folder / REPORT_NAME
     atomic_write_bytes(path, html.encode("utf-8"))
     return path
 
 
 # -- run report -----------------------------------------------------------------------------------
-def run_context(run: Path, cache_dir: Path | None = None) -> dict:
+def run_context(run: Path) -> dict:
     """Everything the run template shows, as plain values."""
-    metrics, config = _run_json(run, "metrics.json"), _run_json(run, "config.json")
-    classifier = Classifier.load(run, cache_dir=cache_dir)
+    metrics, config, model = _run_json(run, "metrics.json"), _run_json(run, "config.json"), _run_json(run, "model.json")
+    classes = model["classes"]
     rows = _read_csv(run / "split.csv")
     data_root = Path(config.get("data", run))
     test = metrics["test"]
     return {
-        "title": f"{data_root.name}: {config.get('strategy', classifier.strategy)} on {classifier.backbone}",
+        "title": f"{data_root.name}: {config.get('strategy', model.get('strategy'))} on {model['backbone']}",
         "generated": _now(),
         "run": str(run.resolve()),
         "key_numbers": key_numbers(metrics),
-        "dataset": dataset_context(run, rows, classifier.classes, data_root, metrics.get("test_is_validation", False)),
+        "dataset": dataset_context(run, rows, classes, data_root, metrics.get("test_is_validation", False)),
         "settings": flatten({k: v for k, v in config.items() if k != "environment"}),
         "environment": flatten(config.get("environment", {})),
         "curves": _png_uris(run / "accuracy.png", run / "loss.png"),
         "test": test,
         "confusion_png": _png_uri(run / "confusion_matrix.png"),
-        "confused_pairs": most_confused_pairs(test["confusion_matrix"], classifier.classes),
-        "top_losses": top_losses(classifier, rows, data_root, tta=int(metrics.get("tta") or 1)),
-        "summary": summarize_run(classifier),
+        "confused_pairs": most_confused_pairs(test["confusion_matrix"], classes),
+        "top_losses": top_losses(run, data_root, test_is_validation=metrics.get("test_is_validation", False)),
+        "summary": stored_summary(run),
         "timings": timings(metrics),
     }
 
@@ -125,35 +124,36 @@ def _sample_paths(rows: list[dict], classes: list[str], data_root: Path) -> dict
     return picked
 
 
-def top_losses(classifier: Classifier, rows: list[dict], data_root: Path, tta: int = 1,
-               limit: int = MAX_TOP_LOSSES) -> dict:
-    """Misclassified test images (validation images when there is no test split), highest loss first."""
-    split = "test" if any(row["split"] == "test" for row in rows) else "validation"
-    labelled = [(data_root / row["path"], row["class"]) for row in rows if row["split"] == split]
-    present = [(path, cls) for path, cls in labelled if path.is_file() and cls in classifier.classes]
-    result = {"split": split, "items": [], "n_wrong": 0, "missing": len(labelled) - len(present)}
-    if not present:
-        return result
-    probabilities, info = classifier.predict_proba([path for path, _ in present], tta=tta)
-    kept = [item for item, ok in zip(present, info["kept"], strict=True) if ok]
-    index = {cls: i for i, cls in enumerate(classifier.classes)}
-    truth = np.array([index[cls] for _, cls in kept], dtype=np.int64)
-    predicted = probabilities.argmax(axis=1)
-    p_true = probabilities[np.arange(len(kept)), truth]
-    wrong = np.flatnonzero(predicted != truth)
-    result["n_wrong"] = int(len(wrong))
-    for i in wrong[np.argsort(p_true[wrong])][:limit]:  # lowest p(true class) = highest loss
-        path, cls = kept[i]
-        result["items"].append({
-            "path": str(path),
-            "image": thumbnail_uri(path),
-            "true": cls,
-            "predicted": classifier.classes[predicted[i]],
-            "p_predicted": float(probabilities[i, predicted[i]]),
-            "p_true": float(p_true[i]),
-            "loss": -math.log(max(float(p_true[i]), 1e-12)),
+def top_losses(run: Path, data_root: Path, test_is_validation: bool = False, limit: int = MAX_TOP_LOSSES) -> dict:
+    """Misclassified test images (validation images when there is no test split), highest loss first, from the
+    test predictions the run recorded."""
+    split = "validation" if test_is_validation else "test"
+    recorded = _read_csv(run / TEST_PREDICTIONS)
+    wrong = sorted((row for row in recorded if row["class"] != row["predicted"]), key=lambda row: float(row["p_true"]))
+    items, missing = [], 0
+    for row in wrong[:limit]:  # lowest p(true class) = highest loss
+        path, p_true = data_root / row["path"], float(row["p_true"])
+        missing += not path.is_file()
+        items.append({
+            "path": row["path"],
+            "image": thumbnail_uri(path) if path.is_file() else None,
+            "true": row["class"],
+            "predicted": row["predicted"],
+            "p_predicted": float(row["p_predicted"]),
+            "p_true": p_true,
+            "loss": -math.log(max(p_true, 1e-12)),
         })
-    return result
+    return {"split": split, "items": items, "n_wrong": len(wrong), "missing": missing, "recorded": bool(recorded)}
+
+
+def stored_summary(run: Path) -> Summary:
+    """The model summary recorded at training time; run folders from before it was recorded build the network."""
+    path = run / SUMMARY
+    if path.is_file():
+        return Summary.from_dict(json.loads(path.read_text()))
+    from transferlab.summary import summarize_run
+
+    return summarize_run(run)
 
 
 def timings(metrics: dict) -> list[tuple[str, str]]:
@@ -169,12 +169,12 @@ def timings(metrics: dict) -> list[tuple[str, str]]:
 
 
 # -- compare report -------------------------------------------------------------------------------
-def compare_context(folder: Path, cache_dir: Path | None = None) -> dict:
+def compare_context(folder: Path) -> dict:
     """The strategies of a compare folder side by side; each strategy's own report is written too."""
     runs = _compare_runs(folder, _read_csv(folder / "compare.csv"))
     for run in runs:
         if not (run / REPORT_NAME).is_file():
-            write_report(run, cache_dir=cache_dir)
+            write_report(run)
     metrics = {run.name: _run_json(run, "metrics.json") for run in runs}
     configs = {run.name: _run_json(run, "config.json") for run in runs}
     first = runs[0] if runs else None

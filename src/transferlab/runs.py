@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
 import platform
 import re
 import sys
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from transferlab.features import atomic_write_bytes
+import numpy as np
+
+from transferlab.classifier import Classifier
+from transferlab.files import atomic_write_bytes
 from transferlab.strategies.base import StrategyResult
+from transferlab.summary import Summary, summarize_run
+
+TEST_PREDICTIONS = "test_predictions.csv"
+SUMMARY = "summary.json"
 
 VERSIONED_PACKAGES = ("transferlab", "torch", "torchvision", "timm", "onnxruntime", "numpy", "scikit-learn", "pillow")
 
@@ -43,8 +53,43 @@ def write_json(path: Path, value) -> Path:
     return path
 
 
-def write_run(run_dir: Path, result: StrategyResult, *, config: dict, metrics: dict) -> dict[str, Path]:
-    """config.json, split.csv, skipped.csv, history.csv, metrics.json, model files and plots."""
+@dataclass
+class TestPredictions:
+    """The test split's class probabilities, computed once after training: one array per view (the image
+    itself, then the TTA views), for the images that decoded."""
+
+    paths: list[Path]
+    labels: np.ndarray  # int64 [n]
+    views: np.ndarray  # [views, n, classes]
+    classes: list[str]
+    root: Path
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        return self.views.mean(axis=0)
+
+    def write_csv(self, path: Path) -> Path:
+        """path (relative to the data root), class, predicted, p_predicted, p_true: one row per image."""
+        probabilities = self.probabilities
+        predicted = probabilities.argmax(axis=1)
+        with path.open("w", newline="", encoding="utf-8") as file:
+            writer = csv.writer(file)
+            writer.writerow(["path", "class", "predicted", "p_predicted", "p_true"])
+            for i, image in enumerate(self.paths):
+                relative = image.relative_to(self.root).as_posix() if image.is_relative_to(self.root) else str(image)
+                writer.writerow([
+                    relative, self.classes[self.labels[i]], self.classes[predicted[i]],
+                    f"{probabilities[i, predicted[i]]:.6f}", f"{probabilities[i, self.labels[i]]:.6f}",
+                ])
+        return path
+
+
+def write_run(
+    run_dir: Path, result: StrategyResult, *, config: dict, metrics: dict, test: TestPredictions
+) -> dict[str, Path]:
+    """config.json, split.csv, skipped.csv, history.csv, metrics.json, test_predictions.csv, summary.json,
+    model files and plots."""
     from transferlab.plots import plot_confusion_matrix, plot_training_curves  # matplotlib only when drawing
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -56,11 +101,29 @@ def write_run(run_dir: Path, result: StrategyResult, *, config: dict, metrics: d
     result.split.write_skipped_csv(run_dir / "skipped.csv")
     result.history.write_csv(run_dir / "history.csv")
     files.update(split=run_dir / "split.csv", skipped=run_dir / "skipped.csv", history=run_dir / "history.csv")
+    files["test_predictions"] = test.write_csv(run_dir / TEST_PREDICTIONS)
     result.classifier.save(run_dir)
     files["model"] = run_dir / "model.safetensors"
+    files["summary"] = write_json(run_dir / SUMMARY, model_summary(result.classifier).to_dict())
     accuracy_png, loss_png = plot_training_curves(result.history.epochs, run_dir)
     files.update(accuracy_plot=accuracy_png, loss_plot=loss_png)
     files["confusion_plot"] = plot_confusion_matrix(
         metrics["test"]["confusion_matrix"], result.split.classes, run_dir / "confusion_matrix.png"
     )
     return files
+
+
+def model_summary(classifier: Classifier) -> Summary:
+    """The Keras-style summary of the trained network, remembered in the cache by everything it depends on
+    (building the network to summarise it costs seconds, a large share of a run on cached features)."""
+    extractor = classifier.extractor
+    identity = json.dumps([extractor.key, classifier.head_config.to_dict(), classifier.strategy], sort_keys=True)
+    path = extractor.cache_dir / "summaries" / f"{hashlib.blake2b(identity.encode(), digest_size=12).hexdigest()}.json"
+    if path.is_file():
+        try:
+            return Summary.from_dict(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError):
+            pass  # a damaged entry is recomputed and replaced
+    summary = summarize_run(classifier)
+    write_json(path, summary.to_dict())
+    return summary

@@ -84,6 +84,16 @@ class Summary:
 
         return summary_html(self)
 
+    @classmethod
+    def from_dict(cls, value: dict) -> Summary:
+        """The inverse of to_dict (summaries are stored in run folders as JSON)."""
+        rows = [
+            LayerRow(row["name"], row["type"], row["level"], _shape_from_json(row["output_shape"]), row["params"],
+                     row["trainable"])
+            for row in value["rows"]
+        ]
+        return cls(value["title"], tuple(value["input_shape"]), rows, value["total"], value["trainable"])
+
     def table(self) -> Table:
         table = Table(
             title=self.title,
@@ -104,6 +114,15 @@ class Summary:
             status = f"[{colours[row.status]}]{row.status}[/]" if row.status else ""
             table.add_row("  " * row.level + row.name, row.type, row.shape_text, f"{row.params:,}", status, style=style)
         return table
+
+
+def _shape_from_json(shape) -> Shape | list[Shape] | None:
+    """JSON turns tuples into lists: a list of lists was several outputs, a list of numbers one shape."""
+    if shape is None:
+        return None
+    if shape and isinstance(shape[0], list):
+        return [tuple(s) for s in shape]
+    return tuple(shape)
 
 
 def summarize(

@@ -10,7 +10,7 @@ import copy
 import csv
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,37 +19,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
-from transferlab.errors import TransferlabError
+from transferlab.options import FitConfig
 
-OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
 BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-
-
-@dataclass
-class FitConfig:
-    epochs: int = 50
-    batch_size: int = 32
-    lr: float = 3e-4
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    class_weight: str | None = None  # None or "balanced"
-    patience: int | None = 8  # epochs without a better validation loss before stopping; None: never stop
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.optimizer not in OPTIMIZERS:
-            raise TransferlabError(f"unknown optimizer {self.optimizer!r}", hint=f"choose one of: {', '.join(OPTIMIZERS)}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise TransferlabError(f"epochs and batch size must be >= 1 (got {self.epochs}, {self.batch_size})")
-        if not self.lr > 0:
-            raise TransferlabError(f"learning rate must be > 0, got {self.lr}")
-        if self.class_weight not in (None, "balanced"):
-            raise TransferlabError(f"unknown class weight {self.class_weight!r}", hint="use 'balanced' or leave it out")
-        if self.patience is not None and self.patience < 1:
-            raise TransferlabError(f"patience must be >= 1, got {self.patience}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

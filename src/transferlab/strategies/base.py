@@ -1,56 +1,35 @@
-"""What every strategy takes and returns."""
+"""What every strategy takes (TrainOptions) and gives back (Trained), and the one builder of a StrategyResult."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from transferlab.augment import AugmentConfig
 from transferlab.classifier import Classifier
 from transferlab.data import DatasetSplit, Subset
-from transferlab.features import ExtractionResult, FeatureExtractor, resolve_device
+from transferlab.features import ExtractionResult, FeatureExtractor
 from transferlab.heads import HeadConfig, build_head
-from transferlab.training import BatchTransform, FitConfig, History, fit
-
-# A dense head on cached features: batch 256 at Adam 1e-3 matched batch 32 at 3e-4 on Caltech-101/97 (test
-# accuracy 94.5% vs 94.5%, mean of seeds 0-2) in a third of the time, which is most of a warm run.
-HEAD_BATCH_SIZE = 256
-HEAD_LR = 1e-3
+from transferlab.options import TrainOptions
+from transferlab.runtimes import resolve_device
+from transferlab.training import BatchTransform, History, fit
 
 
 @dataclass
-class TrainOptions:
-    """Every knob of a training run; the API fills it from keyword arguments, the CLI from flags."""
+class Trained:
+    """What a strategy trained: a head on `extractor` (whose backbone_state holds any backbone tensors that
+    training changed), on `split` without the files that failed to decode, and the extractions it ran."""
 
-    backbone: str = "efficientnet_lite0"
-    layer: int | None = None
-    weights: str | None = None
-    head: str = "mlp"
-    hidden: int = 256
-    dropout: float = 0.5
-    fit: FitConfig = field(default_factory=FitConfig)
-    device: str = "auto"
-    extract_batch_size: int = 32
-    cache_dir: Path | None = None
-    quiet: bool = False  # no progress bars
-    log_epochs: bool = False  # one line per epoch (verbose=2)
-    views: int = 3  # augmented views per training image (augment, finetune); more cost ~50 s each on Caltech
-    unfreeze: str = "1"  # top blocks to fine-tune: a number or "all"
-    finetune_lr: float = 1e-5
-    finetune_epochs: int = 10
-    augment: AugmentConfig | None = None
-    # augment/finetune: augment afresh every batch and run the frozen base on the fly (True), or train from
-    # cached features of K views (False); None: end to end on a GPU, cached on a CPU.
-    end_to_end: bool | None = None
-
-    def to_dict(self) -> dict:
-        values = asdict(self)
-        values["cache_dir"] = str(self.cache_dir) if self.cache_dir else None
-        return values
+    extractor: FeatureExtractor
+    head: torch.nn.Module
+    head_config: HeadConfig
+    history: History
+    split: DatasetSplit
+    extractions: list[ExtractionResult] = field(default_factory=list)
+    other_feature_seconds: float = 0.0  # feature work outside the extractions (e.g. pooling cached activations)
+    extra: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -62,6 +41,27 @@ class StrategyResult:
     train_seconds: float = 0.0
     images_per_second: float = 0.0
     extra: dict = field(default_factory=dict)
+
+
+def build_result(strategy: str, trained: Trained) -> StrategyResult:
+    """The classifier and the timings of what a strategy trained; every strategy's result is built here."""
+    classifier = Classifier(
+        extractor=trained.extractor,
+        classes=trained.split.classes,
+        head=trained.head,
+        head_config=trained.head_config,
+        strategy=strategy,
+    )
+    extract_seconds, images_per_second = extraction_timing(trained.extractions)
+    return StrategyResult(
+        classifier=classifier,
+        history=trained.history,
+        split=trained.split,
+        extract_seconds=extract_seconds + trained.other_feature_seconds,
+        train_seconds=trained.history.seconds,
+        images_per_second=images_per_second,
+        extra=trained.extra,
+    )
 
 
 def training_device(options: TrainOptions) -> str:
@@ -82,6 +82,7 @@ def make_extractor(options: TrainOptions, **overrides) -> FeatureExtractor:
         layer=options.layer,
         weights=options.weights,
         device=options.device,
+        runtime=options.runtime,
         batch_size=options.extract_batch_size,
         cache_dir=options.cache_dir,
         quiet=options.quiet,

@@ -24,33 +24,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from timm.models import group_parameters
 
 from transferlab.backbones import create_backbone, get_spec
-from transferlab.classifier import Classifier
 from transferlab.data import DatasetSplit
 from transferlab.errors import TransferlabError
-from transferlab.features import Trunk, split_backbone
+from transferlab.features import ExtractionResult
 from transferlab.heads import HeadConfig
-from transferlab.strategies.augment import (
-    CHANNELS_LAST,
-    ImageBatches,
-    augment_config,
-    decode_images,
-    extract_views,
-    fit_augmented_head,
-    train_head_on_views,
-)
-from transferlab.strategies.base import (
-    StrategyResult,
-    TrainOptions,
-    extraction_timing,
-    make_extractor,
-    runs_end_to_end,
-    tensors,
-    training_device,
-)
-from transferlab.training import BatchTransform, FitConfig, History, fit
+from transferlab.options import FitConfig
+from transferlab.strategies.augment import augment_config, fit_augmented_head, train_head_on_views
+from transferlab.strategies.base import Trained, TrainOptions, make_extractor, runs_end_to_end, tensors, training_device
+from transferlab.strategies.inputs import CHANNELS_LAST, ImageBatches, decode_images, extract_views
+from transferlab.training import BatchTransform, History, fit
+from transferlab.trunk import Trunk, split_backbone
 
 FINETUNE_OPTIMIZER = "rmsprop"  # the notebooks' choice for fine-tuning
 FINETUNE_BATCH_SIZE = 32  # phase 2 trains convolutional blocks: small batches, as the notebooks
@@ -68,6 +53,8 @@ def block_groups(model: torch.nn.Module) -> list[list[str]]:
             f"{type(model).__name__} has no pretrained blocks to fine-tune",
             hint="use a pretrained backbone (see `transferlab backbones`), or --strategy scratch",
         )
+    from timm.models import group_parameters  # timm is imported where a network is built: see transferlab.backbones
+
     classifier = model.pretrained_cfg.get("classifier") or "classifier"
     groups = group_parameters(model, model.group_matcher(coarse=True))
     kept = [[n for n in names if not n.startswith(classifier + ".")] for _, names in sorted(groups.items())]
@@ -77,13 +64,7 @@ def block_groups(model: torch.nn.Module) -> list[list[str]]:
 def unfrozen_groups(model: torch.nn.Module, unfreeze: str) -> list[list[str]]:
     """The top `unfreeze` groups ("all": every one)."""
     groups = block_groups(model)
-    if unfreeze == "all":
-        return groups
-    if not unfreeze.isdigit() or int(unfreeze) < 1:
-        raise TransferlabError(
-            f"--unfreeze must be a number of blocks or 'all', got {unfreeze!r}", hint="e.g. --unfreeze 1"
-        )
-    return groups[-int(unfreeze) :]
+    return groups if unfreeze == "all" else groups[-int(unfreeze) :]
 
 
 def unfrozen_state_keys(model: torch.nn.Module, groups: list[list[str]]) -> list[str]:
@@ -137,7 +118,7 @@ def finetune_config(options: TrainOptions) -> FitConfig:
     )
 
 
-def train(split: DatasetSplit, options: TrainOptions) -> StrategyResult:
+def train(split: DatasetSplit, options: TrainOptions) -> Trained:
     if options.layer is not None:
         raise TransferlabError(
             "--layer cannot be combined with fine-tuning", hint="fine-tuning trains the top blocks; drop --layer"
@@ -156,7 +137,7 @@ def train(split: DatasetSplit, options: TrainOptions) -> StrategyResult:
 
 def train_cached(
     split: DatasetSplit, options: TrainOptions, boundary: str, tail: TailNet, keys: list[str]
-) -> StrategyResult:
+) -> Trained:
     """Both phases from the activations at the boundary: the frozen prefix runs once per image and view."""
     extractor = make_extractor(options, until=boundary)
     train_original = extractor.extract(split.train.paths, description="activations: train")
@@ -179,23 +160,21 @@ def train_cached(
         torch.nn.Sequential(tail, head), split, val_inputs, RandomView(activations), options, "fine-tuning (cached)"
     )
     state = tail.tail.state_dict()
-    extract_seconds, images_per_second = extraction_timing([train_original, val, *views])
     return finetune_result(
         split, options, Phases(head_config, first_head, first, head, second, {key: state[key] for key in keys}),
-        extract_seconds=extract_seconds + pooling_seconds,
-        images_per_second=images_per_second,
+        extractions=[train_original, val, *views],
+        other_feature_seconds=pooling_seconds,
         extra={"finetune_path": "cached", "boundary": boundary},
     )
 
 
 def train_end_to_end(
     split: DatasetSplit, options: TrainOptions, model: torch.nn.Module, keys: list[str]
-) -> StrategyResult:
+) -> Trained:
     """Phase 1 as the augment strategy's head; phase 2 runs the whole network on images augmented on the fly."""
     extractor = make_extractor(options)
-    fitted = fit_augmented_head(extractor, split, options)
+    fitted, train_images = fit_augmented_head(extractor, split, options)  # images decoded if it ran end to end
     split = fitted.split
-    train_images = fitted.train_images  # already decoded when phase 1 ran end to end
     if train_images is None:
         train_images, _ = decode_images(extractor, split.train.paths, "decoding: train", options.quiet)
     val_images, _ = decode_images(extractor, split.val.paths, "decoding: validation", options.quiet)
@@ -214,13 +193,11 @@ def train_end_to_end(
         "fine-tuning (end to end)",
     )
     state = model.state_dict()
-    extract_seconds, images_per_second = extraction_timing(fitted.extractions)
     return finetune_result(
         split,
         options,
         Phases(fitted.head_config, first_head, fitted.history, fitted.head, second, {key: state[key] for key in keys}),
-        extract_seconds=extract_seconds,
-        images_per_second=images_per_second,
+        extractions=fitted.extractions,
         extra={"finetune_path": "end-to-end"},
     )
 
@@ -305,28 +282,21 @@ def finetune_result(
     options: TrainOptions,
     phases: Phases,
     *,
-    extract_seconds: float,
-    images_per_second: float,
+    extractions: list[ExtractionResult],
+    other_feature_seconds: float = 0.0,
     extra: dict,
-) -> StrategyResult:
-    classifier = Classifier(
-        backbone=options.backbone,
-        classes=split.classes,
+) -> Trained:
+    """The pretrained backbone plus the fine-tuned tensors and phase 2's head when phase 2 improved, else
+    phase 1's head on the untouched backbone."""
+    state = {k: v.detach().clone() for k, v in phases.state.items()} if phases.improved else None
+    return Trained(
+        extractor=make_extractor(options, backbone_state=state),
         head=phases.second_head if phases.improved else phases.first_head,
         head_config=phases.head_config,
-        weights=options.weights,
-        backbone_state={k: v.detach().clone() for k, v in phases.state.items()} if phases.improved else None,
-        strategy="finetune",
-        cache_dir=options.cache_dir,
-    )
-    history = phases.history()
-    return StrategyResult(
-        classifier=classifier,
-        history=history,
+        history=phases.history(),
         split=split,
-        extract_seconds=extract_seconds,
-        train_seconds=history.seconds,
-        images_per_second=images_per_second,
+        extractions=extractions,
+        other_feature_seconds=other_feature_seconds,
         extra={
             "views": options.views,
             "unfreeze": options.unfreeze,

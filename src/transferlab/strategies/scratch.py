@@ -8,35 +8,38 @@ trained from random init instead. Training images are decoded once and augmented
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from transferlab.augment import AugmentConfig
+from transferlab.augment import AugmentConfig, FeaturewiseStandardizer
 from transferlab.backbones import create_backbone
-from transferlab.classifier import Classifier
 from transferlab.data import DatasetSplit
-from transferlab.features import FeatureExtractor, Trunk
+from transferlab.features import FeatureExtractor
+from transferlab.errors import TransferlabError
 from transferlab.heads import HeadConfig, build_head
-from transferlab.strategies.augment import CHANNELS_LAST, ImageBatches, augment_config, decode_images
-from transferlab.strategies.base import StrategyResult, TrainOptions, training_device
+from transferlab.strategies.augment import augment_config
+from transferlab.strategies.base import Trained, TrainOptions, make_extractor, training_device
+from transferlab.strategies.inputs import CHANNELS_LAST, ImageBatches, decode_images
 from transferlab.training import fit
-
-DEFAULT_BACKBONE = "small_cnn"
-# A network trained from random weights needs many small steps (the notebooks: batch 20-32).
-BATCH_SIZE = 32
-LR = 3e-4
+from transferlab.trunk import Trunk
 
 
-def train(split: DatasetSplit, options: TrainOptions) -> StrategyResult:
+def train(split: DatasetSplit, options: TrainOptions) -> Trained:
+    if options.layer is not None:
+        raise TransferlabError(
+            "--layer cannot be combined with training from scratch", hint="scratch trains the whole network; drop --layer"
+        )
     # Only its preprocessing is used: decoding at the network's own input size (no trunk is ever built here).
-    decoder = FeatureExtractor(options.backbone, pretrained=False, cache_dir=options.cache_dir, quiet=True)
+    decoder = make_extractor(options, pretrained=False)
     train_images, train_failed = decode_images(decoder, split.train.paths, "decoding: train", options.quiet)
     val_images, val_failed = decode_images(decoder, split.val.paths, "decoding: validation", options.quiet)
     failed = {**train_failed, **val_failed}
     split = split.without(failed) if failed else split
 
+    normalization = featurewise_normalization(train_images, augmentation(options), decoder)
     torch.manual_seed(options.fit.seed)
     model = create_backbone(options.backbone, pretrained=False)
-    trunk = Trunk(model, decoder.spec.mean, decoder.spec.std)
+    trunk = Trunk(model, *(normalization or (decoder.mean, decoder.std)))
     head_config = HeadConfig(
         options.head, feature_size(trunk, decoder.spec.input_size), len(split.classes), options.hidden, options.dropout
     )
@@ -53,22 +56,10 @@ def train(split: DatasetSplit, options: TrainOptions) -> StrategyResult:
         log_epochs=options.log_epochs,
         description=f"training {options.backbone} from scratch",
     )
-    classifier = Classifier(
-        backbone=options.backbone,
-        classes=split.classes,
-        head=head,
-        head_config=head_config,
-        pretrained=False,
-        backbone_state={key: value.detach().clone() for key, value in model.state_dict().items()},
-        strategy="scratch",
-        cache_dir=options.cache_dir,
-    )
-    return StrategyResult(
-        classifier=classifier,
-        history=history,
-        split=split,
-        train_seconds=history.seconds,
-        extra={"augment_key": augmentation(options).key()},
+    state = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    trained_extractor = make_extractor(options, pretrained=False, backbone_state=state, normalization=normalization)
+    return Trained(
+        trained_extractor, head, head_config, history, split, extra={"augment_key": augmentation(options).key()}
     )
 
 
@@ -76,6 +67,41 @@ def augmentation(options: TrainOptions) -> AugmentConfig:
     """The user's, or the notebooks' ImageDataGenerator settings: a network learning from nothing needs
     strong augmentation on small data."""
     return augment_config(options, default=AugmentConfig())
+
+
+def featurewise_normalization(
+    images: torch.Tensor, config: AugmentConfig, decoder: FeatureExtractor
+) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """Keras' featurewise_center / featurewise_std_normalization as the network's input normalisation: the
+    per-channel mean and std of the training images (pixels scaled to 0..1), saved with the model, so that
+    prediction and the ONNX export apply them too. None when neither is asked for."""
+    size = decoder.spec.input_size
+    if config.zca_whitening and 3 * size * size > FeaturewiseStandardizer.MAX_ZCA_FEATURES:
+        raise TransferlabError(
+            f"ZCA whitening needs images of at most {FeaturewiseStandardizer.MAX_ZCA_FEATURES} values; "
+            f"{decoder.spec.name} trains at {size}x{size}x3",
+            hint="turn zca_whitening off (featurewise_center / featurewise_std_normalization work at any size)",
+        )
+    if not (config.featurewise_center or config.featurewise_std_normalization):
+        return None
+    mean, std = channel_statistics(images)
+    return (
+        tuple(mean) if config.featurewise_center else decoder.mean,
+        tuple(std + FeaturewiseStandardizer.STD_GUARD) if config.featurewise_std_normalization else decoder.std,
+    )
+
+
+def channel_statistics(images: torch.Tensor, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation of uint8 NCHW images, scaled to 0..1, accumulated in chunks (a
+    float copy of a whole training set would take gigabytes)."""
+    total, squares, count = np.zeros(3), np.zeros(3), 0
+    for start in range(0, len(images), chunk):
+        pixels = images[start : start + chunk].double() / 255.0
+        total += pixels.sum(dim=(0, 2, 3)).numpy()
+        squares += (pixels * pixels).sum(dim=(0, 2, 3)).numpy()
+        count += pixels.numel() // 3
+    mean = total / count
+    return mean, np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
 
 
 def feature_size(trunk: Trunk, input_size: int) -> int:

@@ -1,0 +1,114 @@
+"""Runtimes: what runs a frozen trunk over a batch of images (uint8 NCHW in, features out).
+
+Two ship: ONNX Runtime (the CPU default: 2-4x faster than eager PyTorch on a small CPU) and PyTorch (CUDA, or
+any device). A runtime is built from a `TrunkSource` by a factory in the `RUNTIMES` table; adding one is a
+class with a `run` method and one `register_runtime` call (a distributed engine plugs in the same way).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from transferlab.errors import TransferlabError
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' means CUDA when a GPU is present, else CPU."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TransferlabError(f"device {device!r} requested but no CUDA GPU is available", hint="use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise TransferlabError(f"unknown device {device!r}", hint="use auto, cpu or cuda")
+    return device
+
+
+@dataclass
+class TrunkSource:
+    """What a runtime may build itself from: the trunk (built on first call), where its ONNX form lives, the
+    input size and the device."""
+
+    trunk: Callable[[], Any]  # () -> the Trunk module (torch is imported only by the runtimes that need it)
+    onnx_path: Path
+    input_size: int
+    device: str
+
+
+class Runtime(Protocol):
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [n, 3, h, w] -> features [n, ...] (float32 or float16)."""
+
+
+class OnnxRuntime:
+    """The trunk exported once to ONNX (cached beside the features), run by ONNX Runtime on the CPU."""
+
+    def __init__(self, source: TrunkSource):
+        self.source = source
+        self._session = None
+
+    def session(self):
+        if self._session is None:
+            import onnxruntime as ort
+
+            from transferlab.trunk import export_onnx
+
+            path = self.source.onnx_path
+            if not path.exists():
+                export_onnx(self.source.trunk(), self.source.input_size, path)
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.intra_op_num_threads = os.cpu_count() or 1
+            self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return self._session
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        return self.session().run(None, {"images": images})[0]
+
+
+class TorchRuntime:
+    """The trunk in PyTorch on the source's device."""
+
+    def __init__(self, source: TrunkSource):
+        self.source = source
+        self._trunk = None
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        import torch
+
+        if self._trunk is None:
+            self._trunk = self.source.trunk().to(self.source.device)
+        with torch.inference_mode():
+            batch = torch.from_numpy(images).to(self.source.device, non_blocking=True)
+            return self._trunk(batch).float().cpu().numpy()
+
+
+RuntimeFactory = Callable[[TrunkSource], Runtime]
+RUNTIMES: dict[str, RuntimeFactory] = {"onnx": OnnxRuntime, "torch": TorchRuntime}
+
+
+def register_runtime(name: str, factory: RuntimeFactory) -> None:
+    """Make `name` a valid runtime choice (a name already there is replaced)."""
+    RUNTIMES[name] = factory
+
+
+def resolve_runtime(runtime: str, device: str) -> str:
+    """'auto' means ONNX Runtime on a CPU (2-4x faster here) and PyTorch on CUDA."""
+    if runtime == "auto":
+        return "onnx" if device == "cpu" else "torch"
+    if runtime == "onnx" and device != "cpu":
+        raise TransferlabError("the ONNX Runtime path runs on the CPU only", hint="use --runtime torch with a GPU")
+    if runtime not in RUNTIMES:
+        raise TransferlabError(f"unknown runtime {runtime!r}", hint=f"choose one of: auto, {', '.join(RUNTIMES)}")
+    return runtime
+
+
+def make_runtime(runtime: str, source: TrunkSource) -> Runtime:
+    return RUNTIMES[resolve_runtime(runtime, source.device)](source)
