@@ -17,9 +17,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from transferlab.augment import AugmentConfig
-from transferlab.backbones import get_spec
 from transferlab.errors import TransferlabError
 from transferlab.prediction import Prediction
+from transferlab.extractors import CombinedExtractor, build_extractor
 from transferlab.features import FeatureExtractor
 from transferlab.files import atomic_path, atomic_write_bytes
 from transferlab.heads import HeadConfig, build_head
@@ -27,6 +27,20 @@ from transferlab.metrics import evaluate_probabilities
 from transferlab.options import check_tta
 
 MODEL_FORMAT = "transferlab-model/1"
+
+
+class Network(torch.nn.Module):
+    """Trunk and head as one module; several image inputs when the trunk combines backbones."""
+
+    def __init__(self, backbone: torch.nn.Module, head: torch.nn.Module, probabilities: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.probabilities = probabilities
+
+    def forward(self, *images: torch.Tensor) -> torch.Tensor:
+        logits = self.head(self.backbone(*images))
+        return torch.softmax(logits, dim=1) if self.probabilities else logits
 
 
 class Classifier:
@@ -38,7 +52,7 @@ class Classifier:
     def __init__(
         self,
         *,
-        extractor: FeatureExtractor,
+        extractor: FeatureExtractor | CombinedExtractor,
         classes: list[str],
         head: torch.nn.Module,
         head_config: HeadConfig,
@@ -89,16 +103,17 @@ class Classifier:
 
     @property
     def backbone(self) -> str:
-        return self.extractor.spec.name
+        return self.extractor.name
 
     @property
     def backbone_state(self) -> dict[str, torch.Tensor] | None:
         """The backbone tensors training changed (fine-tuned blocks, or every weight of a scratch network)."""
         return self.extractor.backbone_state
 
-    def network(self) -> torch.nn.Module:
-        """The whole model as one torch module: uint8 NCHW images -> logits (used by export and summary)."""
-        return torch.nn.Sequential(self.extractor.trunk(), self.head).eval()
+    def network(self, probabilities: bool = False) -> Network:
+        """The whole model as one torch module: uint8 NCHW images (one batch per backbone) -> logits, or class
+        probabilities (used by export and summary)."""
+        return Network(self.extractor.trunk(), self.head, probabilities).eval()
 
     # -- prediction -------------------------------------------------------------------------------
     def probabilities_from_features(self, features: np.ndarray) -> np.ndarray:
@@ -178,7 +193,7 @@ class Classifier:
             "normalization": [list(self.extractor.normalization[0]), list(self.extractor.normalization[1])]
             if self.extractor.normalization
             else None,
-            "preprocessing": preprocessing_of(self.extractor),
+            "preprocessing": self.extractor.preprocessing(),
         }
         atomic_write_bytes(directory / "model.json", json.dumps(description, indent=2).encode())
         atomic_write_bytes(directory / "labels.txt", ("\n".join(self.classes) + "\n").encode())
@@ -201,7 +216,7 @@ class Classifier:
         head = build_head(head_config)
         head.load_state_dict({k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")})
         backbone_state = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
-        extractor = FeatureExtractor(
+        extractor = build_extractor(
             description["backbone"],
             layer=description.get("layer"),
             weights=description.get("weights"),
@@ -223,15 +238,3 @@ class Classifier:
         if metrics_path.is_file():
             classifier.metrics = json.loads(metrics_path.read_text())
         return classifier
-
-
-def preprocessing_of(extractor: FeatureExtractor) -> dict:
-    spec = extractor.spec
-    return {
-        "input_size": spec.input_size,
-        "resize_size": spec.resize_size,
-        "interpolation": spec.interpolation,
-        "mean": list(extractor.mean),
-        "std": list(extractor.std),
-        "input": "uint8 RGB, NCHW",
-    }

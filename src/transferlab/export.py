@@ -19,12 +19,11 @@ import numpy as np
 import torch
 from rich.table import Table
 
-from transferlab.backbones import get_spec
 from transferlab.classifier import Classifier
 from transferlab.data import DatasetSplit, Subset, load_dataset
 from transferlab.errors import TransferlabError
 from transferlab.files import atomic_write_bytes
-from transferlab.trunk import export_onnx
+from transferlab.trunk import export_onnx, input_names
 from transferlab.onnx_predict import MODEL_FILE, ONNX_FORMAT, OnnxClassifier, metadata_path
 
 INT8_FILE = "model.int8.onnx"
@@ -69,28 +68,30 @@ def export_run(
 
 def export_float(classifier: Classifier, path: Path) -> Path:
     """The whole classifier with softmax as one ONNX graph, plus the .json with labels and preprocessing."""
-    spec = get_spec(classifier.backbone)
-    network = torch.nn.Sequential(classifier.network(), torch.nn.Softmax(dim=1))
-    export_onnx(network, spec.input_size, path, output_name="probabilities")
+    export_onnx(classifier.network(probabilities=True), classifier.extractor.input_sizes, path, "probabilities")
     write_metadata(path, classifier)
     return path
 
 
 def write_metadata(path: Path, classifier: Classifier) -> Path:
-    spec = get_spec(classifier.backbone)
+    """model.onnx.json: labels and, for each image input of the graph, how to prepare it."""
+    described = classifier.extractor.preprocessing()
+    preprocessing = described if isinstance(described, list) else [described]
+    inputs = [
+        {"name": name, "dtype": "uint8", "layout": "NCHW", "channels": "RGB",
+         "shape": ["batch", 3, step["input_size"], step["input_size"]],
+         "preprocessing": {
+             **{key: step[key] for key in ("resize_size", "input_size", "interpolation", "mean", "std")},
+             "steps": "shorter side to resize_size, centre crop input_size; mean/std normalisation is in the graph",
+         }}
+        for name, step in zip(input_names(len(preprocessing)), preprocessing)
+    ]
     metadata = {
         "format": ONNX_FORMAT,
-        "input": {"name": "images", "dtype": "uint8", "layout": "NCHW", "channels": "RGB",
-                  "shape": ["batch", 3, spec.input_size, spec.input_size]},
+        "inputs": inputs,
+        "input": inputs[0],  # the first input and its preprocessing, as format 1 readers expect them
+        "preprocessing": inputs[0]["preprocessing"],
         "output": {"name": "probabilities", "dtype": "float32", "shape": ["batch", len(classifier.classes)]},
-        "preprocessing": {
-            "resize_size": spec.resize_size,
-            "input_size": spec.input_size,
-            "interpolation": spec.interpolation,
-            "steps": "shorter side to resize_size, centre crop input_size; mean/std normalisation is in the graph",
-            "mean": list(classifier.extractor.mean),
-            "std": list(classifier.extractor.std),
-        },
         "labels": classifier.classes,
         "backbone": classifier.backbone,
         "strategy": classifier.strategy,

@@ -102,6 +102,26 @@ class FeatureExtractor:
 
     # -- identity ---------------------------------------------------------------------------------
     @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def input_sizes(self) -> list[int]:
+        """The size of each image input the trunk takes (one; a combination of backbones takes several)."""
+        return [self.spec.input_size]
+
+    def preprocessing(self) -> dict:
+        """How images become the trunk's input (model.json and the ONNX export record it)."""
+        return {
+            "input_size": self.spec.input_size,
+            "resize_size": self.spec.resize_size,
+            "interpolation": self.spec.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "input": "uint8 RGB, NCHW",
+        }
+
+    @property
     def mean(self) -> tuple[float, ...]:
         return self.normalization[0] if self.normalization else self.spec.mean
 

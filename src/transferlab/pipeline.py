@@ -10,9 +10,10 @@ from pathlib import Path
 from rich.console import Console
 
 from transferlab.augment import AugmentConfig
-from transferlab.backbones import get_spec
 from transferlab.classifier import Classifier
 from transferlab.data import load_dataset
+from transferlab.errors import TransferlabError
+from transferlab.extractors import backbone_names
 from transferlab.metrics import evaluate_probabilities
 from transferlab.options import (
     DEFAULT_SPLIT,
@@ -30,6 +31,9 @@ from transferlab.options import (
 from transferlab.report import write_report
 from transferlab.runs import TestPredictions, unique_run_dir, write_run
 from transferlab.strategies import StrategyResult, run_strategy
+from transferlab.strategies.base import runs_end_to_end
+
+COMBINABLE = ("extract", "augment")  # strategies whose every feature comes from a backbone's own cache
 
 
 def train(
@@ -123,7 +127,7 @@ def train(
         end_to_end=end_to_end,
     )
     check_featurewise(strategy, options.augment)
-    get_spec(options.backbone)  # unknown backbone: fail before reading any image
+    check_backbone(strategy, options)  # before reading any image
     dataset = load_dataset(
         data, split=fractions, seed=seed, include=include, exclude=exclude, max_per_class=max_per_class,
         split_csv=split_csv,
@@ -152,6 +156,16 @@ def train(
     classifier.run_dir, classifier.metrics, classifier.history = run_dir, metrics, result.history
     console.print(run_summary(metrics, run_dir))
     return classifier
+
+
+def check_backbone(strategy: str, options: TrainOptions) -> None:
+    """Known backbone names; a combination of backbones (a+b) only where each one's cached features serve."""
+    if len(backbone_names(options.backbone)) > 1 and (strategy not in COMBINABLE or runs_end_to_end(options)):
+        raise TransferlabError(
+            f"strategy {strategy!r}{' end to end' if strategy == 'augment' else ''} takes one backbone, "
+            f"not the combination {options.backbone}",
+            hint="combine backbones with --strategy extract, or augment with cached views (--cached)",
+        )
 
 
 def predict_test(result: StrategyResult, tta: int) -> TestPredictions:

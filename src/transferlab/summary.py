@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import sys
 import types
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -127,19 +126,21 @@ def _shape_from_json(shape) -> Shape | list[Shape] | None:
 
 def summarize(
     model: nn.Module,
-    input_size: int,
+    input_size: int | Sequence[int],
     *,
     depth: int = 1,
     title: str = "",
     is_trainable: TrainablePredicate | None = None,
 ) -> Summary:
-    """Summary of `model` fed one 3×input_size×input_size image; `depth` levels of nesting below the top.
+    """Summary of `model` fed one 3×input_size×input_size image (one per size when `input_size` lists several:
+    a trunk that combines backbones); `depth` levels of nesting below the top.
 
     `is_trainable(name, parameter)` decides the trainable column (default: `parameter.requires_grad`).
     """
     if depth < 0:
         raise TransferlabError(f"depth must be >= 0, got {depth}")
     is_trainable = is_trainable or (lambda _name, parameter: parameter.requires_grad)
+    first_size = input_size if isinstance(input_size, int) else input_size[0]
     listed = list(_listed_modules(model, "", "", 0, depth))
     shapes = _output_shapes(model, input_size, [module for _, _, _, module in listed])
     rows = []
@@ -156,7 +157,7 @@ def summarize(
     every = dict(model.named_parameters())
     return Summary(
         title=title or type(model).__name__,
-        input_shape=(3, input_size, input_size),
+        input_shape=(3, first_size, first_size),
         rows=rows,
         total=sum(p.numel() for p in every.values()),
         trainable=sum(p.numel() for n, p in every.items() if is_trainable(n, p)),
@@ -181,7 +182,9 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def _output_shapes(model: nn.Module, input_size: int, modules: list[nn.Module]) -> dict[int, Shape | list[Shape]]:
+def _output_shapes(
+    model: nn.Module, input_size: int | Sequence[int], modules: list[nn.Module]
+) -> dict[int, Shape | list[Shape]]:
     """Output shape (batch dimension dropped) of each module the forward pass runs, by id(module)."""
     shapes: dict[int, Shape | list[Shape]] = {}
 
@@ -192,7 +195,8 @@ def _output_shapes(model: nn.Module, input_size: int, modules: list[nn.Module]) 
     was_training = model.training
     try:
         with torch.inference_mode():
-            model.eval()(torch.zeros(1, 3, input_size, input_size))
+            sizes = [input_size] if isinstance(input_size, int) else input_size
+            model.eval()(*(torch.zeros(1, 3, size, size) for size in sizes))
     except RuntimeError as exc:
         raise TransferlabError(
             f"the model does not run on a {input_size}×{input_size} input: {str(exc).splitlines()[0]}",
@@ -226,15 +230,14 @@ def summarize_run(run: str | Path | Classifier, input_size: int | None = None, d
     """A trained model: backbone trunk + head. The trunk is frozen except the tensors the run trained
     (fine-tuned blocks or a network trained from scratch save them under `backbone.` in model.safetensors)."""
     classifier = run if isinstance(run, Classifier) else Classifier.load(run)
-    trunk, head = classifier.network()
-    network = nn.Sequential(OrderedDict(backbone=trunk, head=head))
     trained = {f"backbone.model.{name}" for name in classifier.backbone_state or {}}
-    size = input_size or get_spec(classifier.backbone).input_size
+    sizes = [input_size] if input_size else classifier.extractor.input_sizes
+    shown = " + ".join(f"{size}×{size}" for size in sizes)
     return summarize(
-        network,
-        size,
+        classifier.network(),
+        sizes,
         depth=depth,
-        title=f"{classifier.backbone} + {classifier.head_config.kind} head ({classifier.strategy}) at {size}×{size}",
+        title=f"{classifier.backbone} + {classifier.head_config.kind} head ({classifier.strategy}) at {shown}",
         is_trainable=lambda name, _parameter: name.startswith("head.") or name in trained,
     )
 

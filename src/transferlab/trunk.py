@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -72,19 +73,29 @@ def stage_count(model: torch.nn.Module) -> int:
     return len(model.feature_info) if hasattr(model, "feature_info") else 0
 
 
-def export_onnx(module: torch.nn.Module, input_size: int, path: Path, output_name: str = "features") -> Path:
-    """Export a uint8-NCHW-input module to ONNX with a dynamic batch axis, atomically."""
-    dummy = torch.zeros((2, 3, input_size, input_size), dtype=torch.uint8)
+def input_names(count: int) -> list[str]:
+    """ONNX input names: "images", or "images_0", "images_1", ... for a module that takes several batches."""
+    return ["images"] if count == 1 else [f"images_{i}" for i in range(count)]
+
+
+def export_onnx(
+    module: torch.nn.Module, input_size: int | Sequence[int], path: Path, output_name: str = "features"
+) -> Path:
+    """Export a module taking uint8 NCHW batches (one per input size) to ONNX with a dynamic batch axis,
+    atomically."""
+    sizes = [input_size] if isinstance(input_size, int) else list(input_size)
+    dummies = tuple(torch.zeros((2, 3, size, size), dtype=torch.uint8) for size in sizes)
+    names = input_names(len(sizes))
     with atomic_path(path) as tmp, warnings.catch_warnings():
         # the TorchScript exporter is deprecated but exports timm CNNs reliably and fast
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module.cpu().eval(),
-            (dummy,),
+            dummies,
             str(tmp),
-            input_names=["images"],
+            input_names=names,
             output_names=[output_name],
-            dynamic_axes={"images": {0: "batch"}, output_name: {0: "batch"}},
+            dynamic_axes={**{name: {0: "batch"} for name in names}, output_name: {0: "batch"}},
             opset_version=17,
             dynamo=False,
         )

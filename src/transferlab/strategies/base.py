@@ -10,6 +10,7 @@ import torch
 
 from transferlab.classifier import Classifier
 from transferlab.data import DatasetSplit, Subset
+from transferlab.extractors import CombinedExtractor, build_extractor
 from transferlab.features import ExtractionResult, FeatureExtractor
 from transferlab.heads import HeadConfig, build_head
 from transferlab.options import TrainOptions
@@ -75,9 +76,9 @@ def runs_end_to_end(options: TrainOptions) -> bool:
     return training_device(options) != "cpu" if options.end_to_end is None else options.end_to_end
 
 
-def make_extractor(options: TrainOptions, **overrides) -> FeatureExtractor:
+def make_extractor(options: TrainOptions, **overrides) -> FeatureExtractor | CombinedExtractor:
     """The extractor the options describe; `overrides` are further FeatureExtractor keywords (e.g. until=)."""
-    return FeatureExtractor(
+    return build_extractor(
         options.backbone,
         layer=options.layer,
         weights=options.weights,
