@@ -106,6 +106,7 @@ def test_classifier_card_shows_accuracy_class_count_curves_and_run_folder(clf):
     assert "efficientnet_lite0" in html and "extract" in html
     assert 'src="data:image/png;base64,' in html  # the curves, inline
     assert str(Path(clf.run_dir).resolve()) in html and "report.html" in html
+    assert "extract time" in html and ">epochs<" in html  # timings say so; the epoch count is not a time
 
 
 def test_loaded_classifier_card_reads_its_curves_from_the_run_folder(clf):

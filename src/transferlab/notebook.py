@@ -45,7 +45,7 @@ def classifier_card(classifier: Classifier) -> str:
     rows = [("backbone", classifier.backbone), ("strategy", classifier.strategy), ("classes", classes_text(classifier))]
     if metrics.get("test_accuracy") is not None:
         rows += [(label, value) for label, value in key_numbers(metrics) if label != "classes"]
-        rows += [(label if " " in label else f"{label} time", value)  # "extract" -> "extract time"
+        rows += [(f"{label} time" if value.endswith(" s") else label, value)  # "extract" -> "extract time"
                  for label, value in timings(metrics) if label != "total"]
     else:
         rows.append(("test accuracy", "not evaluated (train it with transferlab.train)"))
