@@ -14,7 +14,19 @@ import pytest
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "docs" / "tutorial.ipynb"
 EXECUTED = Path(__file__).resolve().parents[1] / "test-output" / "tutorial.executed.ipynb"  # gitignored, to look at
+KERNEL = "transferlab-test"
 CELL_TIMEOUT_S = 600  # generous: the slowest cell (fine-tuning) took 32 s of a 107 s run on a busy 2-core CPU
+
+
+@pytest.fixture
+def kernel(tmp_path, monkeypatch) -> str:
+    """A kernel spec running this interpreter (so this checkout's transferlab), found before any user-wide
+    "python3" spec that might point at another Python."""
+    from ipykernel.kernelspec import write_kernel_spec
+
+    write_kernel_spec(tmp_path / "jupyter" / "kernels" / KERNEL)
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    return KERNEL
 
 
 def test_committed_tutorial_has_no_outputs():
@@ -29,7 +41,7 @@ def test_committed_tutorial_has_no_outputs():
 
 
 @pytest.mark.integration
-def test_tutorial_notebook_executes_without_error(shared, tmp_path, monkeypatch):
+def test_tutorial_notebook_executes_without_error(shared, kernel, tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
 
@@ -37,7 +49,7 @@ def test_tutorial_notebook_executes_without_error(shared, tmp_path, monkeypatch)
     monkeypatch.setenv("TRANSFERLAB_TUTORIAL_RUNS", str(tmp_path / "runs"))
     assert os.environ.get("TRANSFERLAB_CACHE"), "the session's isolated cache should be set by conftest"
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    client = NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+    client = NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name=kernel,
                             resources={"metadata": {"path": str(NOTEBOOK.parent)}})
     try:
         client.execute()  # raises CellExecutionError, with the cell and its traceback, when a cell fails
@@ -58,7 +70,7 @@ def test_tutorial_notebook_executes_without_error(shared, tmp_path, monkeypatch)
     assert widgets, "rich draws its progress bars in ipywidgets in Jupyter"
 
 
-def test_figures_show_exactly_once_in_a_kernel_whether_or_not_pyplot_is_imported():
+def test_figures_show_exactly_once_in_a_kernel_whether_or_not_pyplot_is_imported(kernel):
     from nbclient import NotebookClient
     from nbformat.v4 import new_code_cell, new_notebook
 
@@ -66,6 +78,6 @@ def test_figures_show_exactly_once_in_a_kernel_whether_or_not_pyplot_is_imported
            "'accuracy': 0.5, 'val_loss': 1.1, 'val_accuracy': 0.4}])"
     notebook = new_notebook(cells=[new_code_cell(draw), new_code_cell("import matplotlib.pyplot as plt"),
                                    new_code_cell(draw)])
-    NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
+    NotebookClient(notebook, timeout=120, kernel_name=kernel).execute()
     pictures = [[o for o in cell.outputs if "image/png" in o.get("data", {})] for cell in notebook.cells]
     assert [len(p) for p in pictures] == [1, 0, 1]
