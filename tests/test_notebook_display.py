@@ -116,6 +116,17 @@ def test_loaded_classifier_card_reads_its_curves_from_the_run_folder(clf):
     assert len(loaded.plot_history().axes[0].lines[0].get_xdata()) == len(clf.history.epochs)
 
 
+def test_card_of_a_model_without_metrics_or_history_says_it_was_not_evaluated(clf, tmp_path):
+    import shutil
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("model.json", "model.safetensors", "labels.txt"):
+        shutil.copy(Path(clf.run_dir) / name, bare / name)
+    html = transferlab.load(bare)._repr_html_()
+    assert "not evaluated" in html and "<img" not in html and "3: green, red, red2" in html
+
+
 def test_repr_stays_one_line(clf, comparison):
     assert "\n" not in repr(clf)
     assert repr(clf) == "Classifier(backbone='efficientnet_lite0', strategy='extract', classes=3)"
