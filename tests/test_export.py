@@ -171,3 +171,16 @@ def test_onnx_and_pytorch_agree_on_real_photos(run_dir, shared):
     assert np.abs(model.run(arrays) - torch_probabilities(run_dir, arrays)).max() < TOLERANCE
     expected, _ = transferlab.load(run_dir).predict_proba(photos)
     assert np.abs(model.predict_proba(photos) - expected).max() < TOLERANCE
+
+
+def test_combined_backbones_export_one_input_per_backbone_and_agree_with_torch(colour_folder, tmp_path):
+    classifier = transferlab.train(colour_folder, backbone="efficientnet_lite0+efficientnet_lite1", out=tmp_path / "run",
+                                   epochs=10, lr=3e-3, quiet=True)
+    export_run(tmp_path / "run")
+    metadata = json.loads((tmp_path / "run" / "model.onnx.json").read_text())
+    assert [(i["name"], i["preprocessing"]["input_size"]) for i in metadata["inputs"]] == [("images_0", 224),
+                                                                                            ("images_1", 240)]
+    images = sorted((colour_folder / "green").glob("*.jpg"))[:4]
+    onnx = OnnxClassifier(tmp_path / "run")
+    np.testing.assert_allclose(onnx.predict_proba(images), classifier.predict_proba(images)[0], atol=1e-4)
+    assert {p.top[0][0] for p in onnx.predict(images, top_k=1)} == {"green"}

@@ -7,10 +7,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from transferlab import pipeline
+from transferlab.auto import train_auto
 from transferlab.classifier import Classifier
 from transferlab.compare import Comparison, compare
 from transferlab.data import DatasetSplit, load_dataset
-from transferlab.pipeline import train
+from transferlab.errors import TransferlabError
+
+
+def train(data: str | Path, *, strategy: str = "extract", budget: float | None = None, **kwargs) -> Classifier:
+    """Train a classifier on a folder of images (see `transferlab.pipeline.train` for every keyword).
+
+    `strategy="auto"` tries backbones and strategies within `budget` seconds (None: fitted to the data size)
+    and keeps the best on validation (see `transferlab.auto`).
+    """
+    if strategy == "auto":
+        return train_auto(data, budget=budget, **kwargs)
+    if budget is not None:
+        raise TransferlabError("budget applies to --strategy auto only", hint="add --strategy auto, or drop --budget")
+    return pipeline.train(data, strategy=strategy, **kwargs)
 
 
 def load(run: str | Path, cache_dir: str | Path | None = None) -> Classifier:

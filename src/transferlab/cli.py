@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from transferlab.errors import TransferlabError
-from transferlab.options import COMPARE_STRATEGIES, DEFAULT_BACKBONE, split_fractions
+from transferlab.options import COMPARE_STRATEGIES, DEFAULT_BACKBONE, parse_duration, split_fractions
 
 app = typer.Typer(
     help="Turn a small folder of labelled images into an accurate image classifier.",
@@ -81,7 +81,8 @@ def emit_json(value) -> None:
 def train(
     data: Annotated[Path, typer.Argument(help="Folder of class subfolders, a pre-split folder, or a folder with train.txt/test.txt.")],
     backbone: Annotated[Optional[str], typer.Option(help="Backbone (see `transferlab backbones`); default efficientnet_lite0, small_cnn for scratch.")] = None,
-    strategy: Annotated[str, typer.Option(help="extract | augment | finetune | scratch")] = "extract",
+    strategy: Annotated[str, typer.Option(help="extract | augment | finetune | scratch | auto (the best within --budget)")] = "extract",
+    budget: Annotated[Optional[str], typer.Option(help="Time budget of --strategy auto: 90s, 10m, 1h (default: fitted to the data size).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<data>-<strategy>).")] = None,
     include: Annotated[Optional[str], typer.Option(help="Only these classes, comma-separated.")] = None,
     exclude: Annotated[Optional[str], typer.Option(help="Leave out these classes, comma-separated.")] = None,
@@ -115,6 +116,7 @@ def train(
         data,
         backbone=backbone,
         strategy=strategy,
+        budget=parse_duration(budget) if budget else None,
         out=out_dir,
         split_csv=split_csv,
         seed=seed,

@@ -89,7 +89,8 @@ def write_metadata(path: Path, classifier: Classifier) -> Path:
     metadata = {
         "format": ONNX_FORMAT,
         "inputs": inputs,
-        "input": inputs[0],  # the first input and its preprocessing, as format 1 readers expect them
+        # the first input and its preprocessing where readers of one-input models expect them
+        "input": {key: value for key, value in inputs[0].items() if key != "preprocessing"},
         "preprocessing": inputs[0]["preprocessing"],
         "output": {"name": "probabilities", "dtype": "float32", "shape": ["batch", len(classifier.classes)]},
         "labels": classifier.classes,
@@ -116,26 +117,30 @@ def run_dataset(run: Path, *, required: bool) -> DatasetSplit | None:
         ) from exc
 
 
-def prepared_images(model: OnnxClassifier, subset: Subset, limit: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 [n, 3, H, W] and labels for up to `limit` images of subset (a seeded sample; undecodable ones dropped)."""
+def prepared_images(
+    model: OnnxClassifier, subset: Subset, limit: int, seed: int = 0
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """uint8 [n, 3, H, W] per graph input and labels for up to `limit` images of subset (a seeded sample;
+    undecodable ones dropped)."""
     order = np.random.default_rng(seed).permutation(len(subset))[:limit]
-    arrays, labels = [], []
+    prepared, labels = [], []
     for i in sorted(order):
         try:
-            arrays.append(model.prepare(subset.paths[i]))
+            prepared.append(model.prepare_inputs(subset.paths[i]))
             labels.append(int(subset.labels[i]))
         except TransferlabError:
             continue
-    if not arrays:
+    if not prepared:
         raise TransferlabError("none of the run's images could be decoded", hint="check the data folder")
-    return np.stack(arrays), np.asarray(labels)
+    return model.stack(prepared), np.asarray(labels)
 
 
-def calibration_batch(float_path: Path, train: Subset, limit: int, seed: int) -> np.ndarray:
-    return prepared_images(OnnxClassifier(float_path), train, limit, seed)[0]
+def calibration_batch(float_path: Path, train: Subset, limit: int, seed: int) -> dict[str, np.ndarray]:
+    model = OnnxClassifier(float_path)
+    return model.feeds(prepared_images(model, train, limit, seed)[0])
 
 
-def quantize_int8(float_path: Path, calibration: np.ndarray) -> Path:
+def quantize_int8(float_path: Path, calibration: dict[str, np.ndarray]) -> Path:
     """Static QDQ quantization (per-channel weights): the int8 kernels convnets gain most from on CPU."""
     from onnxruntime.quantization import (
         CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static,
@@ -143,11 +148,12 @@ def quantize_int8(float_path: Path, calibration: np.ndarray) -> Path:
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter(np.array_split(calibration, max(1, len(calibration) // 8)))
+            n = len(next(iter(calibration.values())))
+            self.starts = iter(range(0, n, 8))
 
         def get_next(self) -> dict | None:
-            batch = next(self.batches, None)
-            return None if batch is None else {"images": batch}
+            start = next(self.starts, None)
+            return None if start is None else {name: array[start : start + 8] for name, array in calibration.items()}
 
     out = float_path.with_name(INT8_FILE)
     with tempfile.TemporaryDirectory(dir=float_path.parent) as scratch:
@@ -172,26 +178,31 @@ def measure(path: Path, test: Subset | None, timing_seconds: float) -> dict:
     if test is not None and len(test):
         images, labels = prepared_images(model, test, EVALUATION_IMAGES)
         result.update(test_accuracy=round(float((model.run(images).argmax(1) == labels).mean()), 4), n_test=len(labels))
-    result.update(timing(model.session, model.input_size, timing_seconds))
+    result.update(timing(model, timing_seconds))
     return result
 
 
-def timing(session, input_size: int, seconds: float) -> dict:
-    """Median single-image latency and batch throughput, each measured for about `seconds` / 2."""
+def random_batch(model: OnnxClassifier, n: int) -> list[np.ndarray]:
+    """Random uint8 images for every graph input (timing, or agreement when the images are gone)."""
     rng = np.random.default_rng(0)
-    batch = rng.integers(0, 256, (TIMING_BATCH, 3, input_size, input_size), dtype=np.uint8)
-    single = _seconds_per_run(session, batch[:1], seconds / 2)
-    batched = _seconds_per_run(session, batch, seconds / 2)
+    return [rng.integers(0, 256, (n, 3, i.input_size, i.input_size), dtype=np.uint8) for i in model.inputs]
+
+
+def timing(model: OnnxClassifier, seconds: float) -> dict:
+    """Median single-image latency and batch throughput, each measured for about `seconds` / 2."""
+    feeds = model.feeds(random_batch(model, TIMING_BATCH))
+    single = _seconds_per_run(model.session, {name: array[:1] for name, array in feeds.items()}, seconds / 2)
+    batched = _seconds_per_run(model.session, feeds, seconds / 2)
     return {"latency_ms": round(1000 * single, 2), "images_per_second": round(TIMING_BATCH / batched, 1)}
 
 
-def _seconds_per_run(session, batch: np.ndarray, budget: float) -> float:
-    session.run(None, {"images": batch})  # warm-up: first run allocates
+def _seconds_per_run(session, feeds: dict[str, np.ndarray], budget: float) -> float:
+    session.run(None, feeds)  # warm-up: first run allocates
     times: list[float] = []
     deadline = time.perf_counter() + budget
     while not times or (time.perf_counter() < deadline and len(times) < 1000):
         start = time.perf_counter()
-        session.run(None, {"images": batch})
+        session.run(None, feeds)
         times.append(time.perf_counter() - start)
     return float(np.median(times))
 
@@ -199,12 +210,9 @@ def _seconds_per_run(session, batch: np.ndarray, budget: float) -> float:
 def torch_agreement(classifier: Classifier, float_path: Path, test: Subset | None, limit: int = 16) -> float:
     """Largest |p_torch - p_onnx| over a few test images (random pixels when the images are gone)."""
     model = OnnxClassifier(float_path)
-    if test is not None and len(test):
-        images = prepared_images(model, test, limit)[0]
-    else:
-        images = np.random.default_rng(0).integers(0, 256, (4, 3, model.input_size, model.input_size), dtype=np.uint8)
+    images = prepared_images(model, test, limit)[0] if test is not None and len(test) else random_batch(model, 4)
     with torch.inference_mode():
-        expected = torch.softmax(classifier.network()(torch.from_numpy(images)), dim=1).numpy()
+        expected = classifier.network(probabilities=True)(*map(torch.from_numpy, images)).numpy()
     return float(np.abs(expected - model.run(images)).max())
 
 

@@ -12,6 +12,7 @@ import io
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,50 +60,25 @@ def resolve_model(source: str | Path) -> Path:
     return onnx_path
 
 
-class OnnxClassifier:
-    """An exported classifier. `OnnxClassifier("runs/x").predict(["a.jpg"], top_k=3)`.
+@dataclass(frozen=True)
+class GraphInput:
+    """One image input of an exported graph and how to prepare images for it."""
 
-    Safe to share between threads: ONNX Runtime sessions allow concurrent `run` calls.
-    """
+    name: str
+    input_size: int
+    resize_size: int
+    resample: Image.Resampling
 
-    def __init__(self, source: str | Path, *, threads: int | None = None):
-        self.path = resolve_model(source)
-        self.metadata: dict = json.loads(metadata_path(self.path).read_text())
-        if self.metadata.get("format") != ONNX_FORMAT:
-            raise TransferlabError(f"unsupported export format {self.metadata.get('format')!r} in {self.path}")
-        self.classes: list[str] = list(self.metadata["labels"])
-        preprocessing = self.metadata["preprocessing"]
-        self.input_size: int = preprocessing["input_size"]
-        self.resize_size: int = preprocessing["resize_size"]
-        self.resample = _RESAMPLING[preprocessing["interpolation"]]
-        self.session = make_session(self.path, threads)
-        self.input_name = self.session.get_inputs()[0].name
+    @classmethod
+    def of(cls, name: str, preprocessing: dict) -> GraphInput:
+        return cls(name, preprocessing["input_size"], preprocessing["resize_size"],
+                   _RESAMPLING[preprocessing["interpolation"]])
 
-    def __repr__(self) -> str:
-        return f"OnnxClassifier({str(self.path)!r}, classes={len(self.classes)})"
-
-    # -- images -----------------------------------------------------------------------------------
-    def decode(self, source: ImageSource) -> Image.Image:
-        """RGB image with EXIF orientation applied; JPEGs decoded at reduced scale like the training pipeline."""
-        if isinstance(source, Image.Image):
-            return source
-        try:
-            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-                if image.format == "JPEG":
-                    image.draft("RGB", (self.resize_size, self.resize_size))
-                image.load()
-                return _to_rgb(ImageOps.exif_transpose(image))
-        except FileNotFoundError:
-            raise TransferlabError(f"no such image file: {source}") from None
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:  # what PIL raises on bad bytes
-            raise TransferlabError(f"cannot decode image: {exc}"[:160]) from exc
-
-    def prepare(self, source: ImageSource) -> np.ndarray:
+    def prepare(self, image: Image.Image) -> np.ndarray:
         """uint8 [3, input_size, input_size]: shorter side resized to resize_size, then centre-cropped.
 
         Written out (not torchvision) to stay torch-free; same sizes and rounding as v2.Resize + CenterCrop.
         """
-        image = self.decode(source).convert("RGB")
         width, height = image.size
         size = (self.resize_size, int(self.resize_size * height / width)) if width <= height else (
             int(self.resize_size * width / height), self.resize_size)
@@ -113,30 +89,92 @@ class OnnxClassifier:
         image = image.crop((left, top, left + self.input_size, top + self.input_size))
         return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
 
+
+Batch = np.ndarray | Sequence[np.ndarray]  # one uint8 [n, 3, H, W] array per graph input
+
+
+class OnnxClassifier:
+    """An exported classifier. `OnnxClassifier("runs/x").predict(["a.jpg"], top_k=3)`.
+
+    Safe to share between threads: ONNX Runtime sessions allow concurrent `run` calls. A model that combines
+    backbones takes one image input per backbone, each prepared at its own size.
+    """
+
+    def __init__(self, source: str | Path, *, threads: int | None = None):
+        self.path = resolve_model(source)
+        self.metadata: dict = json.loads(metadata_path(self.path).read_text())
+        if self.metadata.get("format") != ONNX_FORMAT:
+            raise TransferlabError(f"unsupported export format {self.metadata.get('format')!r} in {self.path}")
+        self.classes: list[str] = list(self.metadata["labels"])
+        described = self.metadata.get("inputs") or [{"name": "images", "preprocessing": self.metadata["preprocessing"]}]
+        self.inputs = [GraphInput.of(entry["name"], entry["preprocessing"]) for entry in described]
+        self.input_size: int = self.inputs[0].input_size
+        self.resize_size: int = max(graph_input.resize_size for graph_input in self.inputs)
+        self.session = make_session(self.path, threads)
+
+    def __repr__(self) -> str:
+        return f"OnnxClassifier({str(self.path)!r}, classes={len(self.classes)})"
+
+    # -- images -----------------------------------------------------------------------------------
+    def decode(self, source: ImageSource, resize_size: int | None = None) -> Image.Image:
+        """RGB image with EXIF orientation applied; JPEGs decoded at reduced scale (for `resize_size`, default the
+        largest input's) like the training pipeline."""
+        if isinstance(source, Image.Image):
+            return source
+        draft = resize_size or self.resize_size
+        try:
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+                if image.format == "JPEG":
+                    image.draft("RGB", (draft, draft))
+                image.load()
+                return _to_rgb(ImageOps.exif_transpose(image))
+        except FileNotFoundError:
+            raise TransferlabError(f"no such image file: {source}") from None
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:  # what PIL raises on bad bytes
+            raise TransferlabError(f"cannot decode image: {exc}"[:160]) from exc
+
+    def prepare_inputs(self, source: ImageSource) -> list[np.ndarray]:
+        """The image prepared for every graph input, each decoded at its own reduced JPEG scale as training did."""
+        return [graph_input.prepare(self.decode(source, graph_input.resize_size).convert("RGB"))
+                for graph_input in self.inputs]
+
+    def prepare(self, source: ImageSource) -> np.ndarray:
+        """uint8 [3, input_size, input_size] for a one-input graph (see `prepare_inputs` for several)."""
+        return self.prepare_inputs(source)[0]
+
+    def stack(self, prepared: Sequence[list[np.ndarray]]) -> list[np.ndarray]:
+        """Per-image lists of prepared inputs -> one batch per graph input."""
+        return [np.stack(column) for column in zip(*prepared)]
+
     # -- prediction -------------------------------------------------------------------------------
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 [n, 3, H, W] -> probabilities float32 [n, n_classes], in batches of BATCH_SIZE."""
-        parts = [self.session.run(None, {self.input_name: batch[i : i + BATCH_SIZE]})[0]
-                 for i in range(0, len(batch), BATCH_SIZE)]
+    def feeds(self, batch: Batch) -> dict[str, np.ndarray]:
+        arrays = [batch] if isinstance(batch, np.ndarray) else list(batch)
+        return {graph_input.name: array for graph_input, array in zip(self.inputs, arrays, strict=True)}
+
+    def run(self, batch: Batch) -> np.ndarray:
+        """uint8 [n, 3, H, W] (one array per graph input) -> probabilities float32 [n, n_classes], in batches of
+        BATCH_SIZE."""
+        feeds = self.feeds(batch)
+        n = len(next(iter(feeds.values())))
+        parts = [self.session.run(None, {name: array[i : i + BATCH_SIZE] for name, array in feeds.items()})[0]
+                 for i in range(0, n, BATCH_SIZE)]
         return np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), np.float32)
 
     def predict_proba(self, images: Sequence[ImageSource]) -> np.ndarray:
         """Probabilities [n, n_classes]; raises TransferlabError if any image cannot be decoded."""
-        return self.run(np.stack([self.prepare(image) for image in images]))
+        return self.run(self.stack([self.prepare_inputs(image) for image in images]))
 
     def predict(self, images: Sequence[ImageSource], top_k: int = 5) -> list[Prediction]:
         """Top-k (label, probability) per image; an image that fails to decode gets `.error` instead."""
-        prepared: list[np.ndarray | None] = []
+        prepared: list[list[np.ndarray]] = []
         errors: list[str | None] = []
         for image in images:
             try:
-                prepared.append(self.prepare(image))
+                prepared.append(self.prepare_inputs(image))
                 errors.append(None)
             except TransferlabError as exc:
-                prepared.append(None)
                 errors.append(exc.message)
-        ok = [array for array in prepared if array is not None]
-        rows = iter(self.run(np.stack(ok)) if ok else [])
+        rows = iter(self.run(self.stack(prepared)) if prepared else [])
         return [
             Prediction(_source_name(image), [] if error else self.top_k(next(rows), top_k), error)
             for image, error in zip(images, errors)

@@ -43,6 +43,19 @@ def default_fit(strategy: str) -> tuple[int, float]:
     return (SCRATCH_BATCH_SIZE, SCRATCH_LR) if strategy == "scratch" else (HEAD_BATCH_SIZE, HEAD_LR)
 
 
+def parse_duration(value: str | float | int) -> float:
+    """Seconds from 90, "90s", "10m" or "1.5h"."""
+    text = str(value).strip().lower()
+    scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:], None)
+    try:
+        seconds = float(text[:-1] if scale else text) * (scale or 1)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise TransferlabError(f"invalid duration {value!r}", hint="e.g. --budget 10m, 90s or 1.5h")
+    return seconds
+
+
 def check_strategy(name: str) -> str:
     if name not in STRATEGY_NAMES:
         raise TransferlabError(f"unknown strategy {name!r}", hint=f"choose one of: {', '.join(STRATEGY_NAMES)}")

@@ -1,0 +1,202 @@
+"""`--strategy auto`: the most accurate model this machine can train within a time budget.
+
+Candidates run in order of expected gain per second: a head on lite0 features (the cheapest), on lite2, on the
+two combined (whose features are already cached by then), on all three embedded backbones, then lite0 with
+augmented views and fine-tuning. Each one's cost is estimated before it runs, from the images still to extract,
+the backbones' FLOPs per image and the throughput measured so far; a candidate that would overrun the budget is
+skipped (and logged). The model kept is chosen on validation accuracy with a noise margin: a costlier candidate
+replaces the current choice only when it gains more than one standard error of the validation estimate.
+
+OUT holds the candidates' run folders (candidates/<label>/), compare.csv / compare.md / report.html over them,
+auto.json (what was tried, skipped and why the choice), and the chosen model itself, so that OUT loads, predicts
+and serves like any run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from rich.console import Console
+
+from transferlab.classifier import Classifier
+from transferlab.compare import Comparison, row_of, write_comparison
+from transferlab.data import load_dataset
+from transferlab.errors import TransferlabError
+from transferlab.files import atomic_write_bytes
+from transferlab.pipeline import train
+from transferlab.report import write_report
+from transferlab.runs import unique_run_dir
+
+# Measured once with torch.utils.flop_counter on the trunks (2 FLOPs per multiply-add), at each backbone's input size.
+GFLOPS_PER_IMAGE = {"efficientnet_lite0": 0.77, "efficientnet_lite1": 1.20, "efficientnet_lite2": 1.72}
+PRIOR_GFLOPS_PER_SECOND = 60.0  # lite0 at ~80 img/s end to end on a 2-core CPU, before anything is measured
+HEAD_SECONDS = 10.0  # a head on cached features, the run folder and the report
+FINETUNE_PASSES = 4.0  # an end-to-end-free fine-tuning run costs about four extraction passes (cached boundary)
+RUN_FILES = ("model.safetensors", "model.json", "labels.txt", "metrics.json", "config.json", "history.csv",
+             "split.csv", "skipped.csv", "test_predictions.csv", "summary.json")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    strategy: str
+    backbone: str
+    views: int = 0  # augmented views of each training image (augment, finetune)
+
+    @property
+    def label(self) -> str:
+        return f"{self.strategy}-{self.backbone.replace('+', '_')}"
+
+    @property
+    def backbones(self) -> list[str]:
+        return self.backbone.split("+")
+
+
+CANDIDATES = (
+    Candidate("extract", "efficientnet_lite0"),
+    Candidate("extract", "efficientnet_lite2"),
+    Candidate("extract", "efficientnet_lite0+efficientnet_lite2"),
+    Candidate("extract", "efficientnet_lite0+efficientnet_lite1+efficientnet_lite2"),
+    Candidate("augment", "efficientnet_lite0", views=3),
+    Candidate("finetune", "efficientnet_lite0", views=3),
+)
+
+
+@dataclass
+class Attempt:
+    label: str
+    strategy: str
+    backbone: str
+    estimated_seconds: float
+    seconds: float | None = None
+    val_accuracy: float | None = None
+    test_accuracy: float | None = None
+    status: str = "skipped"
+    reason: str = ""
+
+
+class CostModel:
+    """Seconds a candidate should take: images still to extract x GFLOPs per image / measured GFLOP/s."""
+
+    def __init__(self, n_train: int, n_other: int):
+        self.n_train, self.n_other = n_train, n_other
+        self.gflops_per_second = PRIOR_GFLOPS_PER_SECOND
+        self.extracted: set[tuple[str, int]] = set()  # (backbone, views) whose features are cached
+
+    def estimate(self, candidate: Candidate) -> float:
+        work = 0.0
+        for backbone in candidate.backbones:
+            if (backbone, 0) not in self.extracted:
+                work += (self.n_train + self.n_other) * GFLOPS_PER_IMAGE.get(backbone, 2.0)
+            if candidate.views and (backbone, candidate.views) not in self.extracted:
+                work += self.n_train * candidate.views * GFLOPS_PER_IMAGE.get(backbone, 2.0)
+        if candidate.strategy == "finetune":
+            work += FINETUNE_PASSES * self.n_train * GFLOPS_PER_IMAGE.get(candidate.backbone, 2.0)
+        return HEAD_SECONDS + work / self.gflops_per_second
+
+    def record(self, candidate: Candidate, metrics: dict) -> None:
+        if metrics.get("images_per_second") and len(candidate.backbones) == 1:
+            self.gflops_per_second = metrics["images_per_second"] * GFLOPS_PER_IMAGE.get(candidate.backbone, 2.0)
+        self.extracted.update((b, 0) for b in candidate.backbones)
+        if candidate.views:
+            self.extracted.update((b, candidate.views) for b in candidate.backbones)
+
+
+def standard_error(accuracy: float, n: int) -> float:
+    return math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / max(n, 1))
+
+
+def better(challenger: Attempt, chosen: Attempt, n_val: int) -> bool:
+    """A costlier candidate wins only by more than one standard error of the chosen one's validation accuracy."""
+    return challenger.val_accuracy - chosen.val_accuracy > standard_error(chosen.val_accuracy, n_val)
+
+
+def default_budget(cost: CostModel) -> float:
+    """Enough for the three embedded backbones and their combinations on this data, 2 to 30 minutes."""
+    return min(max(2 * sum(cost.estimate(c) for c in CANDIDATES[:4]), 120.0), 1800.0)
+
+
+def train_auto(
+    data: str | Path,
+    *,
+    budget: float | None = None,
+    out: str | Path | None = None,
+    seed: int = 0,
+    backbone: str | None = None,
+    views: int = 3,
+    split_csv: str | Path | None = None,
+    candidates: tuple[Candidate, ...] = CANDIDATES,
+    quiet: bool = False,
+    console: Console | None = None,
+    **train_kwargs,
+) -> Classifier:
+    """Train candidates within `budget` seconds (None: fitted to the data size), keep the best on validation.
+    `views` is the augmented views per training image of the candidates that use them; `train_kwargs` are
+    further `transferlab.train` keywords shared by every candidate."""
+    started = time.perf_counter()
+    console = console or Console(quiet=quiet, stderr=True)
+    if budget is not None and not budget > 0:
+        raise TransferlabError(f"budget must be > 0 seconds, got {budget}", hint="e.g. --budget 10m")
+    if backbone is not None:
+        raise TransferlabError("--strategy auto chooses the backbone itself", hint="drop --backbone")
+    out_dir = unique_run_dir(out, data, "auto")
+    selection = {k: train_kwargs.pop(k) for k in ("split", "include", "exclude", "max_per_class") if k in train_kwargs}
+    dataset = load_dataset(data, seed=seed, split_csv=split_csv, **selection)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dataset.write_split_csv(out_dir / "split.csv")
+    cost = CostModel(len(dataset.train), len(dataset.val) + len(dataset.test))
+    budget = budget or default_budget(cost)
+    attempts, classifiers, chosen = [], {}, None
+    for candidate in candidates:
+        candidate = replace(candidate, views=views) if candidate.views else candidate
+        estimate = cost.estimate(candidate)
+        attempt = Attempt(candidate.label, candidate.strategy, candidate.backbone, round(estimate, 1))
+        attempts.append(attempt)
+        left = budget - (time.perf_counter() - started)
+        if chosen is not None and estimate > left:
+            attempt.reason = f"estimated {estimate:.0f} s, {max(left, 0):.0f} s of the budget left"
+            console.print(f"[yellow]auto: skipped {candidate.label}: {attempt.reason}[/]")
+            continue
+        console.rule(f"[bold]auto: {candidate.label} (estimated {estimate:.0f} s)")
+        run_started = time.perf_counter()
+        classifier = train(
+            data, strategy=candidate.strategy, backbone=candidate.backbone, out=out_dir / "candidates" / candidate.label,
+            split_csv=out_dir / "split.csv", seed=seed, quiet=quiet, console=console,
+            **({"views": views} if candidate.views else {}), **train_kwargs,
+        )
+        cost.record(candidate, classifier.metrics)
+        attempt.seconds = round(time.perf_counter() - run_started, 1)
+        attempt.val_accuracy = classifier.metrics["val_accuracy"]
+        attempt.test_accuracy = classifier.metrics["test_accuracy"]
+        attempt.status = "trained"
+        classifiers[candidate.label] = classifier
+        if chosen is None or better(attempt, chosen, len(dataset.val)):
+            chosen = attempt
+    return finish(out_dir, data, attempts, classifiers, chosen, budget, len(dataset.val), console)
+
+
+def finish(out_dir, data, attempts, classifiers, chosen, budget, n_val, console) -> Classifier:
+    """compare table and report over the candidates, auto.json, and the chosen model copied into OUT."""
+    comparison = Comparison(
+        out_dir, [{**row_of(label, c, out_dir), "strategy": label} for label, c in classifiers.items()], classifiers
+    )
+    write_comparison(comparison, title=f"{Path(data).resolve().name}: auto, budget {budget:.0f} s")
+    why = (f"highest validation accuracy ({chosen.val_accuracy:.2%}) among the candidates trained, a costlier one "
+           f"counting as better only by more than one standard error (+-{standard_error(chosen.val_accuracy, n_val):.2%}"
+           f" on {n_val} validation images)")
+    record = {"budget_seconds": round(budget, 1), "chosen": chosen.label, "why": why,
+              "candidates": [asdict(a) for a in attempts]}
+    atomic_write_bytes(out_dir / "auto.json", (json.dumps(record, indent=2) + "\n").encode())
+    for name in RUN_FILES:
+        shutil.copy2(out_dir / "candidates" / chosen.label / name, out_dir / name)
+    write_report(out_dir)
+    console.print(comparison.table())
+    console.print(f"[bold green]auto chose {chosen.label}[/]: {why}\nrun folder: {out_dir}")
+    classifier = Classifier.load(out_dir)
+    classifier.metrics = {**classifier.metrics, "auto": record}
+    classifier.history = classifiers[chosen.label].history
+    return classifier

@@ -1,0 +1,55 @@
+"""--strategy auto: candidates within a time budget, chosen on validation with a noise margin."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import transferlab
+from transferlab.auto import Attempt, Candidate, better, standard_error, train_auto
+from transferlab.errors import TransferlabError
+from transferlab.options import parse_duration
+
+
+def test_a_tiny_budget_trains_only_the_cheapest_candidate_and_logs_the_rest(colour_folder, tmp_path):
+    classifier = transferlab.train(colour_folder, strategy="auto", budget=1, out=tmp_path / "auto", epochs=3,
+                                   quiet=True)
+    record = json.loads((tmp_path / "auto" / "auto.json").read_text())
+    trained = [c for c in record["candidates"] if c["status"] == "trained"]
+    skipped = [c for c in record["candidates"] if c["status"] == "skipped"]
+    assert [c["label"] for c in trained] == ["extract-efficientnet_lite0"] == [record["chosen"]]
+    assert len(skipped) == 5 and all("of the budget left" in c["reason"] for c in skipped)
+    # OUT is a run folder of the chosen model: it loads and predicts like any other
+    assert classifier.backbone == "efficientnet_lite0" and classifier.metrics["auto"]["chosen"] == record["chosen"]
+    image = next((colour_folder / "red").glob("*.jpg"))
+    assert transferlab.load(tmp_path / "auto").predict([image], top_k=1)[0].top[0][0] == "red"
+    assert (tmp_path / "auto" / "compare.csv").is_file() and (tmp_path / "auto" / "report.html").is_file()
+
+
+def test_a_costlier_candidate_wins_only_beyond_one_standard_error():
+    chosen = Attempt("cheap", "extract", "a", 10, val_accuracy=0.90, status="trained")
+    margin = standard_error(0.90, 400)  # 1.5 points on 400 validation images
+    assert not better(Attempt("dear", "extract", "b", 50, val_accuracy=0.90 + margin * 0.9), chosen, 400)
+    assert better(Attempt("dear", "extract", "b", 50, val_accuracy=0.90 + margin * 1.1), chosen, 400)
+
+
+@pytest.mark.integration
+def test_auto_picks_the_clearly_better_candidate(shared, tmp_path):
+    candidates = (Candidate("scratch", "small_cnn"), Candidate("extract", "efficientnet_lite0"))
+    classifier = train_auto(shared / "datasets" / "hymenoptera", budget=600, out=tmp_path / "auto", epochs=8,
+                            max_per_class=25, candidates=candidates, quiet=True)
+    record = classifier.metrics["auto"]
+    assert [c["status"] for c in record["candidates"]] == ["trained", "trained"]
+    assert record["chosen"] == "extract-efficientnet_lite0"
+
+
+def test_budget_durations_read_like_people_write_them():
+    assert [parse_duration(v) for v in ("90", "90s", "10m", "1.5h")] == [90, 90, 600, 5400]
+    with pytest.raises(TransferlabError, match="invalid duration"):
+        parse_duration("soon")
+
+
+def test_a_budget_without_auto_is_refused(colour_folder):
+    with pytest.raises(TransferlabError, match="budget applies to --strategy auto only"):
+        transferlab.train(colour_folder, budget=60, quiet=True)
