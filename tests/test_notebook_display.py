@@ -153,8 +153,15 @@ def test_comparison_plot_draws_one_line_per_strategy_for_accuracy_and_loss(compa
     assert all(len(ax.lines) == 2 for ax in fig.axes)
 
 
+def test_compare_and_summary_stay_callable_from_the_package_once_their_modules_are_imported():
+    import transferlab.compare  # noqa: F401  (importing a submodule makes it the package's attribute)
+    import transferlab.summary  # noqa: F401
+
+    assert callable(transferlab.compare) and callable(transferlab.summary)
+    assert transferlab.compare.Comparison.__name__ == "Comparison"  # and they are still the modules
+
+
 def test_summary_is_callable_from_the_package_and_shows_as_a_table(clf):
-    import transferlab.summary  # noqa: F401  (the module replaces the package attribute: it must stay callable)
 
     summary = transferlab.summary(clf)
     html = summary._repr_html_()

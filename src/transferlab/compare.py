@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from transferlab import _make_callable
 from transferlab.classifier import Classifier
 from transferlab.data import load_dataset
 from transferlab.errors import TransferlabError
@@ -161,3 +162,6 @@ def formatted(row: dict) -> list[str]:
         number(row["train_seconds"]), number(row["extract_seconds"]), number(row["total_seconds"]),
         number(row["images_per_second"], 0),
     ]
+
+
+_make_callable(__name__, compare)  # transferlab.compare(data, strategies, ...)

@@ -7,8 +7,6 @@ since 2023, and the few lines here return plain data (for the report and tests) 
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ import torch
 from rich.table import Table
 from torch import nn
 
+from transferlab import _make_callable
 from transferlab.backbones import create_backbone, get_spec, list_specs
 from transferlab.classifier import Classifier
 from transferlab.errors import TransferlabError
@@ -257,12 +256,4 @@ def summary_of(target: str | Path | Classifier, input_size: int | None = None, d
 __all__ = ["LayerRow", "Summary", "summarize", "summarize_backbone", "summarize_run", "summary_of"]
 
 
-class _CallableModule(types.ModuleType):
-    """`transferlab.summary(target)` is Keras' model.summary(). The package attribute `summary` becomes this
-    module as soon as anything imports it, so the module itself answers the call."""
-
-    def __call__(self, target: str | Path | Classifier, input_size: int | None = None, depth: int = 1) -> Summary:
-        return summary_of(target, input_size, depth)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+_make_callable(__name__, summary_of)  # transferlab.summary(target): Keras' model.summary()
