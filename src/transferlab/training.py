@@ -99,12 +99,14 @@ def fit(
     keep_batchnorm_frozen: bool = False,
     device: str = "cpu",
     quiet: bool = False,
+    log_epochs: bool = False,
     description: str = "training",
 ) -> History:
     """Train `module` in place on (inputs, labels) tensors; returns the history, best weights restored.
 
     The module trains on `device` and comes back on the CPU; inputs stay where they are and go to `device`
-    a batch at a time (after `batch_transform`, which may already put them there).
+    a batch at a time (after `batch_transform`, which may already put them there). `quiet` hides the
+    progress bar; `log_epochs` prints one line per epoch instead (Keras' verbose=2).
     """
     torch.manual_seed(config.seed)
     module.to(device)
@@ -151,10 +153,12 @@ def fit(
                     "seconds": time.perf_counter() - epoch_start,
                 }
             )
-            progress.update(
-                task,
-                stats=f"loss {loss:.3f} acc {accuracy:.3f} val_loss {val_loss:.3f} val_acc {val_accuracy:.3f}",
-            )
+            stats = f"loss {loss:.3f} acc {accuracy:.3f} val_loss {val_loss:.3f} val_acc {val_accuracy:.3f}"
+            progress.update(task, stats=stats)
+            if log_epochs:
+                seconds = history.epochs[-1]["seconds"]
+                progress.console.print(f"{description}: epoch {epoch}/{config.epochs} - {seconds:.1f} s - {stats}",
+                                       highlight=False)
             if val_loss < best_loss - 1e-6:
                 best_loss, waited, history.best_epoch = val_loss, 0, epoch
                 best_state = copy.deepcopy(module.state_dict())
