@@ -1,6 +1,7 @@
 """Tests for transferlab.data: layouts, splits, skipped files and robust decoding."""
 
 import csv
+import zlib
 import io
 from collections import Counter
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 from PIL import ExifTags, Image
 from rich.console import Console
 
-from transferlab import data, decoding
+from transferlab import decoding
 from transferlab.data import DatasetSplit, Skipped, load_dataset
 from transferlab.decoding import ImageDecodeError, open_image
 from transferlab.errors import TransferlabError
@@ -25,10 +26,12 @@ def write_image(path: Path, color=(200, 30, 30), size=(8, 8), mode="RGB") -> Pat
 
 
 def make_classes(root: Path, counts: dict[str, int]) -> Path:
-    """root/<class>/img_<i>.png for each class, with counts[class] images."""
+    """root/<class>/img_<i>.png for each class, with counts[class] images, each a colour of its own (identical
+    files would be dropped as duplicates)."""
     for cls, count in counts.items():
+        folder = zlib.crc32(f"{root.name}/{cls}".encode()) % 256  # train/a and test/a differ too
         for i in range(count):
-            write_image(root / cls / f"img_{i:03d}.png")
+            write_image(root / cls / f"img_{i:03d}.png", color=(i % 251, i // 251, folder))
     return root
 
 

@@ -188,8 +188,6 @@ def test_combined_backbones_export_one_input_per_backbone_and_agree_with_torch(c
 
 def odd_format_images(folder) -> dict:
     """One file per odd mode a user's folder may hold."""
-    from PIL import TiffImagePlugin  # noqa: F401 (registers TIFF writing)
-
     rng = np.random.default_rng(0)
     gradient = np.linspace(0, 1, 80 * 60, dtype=np.float32).reshape(60, 80)
     rgb = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)

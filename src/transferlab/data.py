@@ -29,6 +29,7 @@ from sklearn.model_selection import train_test_split
 
 from transferlab.decoding import IMAGE_EXTENSIONS, ImageDecodeError, opened
 from transferlab.errors import TransferlabError
+from transferlab.files import memoized_file_digest
 
 
 
@@ -39,6 +40,7 @@ SPLIT_FOLDER_ALIASES = {
     "test": ("test", "testing", "test_set"),
 }
 SPLIT_LIST_FILES = {"train": ("train.txt",), "validation": ("val.txt", "validation.txt"), "test": ("test.txt",)}
+SPLIT_ORDER = ("test", "validation", "train", "all")  # which copy of a duplicated image is kept: the first
 AUTO_VALIDATION_FRACTION = 0.15  # share of train held out when a layout brings no validation set
 
 _Entry = tuple[Path, str]  # (absolute image path, class name)
@@ -165,9 +167,11 @@ def load_dataset(
     classes = _select_classes(classes, _names(include), _names(exclude))
     chosen = set(classes)
     groups, skipped = _checked({name: [e for e in entries if e[1] in chosen] for name, entries in groups.items()})
+    _check_disjoint(groups)  # one path listed in two splits: the lists contradict each other
+    groups, duplicates = _without_duplicates(groups, root)
+    skipped += duplicates
     if max_per_class is not None:
         groups = {name: _capped(entries, max_per_class, seed) for name, entries in groups.items()}
-    _check_disjoint(groups)
     train, val, test = _assign(groups, fractions, seed)
     index = {cls: i for i, cls in enumerate(classes)}
     val_subset = _subset(val, index)
@@ -233,10 +237,16 @@ def _subfolders(folder: Path) -> list[Path]:
 
 
 def _files_under(folder: Path) -> list[Path]:
-    """Every visible file below folder (any depth, symlinks followed), sorted."""
-    found = []
+    """Every visible file below folder (any depth, symlinks followed), sorted. A folder reached twice (a link
+    loop such as `ln -s . self`, or two links to one folder) is walked once."""
+    found, walked = [], set()
     for parent, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [name for name in dirnames if _visible(name)]
+        info = os.stat(parent)
+        if (info.st_dev, info.st_ino) in walked:
+            dirnames[:] = []
+            continue
+        walked.add((info.st_dev, info.st_ino))
+        dirnames[:] = sorted(name for name in dirnames if _visible(name))
         found += [Path(parent, name) for name in filenames if _visible(name)]
     return sorted(found)
 
@@ -386,6 +396,39 @@ def _checked(groups: dict[str, list[_Entry]]) -> tuple[dict[str, list[_Entry]], 
             else:
                 skipped.append(Skipped(str(entry[0]), reason))
     return kept, skipped
+
+
+def _without_duplicates(groups: dict[str, list[_Entry]], root: Path) -> tuple[dict[str, list[_Entry]], list[Skipped]]:
+    """One copy of each image: the same file reached by two paths (links), or byte-identical files, anywhere in
+    the data set. An image in two splits would be tested on what was trained on; in two classes its label is
+    ambiguous. The copy kept is the first in the order test, validation, train (evaluation sets stay as given),
+    then a file at its own place before one reached through a link, then by path; the others are reported as
+    skipped, naming the copy kept."""
+    order = sorted(groups, key=lambda name: SPLIT_ORDER.index(name) if name in SPLIT_ORDER else len(SPLIT_ORDER))
+    entries = [(name, entry) for name in order for entry in sorted(groups[name], key=_linked_last)]
+    sizes = Counter(os.path.getsize(entry[0]) for _, entry in entries)
+    first_with: dict[str, tuple[str, _Entry]] = {}  # "path:..." / "content:..." -> the copy kept
+    kept: dict[str, list[_Entry]] = {name: [] for name in groups}
+    skipped = []
+    for name, entry in entries:
+        path, cls = entry
+        identities = [f"path:{os.path.realpath(path)}"]
+        if sizes[os.path.getsize(path)] > 1:  # only a file sharing its size with another can be a copy: hash it
+            identities.append(f"content:{memoized_file_digest(path)}")
+        first = next((first_with[i] for i in identities if i in first_with), None)
+        if first is None:
+            first_with.update(dict.fromkeys(identities, (name, entry)))
+            kept[name].append(entry)
+            continue
+        where = "another class" if first[1][1] != cls else "another split" if first[0] != name else "the same class"
+        skipped.append(Skipped(str(path), f"duplicate of {_relative(first[1][0], root)} ({where})"))
+    return kept, skipped
+
+
+def _linked_last(entry: _Entry) -> tuple[bool, _Entry]:
+    """Sort key: a file reached through a link after one at its own place, then by path."""
+    path = entry[0]
+    return os.path.realpath(path) != os.path.abspath(path), entry
 
 
 def _skip_reason(path: Path) -> str | None:

@@ -26,7 +26,7 @@ from transferlab.augment import AugmentConfig, augment_image
 from transferlab.decoding import ImageDecodeError, open_image
 from transferlab.errors import TransferlabError
 from transferlab.feature_cache import FeatureCache
-from transferlab.files import file_digest
+from transferlab.files import memoized_file_digest
 from transferlab.options import DEFAULT_BACKBONE
 from transferlab.progress import make_progress
 from transferlab.runtimes import Runtime, TrunkSource, make_runtime, resolve_device, resolve_runtime
@@ -234,7 +234,7 @@ class FeatureExtractor:
         """Features for every path that decodes; failures are reported, never fatal."""
         start = time.perf_counter()
         paths = [Path(p) for p in paths]
-        digests = [file_digest(p) for p in paths]
+        digests = [memoized_file_digest(p) for p in paths]
         suffix = f":aug={augment.key()}:view={view}" if augment is not None else ""
         keys = [d + suffix for d in digests]
         cached = self.cache.get_many(keys) if self.use_cache else {}

@@ -243,7 +243,7 @@ def run_folder(classifier: Classifier) -> Path:
 
 def thumbnail(image: str | os.PathLike | Image.Image, limit: int | None = THUMBNAIL_PX) -> Image.Image:
     """An image file or PIL image as RGB, shrunk to fit limit x limit (None: full size)."""
-    from transferlab.data import open_image
+    from transferlab.decoding import open_image
 
     picture = image if isinstance(image, Image.Image) else open_image(Path(image))
     picture = picture.convert("RGB")
