@@ -1,15 +1,30 @@
 """The feature cache: vectors in one SQLite file per extractor, keyed by image content (and augmentation view).
 
-Each batch is written in one transaction, so a run killed with kill -9 loses at most the batch in flight.
+Each batch is written in one transaction, so a run killed with kill -9 loses at most the batch in flight. What
+is read is verified: the file must pass SQLite's quick_check (else it is moved aside and rebuilt), and each
+record must match the checksum stored with it, hold finite values and have the length of its neighbours (else
+it is deleted and recomputed). A damaged cache costs time, never a wrong model.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import sqlite3
+import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from transferlab.errors import TransferlabError, warn
+
+TABLE = "vectors"  # with a checksum per record; the earlier "features" table (no checksum) is left unread
+
+
+def checksum(blob: bytes) -> str:
+    return hashlib.blake2b(blob, digest_size=8).hexdigest()
 
 
 class FeatureCache:
@@ -17,29 +32,79 @@ class FeatureCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.dtype = np.dtype(dtype)
-        self._db = sqlite3.connect(path, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS features (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
-        self._db.commit()
+        try:
+            self._db = self._open()
+        except sqlite3.DatabaseError as exc:
+            self._move_aside(exc)
+            self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False)
+        try:
+            (verdict,) = db.execute("PRAGMA quick_check").fetchone()
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(verdict)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (key TEXT PRIMARY KEY, vector BLOB NOT NULL, checksum TEXT NOT NULL)")
+            db.commit()
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def _move_aside(self, exc: sqlite3.DatabaseError) -> None:
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(f"{self.path}{suffix}")
+            if source.exists():
+                os.replace(source, Path(f"{aside}{suffix}"))
+        warn(f"the feature cache {self.path} is damaged ({exc}); moved to {aside.name} and rebuilt")
 
     def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of `keys` that pass verification; damaged ones are deleted (and so recomputed)."""
         found: dict[str, np.ndarray] = {}
-        for start in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
-            chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for key, blob in self._db.execute(f"SELECT key, vector FROM features WHERE key IN ({marks})", chunk):
-                found[key] = np.frombuffer(blob, dtype=self.dtype)
+        damaged: list[str] = []
+        try:
+            for start in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
+                chunk = keys[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                query = f"SELECT key, vector, checksum FROM {TABLE} WHERE key IN ({marks})"
+                for key, blob, stored in self._db.execute(query, chunk):
+                    vector = np.frombuffer(blob, dtype=self.dtype) if len(blob) % self.dtype.itemsize == 0 else None
+                    if vector is None or checksum(blob) != stored or not np.isfinite(vector).all():
+                        damaged.append(key)
+                    else:
+                        found[key] = vector
+        except sqlite3.DatabaseError as exc:
+            raise TransferlabError(f"the feature cache {self.path} cannot be read: {exc}",
+                                   hint=f"delete {self.path} (it is only a cache) and run again") from exc
+        damaged += _odd_lengths(found)
+        if damaged:
+            for key in damaged:
+                found.pop(key, None)
+            with self._db:
+                self._db.executemany(f"DELETE FROM {TABLE} WHERE key = ?", [(key,) for key in damaged])
+            warn(f"{len(damaged)} damaged record(s) in the feature cache {self.path.name} discarded; recomputing them")
         return found
 
     def put_many(self, items: dict[str, np.ndarray]) -> None:
+        rows = []
+        for key, vector in items.items():
+            blob = np.ascontiguousarray(vector, dtype=self.dtype).tobytes()
+            rows.append((key, blob, checksum(blob)))
         with self._db:  # one transaction: all of the batch or nothing
-            self._db.executemany(
-                "INSERT OR REPLACE INTO features (key, vector) VALUES (?, ?)",
-                [(k, np.ascontiguousarray(v, dtype=self.dtype).tobytes()) for k, v in items.items()],
-            )
+            self._db.executemany(f"INSERT OR REPLACE INTO {TABLE} (key, vector, checksum) VALUES (?, ?, ?)", rows)
 
     def __len__(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM features").fetchone()[0]
+        return self._db.execute(f"SELECT COUNT(*) FROM {TABLE}").fetchone()[0]
 
     def close(self) -> None:
         self._db.close()
+
+
+def _odd_lengths(found: dict[str, np.ndarray]) -> list[str]:
+    """Keys whose vectors are not of the length most of them share (one extractor: one width)."""
+    if not found:
+        return []
+    usual, _ = Counter(len(v) for v in found.values()).most_common(1)[0]
+    return [key for key, vector in found.items() if len(vector) != usual]

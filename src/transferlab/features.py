@@ -271,6 +271,11 @@ class FeatureExtractor:
                 failed.update(batch_failed)
                 if batch_keys:
                     vectors = self.run_batch(batch)
+                    if not np.isfinite(vectors).all():  # a broken trunk: store nothing, say so
+                        raise TransferlabError(
+                            f"the {self.runtime} runtime gave non-finite features for {self.name}; nothing was cached",
+                            hint=f"delete {self.cache_dir / 'onnx'} and run again, or try --runtime torch",
+                        )
                     new = dict(zip(batch_keys, vectors))
                     computed.update(new)
                     if self.use_cache:

@@ -15,7 +15,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from transferlab.errors import TransferlabError
+from transferlab.errors import TransferlabError, warn
+from transferlab.files import atomic_write_bytes, file_digest
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -58,19 +59,36 @@ class OnnxRuntime:
         if self._session is None:
             import onnxruntime as ort
 
-            from transferlab.trunk import export_onnx
-
             path = self.source.onnx_path
-            if not path.exists():
-                export_onnx(self.source.trunk(), self.source.input_size, path)
+            if not verified(path):
+                self.export(path)
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.intra_op_num_threads = os.cpu_count() or 1
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return self._session
 
+    def export(self, path: Path) -> None:
+        """Export the trunk and record the file's digest beside it, so that a damaged copy is noticed."""
+        from transferlab.trunk import export_onnx
+
+        if path.exists():
+            warn(f"the cached trunk {path.name} is damaged or unverified; exporting it again")
+        export_onnx(self.source.trunk(), self.source.input_size, path)
+        atomic_write_bytes(digest_path(path), file_digest(path).encode())
+
     def run(self, images: np.ndarray) -> np.ndarray:
         return self.session().run(None, {"images": images})[0]
+
+
+def digest_path(onnx_path: Path) -> Path:
+    return onnx_path.with_name(onnx_path.name + ".blake2b")
+
+
+def verified(onnx_path: Path) -> bool:
+    """Whether the cached ONNX file exists and still has the digest recorded when it was exported."""
+    record = digest_path(onnx_path)
+    return onnx_path.is_file() and record.is_file() and record.read_text().strip() == file_digest(onnx_path)
 
 
 class TorchRuntime:

@@ -7,6 +7,7 @@ on validation loss with the best weights restored.
 from __future__ import annotations
 
 import copy
+import math
 import csv
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
+from transferlab.errors import TransferlabError
 from transferlab.options import FitConfig
 
 BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -140,6 +142,12 @@ def fit(
                 module, x_train, y_train, config.batch_size, optimizer, loss_fn, generator,
                 batch_transform, keep_batchnorm_frozen, device, on_batch=lambda: progress.advance(task),
             )
+            if not math.isfinite(loss):
+                raise TransferlabError(
+                    f"the training loss became {loss} in epoch {epoch}: training diverged or its inputs are broken",
+                    hint="lower the learning rate (--lr); if the features came from a damaged cache, delete "
+                    "$TRANSFERLAB_CACHE/features and run again",
+                )
             logits = predict_logits(module, x_val, device=device)
             val_loss = float(eval_loss_fn(logits, y_val))
             val_accuracy = float((logits.argmax(1) == y_val).float().mean())
