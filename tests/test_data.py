@@ -1,6 +1,7 @@
 """Tests for transferlab.data: layouts, splits, skipped files and robust decoding."""
 
 import csv
+import zlib
 import io
 from collections import Counter
 from pathlib import Path
@@ -10,8 +11,9 @@ import pytest
 from PIL import ExifTags, Image
 from rich.console import Console
 
-from transferlab import data
-from transferlab.data import DatasetSplit, ImageDecodeError, Skipped, load_dataset, open_image
+from transferlab import decoding
+from transferlab.data import DatasetSplit, Skipped, load_dataset
+from transferlab.decoding import ImageDecodeError, open_image
 from transferlab.errors import TransferlabError
 
 CALTECH_EXCLUDED = ["BACKGROUND_Google", "Motorbikes", "airplanes", "Faces_easy", "Faces"]
@@ -24,10 +26,12 @@ def write_image(path: Path, color=(200, 30, 30), size=(8, 8), mode="RGB") -> Pat
 
 
 def make_classes(root: Path, counts: dict[str, int]) -> Path:
-    """root/<class>/img_<i>.png for each class, with counts[class] images."""
+    """root/<class>/img_<i>.png for each class, with counts[class] images, each a colour of its own (identical
+    files would be dropped as duplicates)."""
     for cls, count in counts.items():
+        folder = zlib.crc32(f"{root.name}/{cls}".encode()) % 256  # train/a and test/a differ too
         for i in range(count):
-            write_image(root / cls / f"img_{i:03d}.png")
+            write_image(root / cls / f"img_{i:03d}.png", color=(i % 251, i // 251, folder))
     return root
 
 
@@ -424,7 +428,7 @@ def test_non_image_raises_image_decode_error(tmp_path):
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 @pytest.mark.parametrize("size", [(12, 10), (30, 30)])  # above the limit; above twice the limit (PIL's own error)
 def test_images_above_the_pixel_limit_are_refused(monkeypatch, size):
-    monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", 100)
+    monkeypatch.setattr(decoding, "MAX_IMAGE_PIXELS", 100)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(ImageDecodeError) as error:
         open_image(encoded(Image.new("RGB", size), "PNG"))
@@ -432,7 +436,7 @@ def test_images_above_the_pixel_limit_are_refused(monkeypatch, size):
 
 
 def test_pixel_limit_is_set_for_pillow():
-    assert Image.MAX_IMAGE_PIXELS == data.MAX_IMAGE_PIXELS == 120_000_000
+    assert Image.MAX_IMAGE_PIXELS == decoding.MAX_IMAGE_PIXELS == 120_000_000
 
 
 # --- integration on ../shared --------------------------------------------------------------------------------

@@ -184,3 +184,48 @@ def test_combined_backbones_export_one_input_per_backbone_and_agree_with_torch(c
     onnx = OnnxClassifier(tmp_path / "run")
     np.testing.assert_allclose(onnx.predict_proba(images), classifier.predict_proba(images)[0], atol=1e-4)
     assert {p.top[0][0] for p in onnx.predict(images, top_k=1)} == {"green"}
+
+
+def odd_format_images(folder) -> dict:
+    """One file per odd mode a user's folder may hold."""
+    rng = np.random.default_rng(0)
+    gradient = np.linspace(0, 1, 80 * 60, dtype=np.float32).reshape(60, 80)
+    rgb = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    files = {
+        "png16.png": Image.fromarray((gradient * 65535).astype(np.uint16)),
+        "float.tif": Image.fromarray(gradient, mode="F"),
+        "cmyk.jpg": Image.fromarray(rgb).convert("CMYK"),
+        "palette.png": Image.fromarray(rgb).convert("P"),
+        "la.png": Image.fromarray(rgb).convert("LA"),
+        "rgba.png": Image.fromarray(np.dstack([rgb, rng.integers(0, 256, (60, 80), dtype=np.uint8)])),
+        "bilevel.png": Image.fromarray(rgb).convert("1"),
+        "gray.jpg": Image.fromarray(rgb).convert("L"),
+    }
+    paths = {}
+    for name, image in files.items():
+        paths[name] = folder / name
+        if name == "palette.png":
+            image.info["transparency"] = 0
+        image.save(paths[name])
+    rotated = Image.fromarray(rgb)
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # EXIF orientation: rotate 90 degrees clockwise
+    paths["exif_rotated.jpg"] = folder / "exif_rotated.jpg"
+    rotated.save(paths["exif_rotated.jpg"], exif=exif)
+    paths["too_large.png"] = folder / "too_large.png"
+    Image.new("1", (12000, 11000)).save(paths["too_large.png"])  # 132 megapixels, above the limit
+    return paths
+
+
+def test_onnx_and_torch_paths_decode_odd_formats_identically(run_dir, tmp_path):
+    onnx = OnnxClassifier(run_dir)
+    extractor = transferlab.load(run_dir).extractor
+    for name, path in odd_format_images(tmp_path).items():
+        if name == "too_large.png":
+            for prepare in (onnx.prepare, extractor.prepare):
+                with pytest.raises(TransferlabError, match="image too large"):
+                    prepare(path)
+            continue
+        np.testing.assert_array_equal(onnx.prepare(path), extractor.prepare(path).transpose(2, 0, 1), err_msg=name)
+        assert onnx.prepare(path).mean() > 5, name  # not all black (a float or 16-bit image read as zeros)
+        assert onnx.prepare(path).mean() < 250, name  # not all white (a 16-bit image clipped)

@@ -1,5 +1,5 @@
-"""Reliability of runs: a diverging loss stops with a clear error, --out is checked before any work, a run
-folder is complete or absent (never a mix of two runs), and a full disk is one line naming the path."""
+"""Reliability of runs: --out is checked before any work, a run folder is complete or absent (never a mix of
+two runs), and a full disk is one line naming the path and the space needed."""
 
 from __future__ import annotations
 
@@ -19,22 +19,10 @@ from transferlab.cli import app
 from transferlab.compare import compare
 from transferlab.errors import TransferlabError
 from transferlab.files import atomic_write_bytes
-from transferlab.options import FitConfig
 from transferlab.runs import replacing_folder
-from transferlab.training import fit
 from transferlab.trunk import export_onnx
 
 runner = CliRunner()
-
-
-def test_nan_loss_stops_training_with_the_epoch_and_a_hint():
-    x = torch.randn(32, 4)
-    x[3, 0] = float("nan")  # one broken input poisons the loss
-    y = torch.randint(0, 2, (32,))
-    config = FitConfig(epochs=5, batch_size=8, lr=1e-3, patience=None)
-    with pytest.raises(TransferlabError, match="loss is nan at epoch 1") as info:
-        fit(torch.nn.Linear(4, 2), (x, y), (x[:8], y[:8]), config, n_classes=2, quiet=True)
-    assert "--lr" in info.value.hint
 
 
 @pytest.fixture(scope="module")

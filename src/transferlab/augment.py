@@ -359,9 +359,7 @@ def preview_grid(
     The grid has ceil(sqrt(n + 1)) columns; each cell is the image shrunk to fit PREVIEW_TILE x PREVIEW_TILE
     plus a PREVIEW_LABEL_HEIGHT label strip. Saved as PNG to `path` when given.
     """
-    _check_count(n)
-    labelled = [("original", image.convert("RGB"))]
-    labelled += [(f"seed {seed + i}", augment_image(image, config, seed + i)) for i in range(n)]
+    labelled = preview_variants(image, config, n, seed)
     columns = math.ceil(math.sqrt(len(labelled)))
     rows = math.ceil(len(labelled) / columns)
     tile_w, tile_h = _thumbnail(image).size
@@ -376,6 +374,13 @@ def preview_grid(
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         grid.save(path, format="PNG")
     return grid
+
+
+def preview_variants(image: Image.Image, config: AugmentConfig, n: int = 8, seed: int = 0) -> list[tuple[str, Image.Image]]:
+    """("original", image) then ("seed s", variant) for seeds seed .. seed+n-1: what previews show."""
+    _check_count(n)
+    labelled = [("original", image.convert("RGB"))]
+    return labelled + [(f"seed {seed + i}", augment_image(image, config, seed + i)) for i in range(n)]
 
 
 def featurewise_preview(images: list[Image.Image], config: AugmentConfig, size: int = 32) -> list[Image.Image]:

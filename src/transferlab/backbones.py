@@ -26,6 +26,7 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
+from transferlab.decoding import resize_and_crop
 from transferlab.errors import TransferlabError
 from transferlab.options import DEFAULT_BACKBONE
 from transferlab.files import atomic_path, memoized_file_digest
@@ -418,14 +419,9 @@ def imagenet_labels() -> list[str]:
 
 
 def preprocess(image: Image.Image, spec: BackboneSpec) -> np.ndarray:
-    """uint8 HxWx3 array: shorter side resized to spec.resize_size, then center-cropped to spec.input_size."""
-    from torchvision.transforms import v2
-
-    transform = v2.Compose([
-        v2.Resize(spec.resize_size, interpolation=v2.InterpolationMode(spec.interpolation)),
-        v2.CenterCrop(spec.input_size),
-    ])
-    return np.asarray(transform(image.convert("RGB")), dtype=np.uint8)
+    """uint8 HxWx3 array: shorter side resized to spec.resize_size, then center-cropped to spec.input_size
+    (decoding.resize_and_crop: the same function the torch-free ONNX predictor uses)."""
+    return resize_and_crop(image, spec.resize_size, spec.input_size, spec.interpolation)
 
 
 def predict_imagenet(

@@ -71,6 +71,36 @@ class Classifier:
     def __repr__(self) -> str:
         return f"Classifier(backbone={self.backbone!r}, strategy={self.strategy!r}, classes={len(self.classes)})"
 
+    # -- notebooks: transferlab.notebook draws (imported on first use, so matplotlib stays unloaded) ----------
+    def _repr_html_(self) -> str:
+        from transferlab.notebook import classifier_card
+
+        return classifier_card(self)
+
+    def plot_history(self, smooth: float | None = 0.8):
+        """Figure: accuracy and loss per epoch, raw and EMA-smoothed (see transferlab.notebook.plot_history)."""
+        from transferlab.notebook import plot_history
+
+        return plot_history(self, smooth)
+
+    def plot_confusion_matrix(self):
+        """Figure: the test set's row-normalised confusion matrix."""
+        from transferlab.notebook import plot_confusion_matrix
+
+        return plot_confusion_matrix(self)
+
+    def show_top_losses(self, n: int = 9):
+        """Figure: the n misclassified test images with the highest loss (true / predicted / probability)."""
+        from transferlab.notebook import show_top_losses
+
+        return show_top_losses(self, n)
+
+    def show_predictions(self, images: Sequence[str | Path | Image.Image], labels: Sequence[str] | None = None):
+        """Figure: each image with its predicted class and probability (green/red against `labels`)."""
+        from transferlab.notebook import show_predictions
+
+        return show_predictions(self, images, labels)
+
     @property
     def backbone(self) -> str:
         return self.extractor.name

@@ -152,7 +152,7 @@ def train(
 
 def image_files(sources: list[Path]) -> list[Path]:
     """Files as given; folders expanded to the image files inside them (recursively, sorted)."""
-    from transferlab.data import IMAGE_EXTENSIONS
+    from transferlab.decoding import IMAGE_EXTENSIONS
 
     files: list[Path] = []
     for source in sources:
@@ -224,7 +224,7 @@ def imagenet(
 ):
     """Top-k ImageNet-1k classes with human-readable labels (like Keras' decode_predictions)."""
     from transferlab.backbones import predict_imagenet
-    from transferlab.data import ImageDecodeError, open_image
+    from transferlab.decoding import ImageDecodeError, open_image
 
     files = image_files(images)
     decoded, failures = [], []
@@ -403,7 +403,7 @@ def augment_preview(
 
     from transferlab.augment import AugmentConfig, preview_grid, save_augmented
     from transferlab.backbones import get_spec, preprocess
-    from transferlab.data import open_image
+    from transferlab.decoding import open_image
 
     path = image_files([source])[0]
     image = Image.fromarray(preprocess(open_image(path), get_spec(backbone)))

@@ -14,13 +14,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from transferlab import _make_callable
 from transferlab.classifier import Classifier
 from transferlab.data import load_dataset
-from transferlab.options import COMPARE_STRATEGIES, check_split_csv_alone, check_strategies
+from transferlab.errors import TransferlabError
+from transferlab.options import COMPARE_STRATEGIES, check_split_csv_alone, check_strategies, check_verbose
 from transferlab.pipeline import train
-from transferlab.plots import plot_comparison
 from transferlab.runs import check_out, replacing_folder, unique_run_dir
-
 COLUMNS = (
     "strategy", "backbone", "test_accuracy", "top5_accuracy", "val_accuracy", "epochs_run",
     "train_seconds", "extract_seconds", "total_seconds", "images_per_second", "run_dir",
@@ -34,6 +34,27 @@ class Comparison:
     out: Path
     rows: list[dict]
     classifiers: dict[str, Classifier]
+
+    @classmethod
+    def of(cls, classifiers: dict[str, Classifier], out: str | Path) -> Comparison:
+        """A comparison of runs already trained on one split, whose run folders lie under `out`."""
+        out = Path(out)
+        for classifier in classifiers.values():
+            if classifier.run_dir is None or not Path(classifier.run_dir).resolve().is_relative_to(out.resolve()):
+                raise TransferlabError(f"run folder {classifier.run_dir} is not inside {out}",
+                                       hint="train each run with out=<comparison folder>/<name>")
+        return cls(out, [row_of(name, c, out) for name, c in classifiers.items()], dict(classifiers))
+
+    def _repr_html_(self) -> str:
+        from transferlab.notebook import comparison_card  # notebooks only: keeps matplotlib unloaded
+
+        return comparison_card(self)
+
+    def plot(self, metrics: tuple[str, ...] = ("accuracy", "loss")):
+        """Figure: validation `metrics` per epoch, one line per strategy."""
+        from transferlab.notebook import comparison_plot
+
+        return comparison_plot(self, metrics)
 
     def table(self) -> Table:
         table = Table(title=f"strategies compared ({self.out})")
@@ -54,6 +75,7 @@ def compare(
     scratch_backbone: str | None = None,
     overwrite: bool = False,
     quiet: bool = False,
+    verbose: int = 1,
     console: Console | None = None,
     **train_kwargs,
 ) -> Comparison:
@@ -65,6 +87,7 @@ def compare(
     it whole, and puts the old one back if the comparison fails).
     """
     strategies = check_strategies(strategies)
+    quiet = quiet or check_verbose(verbose) == 0
     console = console or Console(quiet=quiet, stderr=True)
     selection = {key: train_kwargs.pop(key) for key in SELECTION_KEYWORDS if key in train_kwargs}
     check_split_csv_alone(split_csv, **selection)
@@ -86,10 +109,10 @@ def compare(
                 seed=seed,
                 split_csv=split_csv,
                 quiet=quiet,
+                verbose=verbose,
                 console=console,
             )
-        rows = [row_of(name, c, out_dir) for name, c in classifiers.items()]
-        comparison = Comparison(out_dir, rows, classifiers)
+        comparison = Comparison.of(classifiers, out_dir)
         write_comparison(comparison, title=f"{Path(data).resolve().name}: strategies compared on one split")
     console.print(comparison.table())
     return comparison
@@ -101,7 +124,7 @@ def row_of(strategy: str, classifier: Classifier, out_dir: Path) -> dict:
         "strategy": strategy,
         "backbone": classifier.backbone,
         **{key: metrics.get(key) for key in COLUMNS[2:-1]},
-        "run_dir": str(Path(classifier.run_dir).relative_to(out_dir)),
+        "run_dir": str(Path(classifier.run_dir).resolve().relative_to(out_dir.resolve())),
     }
 
 
@@ -124,6 +147,8 @@ def write_comparison(comparison: Comparison, title: str) -> list[Path]:
     ]
     md_path.write_text("\n".join(lines) + "\n")
     histories = {name: c.history.epochs for name, c in comparison.classifiers.items()}
+    from transferlab.plots import plot_comparison  # matplotlib only when drawing: `import transferlab.api` stays light
+
     return [csv_path, md_path, *plot_comparison(histories, comparison.out)]
 
 
@@ -141,3 +166,6 @@ def formatted(row: dict) -> list[str]:
         number(row["train_seconds"]), number(row["extract_seconds"]), number(row["total_seconds"]),
         number(row["images_per_second"], 0),
     ]
+
+
+_make_callable(__name__, compare)  # transferlab.compare(data, strategies, ...)

@@ -15,28 +15,23 @@ decoded are dropped later with `DatasetSplit.without`.
 from __future__ import annotations
 
 import csv
-import io
 import math
 import os
 import stat
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps
 from rich.table import Table
 from sklearn.model_selection import train_test_split
 
+from transferlab.decoding import IMAGE_EXTENSIONS, ImageDecodeError, opened
 from transferlab.errors import TransferlabError
+from transferlab.files import memoized_file_digest
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
-MAX_IMAGE_PIXELS = 120_000_000
-MAX_ASPECT_RATIO = 100  # resizing the shorter side of a 1 x 100000 image to 256 px would need gigabytes
-Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # PIL warns above this and refuses above twice this; we refuse above it
 
 SPLITS = ("train", "validation", "test")
 SPLIT_FOLDER_ALIASES = {
@@ -45,16 +40,10 @@ SPLIT_FOLDER_ALIASES = {
     "test": ("test", "testing", "test_set"),
 }
 SPLIT_LIST_FILES = {"train": ("train.txt",), "validation": ("val.txt", "validation.txt"), "test": ("test.txt",)}
+SPLIT_ORDER = ("test", "validation", "train", "all")  # which copy of a duplicated image is kept: the first
 AUTO_VALIDATION_FRACTION = 0.15  # share of train held out when a layout brings no validation set
 
 _Entry = tuple[Path, str]  # (absolute image path, class name)
-
-
-class ImageDecodeError(TransferlabError):
-    """An image file that cannot be decoded; `.message` is a short reason such as "truncated image"."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason, hint="check that the file opens in an image viewer; re-save it as JPEG or PNG")
 
 
 @dataclass(frozen=True)
@@ -178,9 +167,11 @@ def load_dataset(
     classes = _select_classes(classes, _names(include), _names(exclude))
     chosen = set(classes)
     groups, skipped = _checked({name: [e for e in entries if e[1] in chosen] for name, entries in groups.items()})
+    _check_disjoint(groups)  # one path listed in two splits: the lists contradict each other
+    groups, duplicates = _without_duplicates(groups, root)
+    skipped += duplicates
     if max_per_class is not None:
         groups = {name: _capped(entries, max_per_class, seed) for name, entries in groups.items()}
-    _check_disjoint(groups)
     train, val, test = _assign(groups, fractions, seed)
     index = {cls: i for i, cls in enumerate(classes)}
     val_subset = _subset(val, index)
@@ -196,70 +187,6 @@ def load_dataset(
     )
     _check_usable(dataset)
     return dataset
-
-
-def open_image(source: Path | str | bytes, draft_size: tuple[int, int] | None = None) -> Image.Image:
-    """Decode an image fully to RGB with its EXIF orientation applied; raise ImageDecodeError if unusable.
-
-    draft_size (width, height) lets libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale, never below that size.
-    """
-    with _opened(source) as image:
-        if draft_size is not None and image.format == "JPEG":
-            if image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):
-                draft_size = (draft_size[1], draft_size[0])  # the stored image is rotated by 90 degrees
-            image.draft("RGB", draft_size)
-        image.load()
-        return _to_rgb(ImageOps.exif_transpose(image))
-
-
-@contextmanager
-def _opened(source: Path | str | bytes) -> Iterator[Image.Image]:
-    """Image.open (reads the header only), with every failure inside the block turned into ImageDecodeError."""
-    try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-            pixels = image.width * image.height
-            if pixels > MAX_IMAGE_PIXELS:
-                raise ImageDecodeError(f"image too large ({pixels:,} pixels, limit {MAX_IMAGE_PIXELS:,})")
-            if max(image.size) > MAX_ASPECT_RATIO * max(1, min(image.size)):
-                raise ImageDecodeError(
-                    f"image {image.width}x{image.height} is too elongated (aspect ratio over {MAX_ASPECT_RATIO})"
-                )
-            yield image
-    except ImageDecodeError:
-        raise
-    except FileNotFoundError as exc:
-        raise ImageDecodeError("file not found") from exc
-    except Image.UnidentifiedImageError as exc:
-        raise ImageDecodeError("not an image (UnidentifiedImageError)") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"image too large (over {MAX_IMAGE_PIXELS:,} pixels)") from exc
-    except Exception as exc:  # decoders raise many exception types on malformed bytes; each means "unusable file"
-        if "truncated" in str(exc).lower():
-            raise ImageDecodeError("truncated image") from exc
-        raise ImageDecodeError(f"corrupt image ({type(exc).__name__}: {exc})"[:160]) from exc
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-        return Image.fromarray(_to_uint8(np.asarray(image), image.mode)).convert("RGB")
-    if image.has_transparency_data:
-        white = Image.new("RGBA", image.size, "white")
-        return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
-    return image.convert("RGB")
-
-
-def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
-    """Scale 16-bit, 32-bit or float pixels to 0..255 (PIL's own convert clips them instead of scaling)."""
-    peak = float(values.max(initial=0))
-    if mode == "F" and peak <= 1.0:
-        full_scale = 1.0  # float images in 0..1
-    elif mode.startswith("I;16") or peak > 255:
-        full_scale = 65535.0  # 16-bit data, which PIL also opens as mode I
-    else:
-        full_scale = 255.0
-    return np.clip(np.round(values * (255.0 / full_scale)), 0, 255).astype(np.uint8)
 
 
 def _data_folder(data: Path | str) -> Path:
@@ -310,10 +237,16 @@ def _subfolders(folder: Path) -> list[Path]:
 
 
 def _files_under(folder: Path) -> list[Path]:
-    """Every visible file below folder (any depth, symlinks followed), sorted."""
-    found = []
+    """Every visible file below folder (any depth, symlinks followed), sorted. A folder reached twice (a link
+    loop such as `ln -s . self`, or two links to one folder) is walked once."""
+    found, walked = [], set()
     for parent, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [name for name in dirnames if _visible(name)]
+        info = os.stat(parent)
+        if (info.st_dev, info.st_ino) in walked:
+            dirnames[:] = []
+            continue
+        walked.add((info.st_dev, info.st_ino))
+        dirnames[:] = sorted(name for name in dirnames if _visible(name))
         found += [Path(parent, name) for name in filenames if _visible(name)]
     return sorted(found)
 
@@ -465,6 +398,39 @@ def _checked(groups: dict[str, list[_Entry]]) -> tuple[dict[str, list[_Entry]], 
     return kept, skipped
 
 
+def _without_duplicates(groups: dict[str, list[_Entry]], root: Path) -> tuple[dict[str, list[_Entry]], list[Skipped]]:
+    """One copy of each image: the same file reached by two paths (links), or byte-identical files, anywhere in
+    the data set. An image in two splits would be tested on what was trained on; in two classes its label is
+    ambiguous. The copy kept is the first in the order test, validation, train (evaluation sets stay as given),
+    then a file at its own place before one reached through a link, then by path; the others are reported as
+    skipped, naming the copy kept."""
+    order = sorted(groups, key=lambda name: SPLIT_ORDER.index(name) if name in SPLIT_ORDER else len(SPLIT_ORDER))
+    entries = [(name, entry) for name in order for entry in sorted(groups[name], key=_linked_last)]
+    sizes = Counter(os.path.getsize(entry[0]) for _, entry in entries)
+    first_with: dict[str, tuple[str, _Entry]] = {}  # "path:..." / "content:..." -> the copy kept
+    kept: dict[str, list[_Entry]] = {name: [] for name in groups}
+    skipped = []
+    for name, entry in entries:
+        path, cls = entry
+        identities = [f"path:{os.path.realpath(path)}"]
+        if sizes[os.path.getsize(path)] > 1:  # only a file sharing its size with another can be a copy: hash it
+            identities.append(f"content:{memoized_file_digest(path)}")
+        first = next((first_with[i] for i in identities if i in first_with), None)
+        if first is None:
+            first_with.update(dict.fromkeys(identities, (name, entry)))
+            kept[name].append(entry)
+            continue
+        where = "another class" if first[1][1] != cls else "another split" if first[0] != name else "the same class"
+        skipped.append(Skipped(str(path), f"duplicate of {_relative(first[1][0], root)} ({where})"))
+    return kept, skipped
+
+
+def _linked_last(entry: _Entry) -> tuple[bool, _Entry]:
+    """Sort key: a file reached through a link after one at its own place, then by path."""
+    path = entry[0]
+    return os.path.realpath(path) != os.path.abspath(path), entry
+
+
 def _skip_reason(path: Path) -> str | None:
     """Why path is no usable image, from its extension, stat and image header (no full decode: fast)."""
     try:
@@ -481,7 +447,7 @@ def _skip_reason(path: Path) -> str | None:
     if info.st_size == 0:
         return "empty file"
     try:
-        with _opened(path):
+        with opened(path):
             return None
     except ImageDecodeError as exc:
         return exc.message

@@ -1,5 +1,5 @@
-"""The one exception type users see (a message plus a hint, printed by the CLI as two lines), and the one way
-a repair that the run survives (a damaged cache entry recomputed) is reported: one yellow line on stderr."""
+"""The one exception type users see (a message plus a hint, printed by the CLI as two lines), and the one-line
+warnings for what transferlab repaired by itself (a damaged cache entry discarded and recomputed)."""
 
 import sys
 
@@ -17,7 +17,5 @@ class TransferlabError(Exception):
 
 
 def warn(message: str) -> None:
-    """One warning line on stderr (the skipped-file lines' colour), for something repaired on the way."""
-    from rich.console import Console
-
-    Console(file=sys.stderr).print(f"[yellow]warning: {message}[/]", highlight=False, soft_wrap=True)
+    """One line on stderr: something went wrong that transferlab repaired itself; the run goes on."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)

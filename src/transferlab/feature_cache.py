@@ -1,17 +1,19 @@
 """The feature cache: vectors in one SQLite file per extractor, keyed by image content (and augmentation view).
 
-Each batch is written in one transaction, so a run killed with kill -9 loses at most the batch in flight.
-Nothing read back is trusted: the file passes SQLite's quick_check when opened (a damaged one is moved aside
-to *.corrupt and rebuilt), and every record carries a checksum of its bytes and must decode to a finite vector
-of the cache's length; a record that fails is dropped, so the caller recomputes it. Each repair prints one
-warning line.
+Each batch is written in one transaction, so a run killed with kill -9 loses at most the batch in flight. What
+is read is verified: the file must pass SQLite's quick_check (else it is moved aside and rebuilt), and each
+record must match the checksum stored with it, hold finite values and have the length of its neighbours (else
+it is deleted and recomputed). A damaged cache costs time, never a wrong model. A full disk is one line naming
+the file (`transferlab.files.no_space_error`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
-import zlib
+import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,13 +22,11 @@ import numpy as np
 from transferlab.errors import TransferlabError, warn
 from transferlab.files import disk_space_guard, no_space_error
 
-TABLE = "features_v2"  # v2: a CRC-32 per record; the unchecked v1 table ("features") is dropped on open
+TABLE = "vectors"  # with a checksum per record; the earlier "features" table (no checksum) is left unread
 
 
-def record_checksum(blob: bytes) -> int:
-    """CRC-32: made for catching flipped bits (not for adversaries), and 5x faster than blake2b here, which
-    matters when a warm run reads tens of thousands of records."""
-    return zlib.crc32(blob)
+def checksum(blob: bytes) -> str:
+    return hashlib.blake2b(blob, digest_size=8).hexdigest()
 
 
 class FeatureCache:
@@ -37,10 +37,10 @@ class FeatureCache:
         self.dtype = np.dtype(dtype)
         try:
             self._db = self._open()
-        except sqlite3.OperationalError as exc:  # locked, or a full disk: the file itself may be fine
-            raise self._operational_error(exc, 0) from exc
-        except sqlite3.DatabaseError as exc:  # not a database, or malformed
-            self._set_aside(exc)
+        except sqlite3.DatabaseError as exc:
+            if not_damage(exc):
+                raise self._operational_error(exc, 0) from exc
+            self._move_aside(exc)
             self._db = self._open()
 
     def _open(self) -> sqlite3.Connection:
@@ -50,102 +50,87 @@ class FeatureCache:
             if verdict != "ok":
                 raise sqlite3.DatabaseError(verdict)
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("DROP TABLE IF EXISTS features")  # v1 records carry no checksum: recomputed once
-            db.execute(
-                f"CREATE TABLE IF NOT EXISTS {TABLE} "
-                "(key TEXT PRIMARY KEY, vector BLOB NOT NULL, checksum INTEGER NOT NULL)"
-            )
-            db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            db.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (key TEXT PRIMARY KEY, vector BLOB NOT NULL, checksum TEXT NOT NULL)")
             db.commit()
         except sqlite3.DatabaseError:
             db.close()
             raise
         return db
 
-    def _set_aside(self, exc: Exception) -> None:
-        """Move a damaged database (and its WAL files) to *.corrupt so that a fresh one replaces it."""
+    def _move_aside(self, exc: sqlite3.DatabaseError) -> None:
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
         for suffix in ("", "-wal", "-shm"):
             source = Path(f"{self.path}{suffix}")
             if source.exists():
-                os.replace(source, Path(f"{self.path}.corrupt{suffix}"))
+                os.replace(source, Path(f"{aside}{suffix}"))
         lines = [line for line in str(exc).splitlines() if line.strip() and not line.startswith("***")]
         reason = lines[0][:100] if lines else type(exc).__name__  # quick_check lists every damaged cell
-        warn(f"feature cache {self.path} is damaged ({reason}); moved aside to {self.path.name}.corrupt, rebuilding")
+        warn(f"the feature cache {self.path} is damaged ({reason}); moved to {aside.name} and rebuilt")
 
     def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
-        """The valid records among `keys`; damaged ones are deleted (and reported once) so they are recomputed."""
+        """The stored vectors of `keys` that pass verification; damaged ones are deleted (and so recomputed)."""
         found: dict[str, np.ndarray] = {}
         damaged: list[str] = []
-        length = self._length()
-        for start in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
-            chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self._query(f"SELECT key, vector, checksum FROM {TABLE} WHERE key IN ({marks})", chunk)
-            for key, blob, checksum in rows:
-                vector = self._decode(blob, checksum, length)
-                if vector is None:
-                    damaged.append(key)
-                else:
-                    found[key] = vector
+        try:
+            for start in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
+                chunk = keys[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                query = f"SELECT key, vector, checksum FROM {TABLE} WHERE key IN ({marks})"
+                for key, blob, stored in self._db.execute(query, chunk):
+                    vector = np.frombuffer(blob, dtype=self.dtype) if len(blob) % self.dtype.itemsize == 0 else None
+                    if vector is None or checksum(blob) != stored or not np.isfinite(vector).all():
+                        damaged.append(key)
+                    else:
+                        found[key] = vector
+        except sqlite3.DatabaseError as exc:
+            if not_damage(exc):
+                raise self._operational_error(exc, 0) from exc
+            # damage past quick_check's notice: start afresh, recompute everything
+            self._db.close()
+            self._move_aside(exc)
+            self._db = self._open()
+            return {}
+        damaged += _odd_lengths(found)
         if damaged:
-            self._delete(damaged)
-            warn(f"feature cache {self.path.name}: {len(damaged)} damaged record(s) discarded, recomputing them")
+            for key in damaged:
+                found.pop(key, None)
+            with self._db:
+                self._db.executemany(f"DELETE FROM {TABLE} WHERE key = ?", [(key,) for key in damaged])
+            warn(f"{len(damaged)} damaged record(s) in the feature cache {self.path.name} discarded; recomputing them")
         return found
 
-    def _decode(self, blob: bytes, checksum: int, length: int | None) -> np.ndarray | None:
-        if record_checksum(blob) != checksum or len(blob) % self.dtype.itemsize:
-            return None
-        vector = np.frombuffer(blob, dtype=self.dtype)
-        if len(vector) != length or not np.isfinite(vector).all():
-            return None
-        return vector
-
-    def _length(self) -> int | None:
-        """The vector length this cache holds, recorded with the first batch (one extractor, one length)."""
-        rows = self._query("SELECT value FROM meta WHERE name = 'length'")
-        return int(rows[0][0]) if rows else None
-
     def put_many(self, items: dict[str, np.ndarray]) -> None:
-        """Store finite vectors; a non-finite one means a broken trunk, which callers must catch before."""
-        if not items:
-            return
-        length = np.size(next(iter(items.values())))
         rows = []
         for key, vector in items.items():
             blob = np.ascontiguousarray(vector, dtype=self.dtype).tobytes()
-            rows.append((key, blob, record_checksum(blob)))
+            rows.append((key, blob, checksum(blob)))
         try:
             with self._db:  # one transaction: all of the batch or nothing
-                self._db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('length', ?)", (str(length),))
                 self._db.executemany(f"INSERT OR REPLACE INTO {TABLE} (key, vector, checksum) VALUES (?, ?, ?)", rows)
         except sqlite3.OperationalError as exc:
             raise self._operational_error(exc, sum(len(blob) for _, blob, _ in rows)) from exc
 
-    def _operational_error(self, exc: sqlite3.OperationalError, needed: int) -> Exception:
+    def _operational_error(self, exc: sqlite3.DatabaseError, needed_bytes: int) -> TransferlabError:
         if "full" in str(exc):  # "database or disk is full"
-            return no_space_error(self.path, needed)
+            return no_space_error(self.path, needed_bytes)
         return TransferlabError(f"cannot use the feature cache {self.path}: {exc}", hint="is another run writing it?")
 
-    def _delete(self, keys: list[str]) -> None:
-        with self._db:
-            self._db.executemany(f"DELETE FROM {TABLE} WHERE key = ?", [(k,) for k in keys])
-
-    def _query(self, sql: str, parameters: Sequence = ()) -> list[tuple]:
-        """A read; damage found only now (past quick_check) sets the file aside and reads as empty, so
-        everything is recomputed into a fresh one."""
-        try:
-            return self._db.execute(sql, parameters).fetchall()
-        except sqlite3.OperationalError as exc:
-            raise self._operational_error(exc, 0) from exc
-        except sqlite3.DatabaseError as exc:
-            self._db.close()
-            self._set_aside(exc)
-            self._db = self._open()
-            return []
-
     def __len__(self) -> int:
-        rows = self._query(f"SELECT COUNT(*) FROM {TABLE}")
-        return rows[0][0] if rows else 0
+        return self._db.execute(f"SELECT COUNT(*) FROM {TABLE}").fetchone()[0]
 
     def close(self) -> None:
         self._db.close()
+
+
+def not_damage(exc: sqlite3.DatabaseError) -> bool:
+    """A full disk or another process holding a lock: the file is sound, so it must not be moved aside."""
+    name = getattr(exc, "sqlite_errorname", "")
+    return name.startswith(("SQLITE_FULL", "SQLITE_BUSY", "SQLITE_LOCKED")) or "full" in str(exc) or "locked" in str(exc)
+
+
+def _odd_lengths(found: dict[str, np.ndarray]) -> list[str]:
+    """Keys whose vectors are not of the length most of them share (one extractor: one width)."""
+    if not found:
+        return []
+    usual, _ = Counter(len(v) for v in found.values()).most_common(1)[0]
+    return [key for key, vector in found.items() if len(vector) != usual]

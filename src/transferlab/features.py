@@ -23,10 +23,10 @@ from PIL import Image
 
 from transferlab import backbones
 from transferlab.augment import AugmentConfig, augment_image
-from transferlab.data import ImageDecodeError, open_image
+from transferlab.decoding import ImageDecodeError, open_image
 from transferlab.errors import TransferlabError
 from transferlab.feature_cache import FeatureCache
-from transferlab.files import file_digest
+from transferlab.files import memoized_file_digest
 from transferlab.options import DEFAULT_BACKBONE
 from transferlab.progress import make_progress
 from transferlab.runtimes import Runtime, TrunkSource, make_runtime, resolve_device, resolve_runtime
@@ -201,10 +201,10 @@ class FeatureExtractor:
         out = self.runner.run(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
         # rounded here, not only when stored, so a cold run returns exactly what a warm run reads back
         out = out.reshape(len(out), -1).astype(self.dtype, copy=False)
-        if not np.isfinite(out).all():  # never cached, never trained on: a broken trunk, not bad images
+        if not np.isfinite(out).all():  # a broken trunk: never cached, trained on or served
             raise TransferlabError(
-                f"the {self.name} trunk ({self.runtime} runtime) gives non-finite features",
-                hint=f"delete {self.onnx_path()} if it exists, check --weights, or try --runtime torch",
+                f"the {self.runtime} runtime gave non-finite features for {self.name}; nothing was cached",
+                hint=f"delete {self.cache_dir / 'onnx'} and run again, or try --runtime torch",
             )
         return out
 
@@ -240,7 +240,7 @@ class FeatureExtractor:
         """Features for every path that decodes; failures are reported, never fatal."""
         start = time.perf_counter()
         paths = [Path(p) for p in paths]
-        digests = [file_digest(p) for p in paths]
+        digests = [memoized_file_digest(p) for p in paths]
         suffix = f":aug={augment.key()}:view={view}" if augment is not None else ""
         keys = [d + suffix for d in digests]
         cached = self.cache.get_many(keys) if self.use_cache else {}

@@ -93,12 +93,12 @@ def file_digest(path: Path, length: int = 32) -> str:
 
 
 def memoized_file_digest(path: Path, length: int = 32) -> str:
-    """file_digest, remembered while the file's size and modification time stay the same (weights files are
-    hashed for every cache key and are large)."""
-    stat = path.stat()
-    return _memoized(path.resolve(), stat.st_mtime_ns, stat.st_size, length)
+    """file_digest, remembered while the file's size and modification time stay the same: within a run an
+    image is hashed once (duplicate detection, then its feature cache key), a weights file once per key."""
+    stat = os.stat(path)
+    return _memoized(os.path.realpath(path), stat.st_mtime_ns, stat.st_size, length)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=1 << 17)
 def _memoized(path: Path, mtime_ns: int, size: int, length: int) -> str:
     return file_digest(path, length)

@@ -2,13 +2,12 @@
 
 Nothing here imports torch or timm, so a deployment needs only `onnxruntime numpy pillow`. The exported
 model takes uint8 RGB images [N, 3, H, W] at its input size and returns class probabilities [N, C]
-(normalisation and softmax are inside the graph); this module decodes, resizes and centre-crops exactly
-like `backbones.preprocess` (shorter side to resize_size with the backbone's interpolation, then the crop).
+(normalisation and softmax are inside the graph); images are decoded, resized and centre-cropped by the same
+functions as in training (`transferlab.decoding`, itself torch-free).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections.abc import Sequence
@@ -17,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image, ImageOps
+from PIL import Image
 
+from transferlab.decoding import open_image, resize_and_crop
 from transferlab.errors import TransferlabError
 from transferlab.prediction import Prediction
 
@@ -26,14 +26,6 @@ ONNX_FORMAT = "transferlab-onnx/1"
 MODEL_FILE = "model.onnx"
 BATCH_SIZE = 32
 
-_RESAMPLING = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-    "box": Image.Resampling.BOX,
-    "hamming": Image.Resampling.HAMMING,
-}
 
 ImageSource = str | Path | bytes | Image.Image
 
@@ -67,27 +59,16 @@ class GraphInput:
     name: str
     input_size: int
     resize_size: int
-    resample: Image.Resampling
+    interpolation: str
 
     @classmethod
     def of(cls, name: str, preprocessing: dict) -> GraphInput:
-        return cls(name, preprocessing["input_size"], preprocessing["resize_size"],
-                   _RESAMPLING[preprocessing["interpolation"]])
+        return cls(name, preprocessing["input_size"], preprocessing["resize_size"], preprocessing["interpolation"])
 
     def prepare(self, image: Image.Image) -> np.ndarray:
-        """uint8 [3, input_size, input_size]: shorter side resized to resize_size, then centre-cropped.
-
-        Written out (not torchvision) to stay torch-free; same sizes and rounding as v2.Resize + CenterCrop.
-        """
-        width, height = image.size
-        size = (self.resize_size, int(self.resize_size * height / width)) if width <= height else (
-            int(self.resize_size * width / height), self.resize_size)
-        if (width, height) != size:
-            image = image.resize(size, resample=self.resample)
-        left = int(round((size[0] - self.input_size) / 2.0))
-        top = int(round((size[1] - self.input_size) / 2.0))
-        image = image.crop((left, top, left + self.input_size, top + self.input_size))
-        return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+        """uint8 [3, input_size, input_size], exactly as training prepared its images."""
+        pixels = resize_and_crop(image, self.resize_size, self.input_size, self.interpolation)
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
 Batch = np.ndarray | Sequence[np.ndarray]  # one uint8 [n, 3, H, W] array per graph input
@@ -117,21 +98,13 @@ class OnnxClassifier:
 
     # -- images -----------------------------------------------------------------------------------
     def decode(self, source: ImageSource, resize_size: int | None = None) -> Image.Image:
-        """RGB image with EXIF orientation applied; JPEGs decoded at reduced scale (for `resize_size`, default the
-        largest input's) like the training pipeline."""
+        """RGB image, decoded exactly as training decoded it (`decoding.open_image`: EXIF orientation, 16-bit and
+        float images scaled, the same size limits), JPEGs at reduced scale for `resize_size` (default: the largest
+        input's)."""
         if isinstance(source, Image.Image):
             return source
         draft = resize_size or self.resize_size
-        try:
-            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-                if image.format == "JPEG":
-                    image.draft("RGB", (draft, draft))
-                image.load()
-                return _to_rgb(ImageOps.exif_transpose(image))
-        except FileNotFoundError:
-            raise TransferlabError(f"no such image file: {source}") from None
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:  # what PIL raises on bad bytes
-            raise TransferlabError(f"cannot decode image: {exc}"[:160]) from exc
+        return open_image(source, draft_size=(draft, draft))
 
     def prepare_inputs(self, source: ImageSource) -> list[np.ndarray]:
         """The image prepared for every graph input, each decoded at its own reduced JPEG scale as training did."""
@@ -190,14 +163,6 @@ def make_session(path: Path, threads: int | None = None) -> ort.InferenceSession
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or os.cpu_count() or 1
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Transparent pixels over white, like data.open_image (not imported: it pulls in scikit-learn and rich)."""
-    if image.mode != "RGB" and image.has_transparency_data:
-        white = Image.new("RGBA", image.size, "white")
-        return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
-    return image.convert("RGB")
 
 
 def _source_name(image: ImageSource) -> str:

@@ -115,6 +115,13 @@ def check_featurewise(strategy: str, augment: Any) -> None:
         )
 
 
+def check_verbose(verbose: int) -> int:
+    if verbose not in (0, 1, 2) or isinstance(verbose, bool):
+        raise TransferlabError(f"verbose must be 0, 1 or 2, got {verbose!r}",
+                               hint="0: silent, 1: progress bars, 2: one line per epoch")
+    return verbose
+
+
 def check_tta(tta: int) -> int:
     _at_least("--tta", tta, 1)
     return tta
@@ -185,7 +192,8 @@ class TrainOptions:
     runtime: str = "auto"  # what runs the frozen trunk: auto | onnx | torch | one registered in runtimes.RUNTIMES
     extract_batch_size: int = 32
     cache_dir: Path | None = None
-    quiet: bool = False
+    quiet: bool = False  # no progress bars
+    log_epochs: bool = False  # one line per epoch instead (verbose=2)
     views: int = 3  # augmented views per training image (augment, finetune); more cost ~50 s each on Caltech
     unfreeze: str = "1"  # top blocks to fine-tune: a number or "all"
     finetune_lr: float = 1e-5

@@ -23,6 +23,7 @@ from transferlab.options import (
     check_split_csv_alone,
     check_strategy,
     check_tta,
+    check_verbose,
     default_backbone,
     default_fit,
     split_fractions,
@@ -72,6 +73,7 @@ def train(
     tta: int = 1,
     overwrite: bool = False,
     quiet: bool = False,
+    verbose: int = 1,
     console: Console | None = None,
 ) -> Classifier:
     """Train a classifier on a folder of images, evaluate it on the test split, write a run folder.
@@ -85,10 +87,12 @@ def train(
     every batch and runs the frozen base on the fly, False trains from cached features of `views` views;
     None picks end to end on a GPU, cached on a CPU. `runtime` runs the frozen trunk: "auto" (ONNX Runtime on a
     CPU, PyTorch on CUDA), "onnx", "torch" or a name registered with `transferlab.runtimes.register_runtime`.
+    `verbose` as in Keras: 0 silent (as `quiet`), 1 progress bars, 2 one line per epoch and no bars (logs, CI).
     An `out` folder that exists and is not empty is an error before any work unless `overwrite`, which replaces
     it whole; the run is written to a hidden sibling and moved into place only when complete.
     """
     started = time.perf_counter()
+    quiet = quiet or check_verbose(verbose) == 0
     console = console or Console(quiet=quiet, stderr=True)
     check_strategy(strategy)
     fractions = split_fractions(split)
@@ -117,7 +121,8 @@ def train(
         runtime=runtime,
         extract_batch_size=extract_batch_size,
         cache_dir=Path(cache_dir) if cache_dir else None,
-        quiet=quiet,
+        quiet=quiet or verbose == 2,
+        log_epochs=not quiet and verbose == 2,
         views=views,
         unfreeze=unfreeze,
         finetune_lr=finetune_lr,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader
 
-from transferlab.data import ImageDecodeError, open_image
+from transferlab.decoding import ImageDecodeError, open_image
 from transferlab.errors import TransferlabError
 from transferlab.files import atomic_write_bytes
 from transferlab.metrics import most_confused_pairs
@@ -40,10 +40,10 @@ def write_report(directory: str | Path, shown_as: str | Path | None = None) -> P
     files in it alone. `shown_as` is the folder the report names, when it is written before being moved there."""
     folder = Path(directory)
     if (folder / "compare.csv").is_file():
-        html = _templates().get_template("compare.html.j2").render(**compare_context(folder))
+        html = jinja_environment().get_template("compare.html.j2").render(**compare_context(folder))
     else:
         context = {**run_context(folder), "run": str(Path(shown_as or folder).resolve())}
-        html = _templates().get_template("run.html.j2").render(**context)
+        html = jinja_environment().get_template("run.html.j2").render(**context)
     path = folder / REPORT_NAME
     atomic_write_bytes(path, html.encode("utf-8"))
     return path
@@ -125,14 +125,14 @@ def _sample_paths(rows: list[dict], classes: list[str], data_root: Path) -> dict
     return picked
 
 
-def top_losses(run: Path, data_root: Path, test_is_validation: bool = False) -> dict:
+def top_losses(run: Path, data_root: Path, test_is_validation: bool = False, limit: int = MAX_TOP_LOSSES) -> dict:
     """Misclassified test images (validation images when there is no test split), highest loss first, from the
     test predictions the run recorded."""
     split = "validation" if test_is_validation else "test"
     recorded = _read_csv(run / TEST_PREDICTIONS)
     wrong = sorted((row for row in recorded if row["class"] != row["predicted"]), key=lambda row: float(row["p_true"]))
     items, missing = [], 0
-    for row in wrong[:MAX_TOP_LOSSES]:  # lowest p(true class) = highest loss
+    for row in wrong[:limit]:  # lowest p(true class) = highest loss
         path, p_true = data_root / row["path"], float(row["p_true"])
         missing += not path.is_file()
         items.append({
@@ -295,7 +295,7 @@ def _now() -> str:
     return datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
 
 
-def _templates() -> Environment:
+def jinja_environment() -> Environment:
     environment = Environment(
         loader=PackageLoader("transferlab", "templates"),
         autoescape=True,  # class names are folder names: escape everything

@@ -22,7 +22,6 @@ import numpy as np
 from transferlab.classifier import Classifier
 from transferlab.errors import TransferlabError
 from transferlab.files import atomic_write_bytes, disk_space_guard
-from transferlab.plots import plot_confusion_matrix, plot_training_curves
 from transferlab.strategies.base import StrategyResult
 from transferlab.summary import Summary, summarize_run
 
@@ -164,6 +163,8 @@ def write_run(
 ) -> dict[str, Path]:
     """config.json, split.csv, skipped.csv, history.csv, metrics.json, test_predictions.csv, summary.json,
     model files and plots."""
+    from transferlab.plots import plot_confusion_matrix, plot_training_curves  # matplotlib only when drawing
+
     run_dir.mkdir(parents=True, exist_ok=True)
     files = {
         "config": write_json(run_dir / "config.json", {**config, "environment": environment()}),

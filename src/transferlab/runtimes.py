@@ -49,60 +49,46 @@ class Runtime(Protocol):
 
 
 class OnnxRuntime:
-    """The trunk exported once to ONNX (cached beside the features), run by ONNX Runtime on the CPU.
-
-    The export's hash is recorded beside it (`<name>.onnx.blake2b`) and checked when the file is loaded; a file
-    that does not match (damaged, or from before hashes were recorded), or that gives non-finite features, is
-    exported afresh once, with one warning line.
-    """
+    """The trunk exported once to ONNX (cached beside the features), run by ONNX Runtime on the CPU."""
 
     def __init__(self, source: TrunkSource):
         self.source = source
         self._session = None
-        self._reexported = False
 
     def session(self):
         if self._session is None:
             import onnxruntime as ort
 
             path = self.source.onnx_path
-            if not cached_onnx_is_intact(path):
-                if path.exists():
-                    warn(f"cached ONNX trunk {path} does not match its recorded hash; exporting it again")
-                self._export()
+            if not verified(path):
+                self.export(path)
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.intra_op_num_threads = os.cpu_count() or 1
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return self._session
 
-    def _export(self) -> None:
+    def export(self, path: Path) -> None:
+        """Export the trunk and record the file's digest beside it, so that a damaged copy is noticed."""
         from transferlab.trunk import export_onnx
 
-        path = self.source.onnx_path
+        if path.exists():
+            warn(f"the cached trunk {path.name} is damaged or unverified; exporting it again")
         export_onnx(self.source.trunk(), self.source.input_size, path)
         atomic_write_bytes(digest_path(path), file_digest(path).encode())
 
     def run(self, images: np.ndarray) -> np.ndarray:
-        out = self.session().run(None, {"images": images})[0]
-        if not np.isfinite(out).all() and not self._reexported:
-            warn(f"cached ONNX trunk {self.source.onnx_path} gave non-finite features; exporting it again")
-            self._reexported, self._session = True, None
-            self._export()
-            out = self.session().run(None, {"images": images})[0]
-        return out
+        return self.session().run(None, {"images": images})[0]
 
 
 def digest_path(onnx_path: Path) -> Path:
     return onnx_path.with_name(onnx_path.name + ".blake2b")
 
 
-def cached_onnx_is_intact(path: Path) -> bool:
-    """The file exists and hashes to what was recorded when it was exported."""
-    recorded = digest_path(path)
-    if not path.is_file() or not recorded.is_file():
-        return False
-    return recorded.read_text().strip() == file_digest(path)
+def verified(onnx_path: Path) -> bool:
+    """Whether the cached ONNX file exists and still has the digest recorded when it was exported."""
+    record = digest_path(onnx_path)
+    return onnx_path.is_file() and record.is_file() and record.read_text().strip() == file_digest(onnx_path)
 
 
 class TorchRuntime:

@@ -26,7 +26,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
-from transferlab.data import open_image
+from transferlab.decoding import open_image
 from transferlab.errors import TransferlabError
 
 STATIC_DIR = Path(__file__).parent / "static"

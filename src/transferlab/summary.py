@@ -15,6 +15,7 @@ import torch
 from rich.table import Table
 from torch import nn
 
+from transferlab import _make_callable
 from transferlab.backbones import create_backbone, get_spec, list_specs
 from transferlab.classifier import Classifier
 from transferlab.errors import TransferlabError
@@ -75,6 +76,11 @@ class Summary:
             "trainable": self.trainable,
             "non_trainable": self.non_trainable,
         }
+
+    def _repr_html_(self) -> str:
+        from transferlab.notebook import summary_html  # notebooks only
+
+        return summary_html(self)
 
     @classmethod
     def from_dict(cls, value: dict) -> Summary:
@@ -235,9 +241,9 @@ def summarize_run(run: str | Path | Classifier, input_size: int | None = None, d
     )
 
 
-def summary_of(target: str | Path, input_size: int | None = None, depth: int = 1) -> Summary:
-    """`target` is a run folder (it holds model.json) or a backbone name."""
-    if Path(target).is_dir():
+def summary_of(target: str | Path | Classifier, input_size: int | None = None, depth: int = 1) -> Summary:
+    """`target` is a Classifier, a run folder (it holds model.json) or a backbone name."""
+    if isinstance(target, Classifier) or Path(target).is_dir():
         return summarize_run(target, input_size, depth)
     if str(target) not in {spec.name for spec in list_specs()}:
         raise TransferlabError(
@@ -248,3 +254,6 @@ def summary_of(target: str | Path, input_size: int | None = None, depth: int = 1
 
 
 __all__ = ["LayerRow", "Summary", "summarize", "summarize_backbone", "summarize_run", "summary_of"]
+
+
+_make_callable(__name__, summary_of)  # transferlab.summary(target): Keras' model.summary()

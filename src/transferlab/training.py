@@ -7,6 +7,7 @@ on validation loss with the best weights restored.
 from __future__ import annotations
 
 import copy
+import math
 import csv
 import time
 from collections.abc import Callable
@@ -100,12 +101,14 @@ def fit(
     keep_batchnorm_frozen: bool = False,
     device: str = "cpu",
     quiet: bool = False,
+    log_epochs: bool = False,
     description: str = "training",
 ) -> History:
     """Train `module` in place on (inputs, labels) tensors; returns the history, best weights restored.
 
     The module trains on `device` and comes back on the CPU; inputs stay where they are and go to `device`
-    a batch at a time (after `batch_transform`, which may already put them there).
+    a batch at a time (after `batch_transform`, which may already put them there). `quiet` hides the
+    progress bar; `log_epochs` prints one line per epoch instead (Keras' verbose=2).
     """
     torch.manual_seed(config.seed)
     module.to(device)
@@ -139,10 +142,14 @@ def fit(
                 module, x_train, y_train, config.batch_size, optimizer, loss_fn, generator,
                 batch_transform, keep_batchnorm_frozen, device, on_batch=lambda: progress.advance(task),
             )
-            check_finite_loss(loss, epoch, config.lr)
+            if not math.isfinite(loss):
+                raise TransferlabError(
+                    f"the training loss became {loss} in epoch {epoch}: training diverged or its inputs are broken",
+                    hint="lower the learning rate (--lr); if the features came from a damaged cache, delete "
+                    "$TRANSFERLAB_CACHE/features and run again",
+                )
             logits = predict_logits(module, x_val, device=device)
             val_loss = float(eval_loss_fn(logits, y_val))
-            check_finite_loss(val_loss, epoch, config.lr, "validation ")
             val_accuracy = float((logits.argmax(1) == y_val).float().mean())
             history.epochs.append(
                 {
@@ -154,10 +161,12 @@ def fit(
                     "seconds": time.perf_counter() - epoch_start,
                 }
             )
-            progress.update(
-                task,
-                stats=f"loss {loss:.3f} acc {accuracy:.3f} val_loss {val_loss:.3f} val_acc {val_accuracy:.3f}",
-            )
+            stats = f"loss {loss:.3f} acc {accuracy:.3f} val_loss {val_loss:.3f} val_acc {val_accuracy:.3f}"
+            progress.update(task, stats=stats)
+            if log_epochs:
+                seconds = history.epochs[-1]["seconds"]
+                progress.console.print(f"{description}: epoch {epoch}/{config.epochs} - {seconds:.1f} s - {stats}",
+                                       highlight=False)
             if val_loss < best_loss - 1e-6:
                 best_loss, waited, history.best_epoch = val_loss, 0, epoch
                 best_state = copy.deepcopy(module.state_dict())
@@ -171,15 +180,6 @@ def fit(
     module.cpu().eval()
     history.seconds = time.perf_counter() - start
     return history
-
-
-def check_finite_loss(loss: float, epoch: int, lr: float, which: str = "") -> None:
-    """A NaN or infinite loss means every later epoch (and the model) is garbage: stop, saying where."""
-    if not np.isfinite(loss):
-        raise TransferlabError(
-            f"training diverged: the {which}loss is {loss} at epoch {epoch}",
-            hint=f"lower the learning rate (--lr, now {lr:g}) and check the data for broken images or labels",
-        )
 
 
 def _train_one_epoch(

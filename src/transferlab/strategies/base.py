@@ -130,6 +130,6 @@ def train_head(
     head = build_head(config)
     history = fit(
         head, train, val, options.fit, n_classes=n_classes, batch_transform=batch_transform,
-        device=training_device(options), quiet=options.quiet, description=description,
+        device=training_device(options), quiet=options.quiet, log_epochs=options.log_epochs, description=description,
     )
     return head, config, history

@@ -221,6 +221,7 @@ def fine_tune(
         keep_batchnorm_frozen=True,
         device=training_device(options),
         quiet=options.quiet,
+        log_epochs=options.log_epochs,
         description=description,
     )
 

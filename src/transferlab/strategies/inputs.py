@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from transferlab.augment import AugmentConfig, augment_image
-from transferlab.data import ImageDecodeError
+from transferlab.decoding import ImageDecodeError
 from transferlab.features import ExtractionResult, FeatureExtractor
 from transferlab.progress import make_progress
 

@@ -53,6 +53,7 @@ def train(split: DatasetSplit, options: TrainOptions) -> Trained:
         batch_transform=ImageBatches(train_images, augmentation(options)),
         device=training_device(options),
         quiet=options.quiet,
+        log_epochs=options.log_epochs,
         description=f"training {options.backbone} from scratch",
     )
     state = {key: value.detach().clone() for key, value in model.state_dict().items()}
