@@ -139,6 +139,16 @@ def test_full_disk_writing_a_run_leaves_no_folder_and_the_next_run_recovers(data
     assert (small_disk / "run" / "model.safetensors").is_file() and classifier.metrics["test_accuracy"] is not None
 
 
+def test_compare_with_overwrite_replaces_the_whole_folder(data, tmp_path):
+    out = tmp_path / "cmp"
+    (out / "finetune").mkdir(parents=True)
+    (out / "finetune" / "model.safetensors").write_bytes(b"a run from an earlier comparison")
+    comparison = compare(data, ["extract"], out=out, overwrite=True, epochs=2, quiet=True)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["extract"]
+    assert [row["strategy"] for row in comparison.rows] == ["extract"]
+    assert [p.name for p in tmp_path.iterdir()] == ["cmp"]
+
+
 def test_failed_overwrite_of_a_folder_of_runs_puts_the_old_one_back(tmp_path):
     folder = tmp_path / "cmp"
     folder.mkdir()
