@@ -131,8 +131,10 @@ def test_full_disk_exporting_onnx_is_one_line_with_the_size_needed(small_disk):
 def test_full_disk_writing_a_run_leaves_no_folder_and_the_next_run_recovers(data, small_disk, tmp_path):
     filler = small_disk / "filler"
     filler.write_bytes(b"x" * 1_900_000)  # a nearly full disk: the model and plots do not fit
-    with pytest.raises(TransferlabError, match="no space left on device writing"):
+    with pytest.raises(TransferlabError, match="no space left on device writing") as info:
         train_small(data, small_disk / "run")
+    assert str(small_disk / "run") in info.value.message and ".partial" not in str(info.value)
+    assert "needs about" in info.value.message or "needs more than" in info.value.message
     assert [p.name for p in small_disk.iterdir()] == ["filler"]
     filler.unlink()
     classifier = train_small(data, small_disk / "run")

@@ -179,7 +179,7 @@ class Classifier:
         tensors = {f"head.{k}": v.contiguous() for k, v in self.head.state_dict().items()}
         for name, value in (self.backbone_state or {}).items():
             tensors[f"backbone.{name}"] = value.detach().cpu().contiguous()
-        with atomic_path(directory / "model.safetensors") as tmp:
+        with atomic_path(directory / "model.safetensors", sum(t.nbytes for t in tensors.values())) as tmp:
             save_file(tensors, str(tmp))
         description = {
             "format": MODEL_FORMAT,

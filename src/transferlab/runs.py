@@ -21,7 +21,7 @@ import numpy as np
 
 from transferlab.classifier import Classifier
 from transferlab.errors import TransferlabError
-from transferlab.files import atomic_write_bytes, disk_space_guard
+from transferlab.files import atomic_write_bytes, disk_space_guard, is_no_space
 from transferlab.strategies.base import StrategyResult
 from transferlab.summary import Summary, summarize_run
 
@@ -71,6 +71,12 @@ def staged_folder(final: Path) -> Iterator[Path]:
         with disk_space_guard(final, lambda: folder_size(staging)):
             yield staging
         move_into_place(staging, final)
+    except TransferlabError as exc:
+        if not is_no_space(exc.__cause__):
+            raise
+        # the user knows the run folder, not the hidden staging one: name the file where it was headed
+        message, hint = (text.replace(str(staging), str(final)) for text in (exc.message, exc.hint or ""))
+        raise TransferlabError(message, hint or None) from exc.__cause__
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
