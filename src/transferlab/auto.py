@@ -30,7 +30,7 @@ from transferlab.errors import TransferlabError
 from transferlab.files import atomic_write_bytes
 from transferlab.pipeline import train
 from transferlab.report import write_report
-from transferlab.runs import unique_run_dir
+from transferlab.runs import clear_destination, unique_run_dir
 
 # Measured once with torch.utils.flop_counter on the trunks (2 FLOPs per multiply-add), at each backbone's input size.
 GFLOPS_PER_IMAGE = {"efficientnet_lite0": 0.77, "efficientnet_lite1": 1.20, "efficientnet_lite2": 1.72}
@@ -129,6 +129,7 @@ def train_auto(
     backbone: str | None = None,
     views: int = 3,
     split_csv: str | Path | None = None,
+    overwrite: bool = False,
     candidates: tuple[Candidate, ...] = CANDIDATES,
     quiet: bool = False,
     console: Console | None = None,
@@ -144,6 +145,7 @@ def train_auto(
     if backbone is not None:
         raise TransferlabError("--strategy auto chooses the backbone itself", hint="drop --backbone")
     out_dir = unique_run_dir(out, data, "auto")
+    clear_destination(out_dir, overwrite)
     selection = {k: train_kwargs.pop(k) for k in ("split", "include", "exclude", "max_per_class") if k in train_kwargs}
     dataset = load_dataset(data, seed=seed, split_csv=split_csv, **selection)
     out_dir.mkdir(parents=True, exist_ok=True)

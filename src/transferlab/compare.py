@@ -20,7 +20,7 @@ from transferlab.data import load_dataset
 from transferlab.errors import TransferlabError
 from transferlab.options import COMPARE_STRATEGIES, check_split_csv_alone, check_strategies, check_verbose
 from transferlab.pipeline import train
-from transferlab.runs import unique_run_dir
+from transferlab.runs import clear_destination, unique_run_dir
 COLUMNS = (
     "strategy", "backbone", "test_accuracy", "top5_accuracy", "val_accuracy", "epochs_run",
     "train_seconds", "extract_seconds", "total_seconds", "images_per_second", "run_dir",
@@ -70,6 +70,7 @@ def compare(
     strategies: Iterable[str] = COMPARE_STRATEGIES,
     *,
     out: str | Path | None = None,
+    overwrite: bool = False,
     seed: int = 0,
     split_csv: str | Path | None = None,
     scratch_backbone: str | None = None,
@@ -89,6 +90,7 @@ def compare(
     selection = {key: train_kwargs.pop(key) for key in SELECTION_KEYWORDS if key in train_kwargs}
     check_split_csv_alone(split_csv, **selection)
     out_dir = unique_run_dir(out, data, "compare")
+    clear_destination(out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     if split_csv is None:
         split_csv = out_dir / "split.csv"

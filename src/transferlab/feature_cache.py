@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.errors import TransferlabError, warn
+from transferlab.files import disk_full_as_error
 
 TABLE = "vectors"  # with a checksum per record; the earlier "features" table (no checksum) is left unread
 
@@ -92,7 +93,7 @@ class FeatureCache:
         for key, vector in items.items():
             blob = np.ascontiguousarray(vector, dtype=self.dtype).tobytes()
             rows.append((key, blob, checksum(blob)))
-        with self._db:  # one transaction: all of the batch or nothing
+        with disk_full_as_error(self.path), self._db:  # one transaction: all of the batch or nothing
             self._db.executemany(f"INSERT OR REPLACE INTO {TABLE} (key, vector, checksum) VALUES (?, ?, ?)", rows)
 
     def __len__(self) -> int:

@@ -7,28 +7,59 @@ file.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from transferlab.errors import TransferlabError
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC, or a library's own error saying so (safetensors, SQLite)."""
+    text = str(exc).lower()
+    return getattr(exc, "errno", None) == errno.ENOSPC or "no space left" in text or "disk is full" in text
+
+
+def disk_full_error(path: Path) -> TransferlabError:
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    free = shutil.disk_usage(existing).free / 1e6
+    return TransferlabError(
+        f"no space left on the device writing {path} ({free:.1f} MB free there)",
+        hint="free some space, or write elsewhere (--out, $TRANSFERLAB_CACHE), and run again: nothing half-written was kept",
+    )
+
+
+@contextmanager
+def disk_full_as_error(path: Path) -> Iterator[None]:
+    """A full disk inside the block becomes one clear TransferlabError naming `path`."""
+    try:
+        yield
+    except Exception as exc:
+        if is_disk_full(exc):
+            raise disk_full_error(path) from exc
+        raise
+
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path beside `path`; when the block succeeds it replaces `path`, when it fails it is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    os.chmod(tmp, 0o644)  # mkstemp makes files private (0600); artifacts are meant to be shared
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with disk_full_as_error(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private (0600); artifacts are meant to be shared
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:

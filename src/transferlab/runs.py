@@ -5,9 +5,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import platform
 import re
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -15,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.classifier import Classifier
-from transferlab.files import atomic_write_bytes
+from transferlab.errors import TransferlabError
+from transferlab.files import atomic_write_bytes, disk_full_as_error
 from transferlab.strategies.base import StrategyResult
 from transferlab.summary import Summary, summarize_run
 
@@ -36,6 +42,46 @@ def unique_run_dir(out: str | Path | None, data: str | Path, strategy: str, root
         candidate = root / f"{stem}-{strategy}-{n}"
         n += 1
     return candidate
+
+
+def check_destination(run_dir: Path, overwrite: bool) -> None:
+    """Before any work: the run folder must be new (or empty), or `overwrite` must say to replace it."""
+    if run_dir.is_file():
+        raise TransferlabError(f"--out {run_dir} is a file, not a folder", hint="choose another --out")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+        raise TransferlabError(
+            f"{run_dir} already holds a run", hint="choose another --out, or add --overwrite to replace the whole folder"
+        )
+
+
+def clear_destination(folder: Path, overwrite: bool) -> None:
+    """check_destination, then, with `overwrite`, the old folder removed (for a folder of runs such as compare's)."""
+    check_destination(folder, overwrite)
+    if overwrite and folder.is_dir():
+        shutil.rmtree(folder)
+
+
+@contextmanager
+def staged(run_dir: Path) -> Iterator[Path]:
+    """A temporary sibling folder to write a run into; moved into place (replacing any old run as a whole) only
+    when the block completes, and removed when it fails. So a run folder never mixes two runs, and a run that
+    fails (full disk, kill -9) leaves the old one untouched."""
+    with disk_full_as_error(run_dir):
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.partial-"))
+    os.chmod(staging, 0o755)  # mkdtemp makes private folders; run folders are meant to be shared
+    try:
+        with disk_full_as_error(run_dir):
+            yield staging
+        if run_dir.exists():
+            old = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.old-"))
+            os.replace(run_dir, old / run_dir.name)
+            os.replace(staging, run_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, run_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def environment() -> dict:
