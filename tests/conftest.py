@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -64,15 +63,3 @@ def make_colour_run(root: Path, epochs: int = 15) -> Path:
     write_colour_classes(root / "data", 15)
     transferlab.train(root / "data", out=root / "run", epochs=epochs, lr=3e-3, quiet=True)
     return root / "run"
-
-
-@pytest.fixture
-def small_disk(tmp_path) -> Path:
-    """A 2 MB tmpfs (needs root); skipped with the reason where mounting is not permitted."""
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs: {done.stderr.decode().strip() or 'not permitted'}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)

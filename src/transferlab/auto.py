@@ -30,7 +30,7 @@ from transferlab.errors import TransferlabError
 from transferlab.files import atomic_write_bytes
 from transferlab.pipeline import train
 from transferlab.report import write_report
-from transferlab.runs import check_out, replacing_folder, unique_run_dir
+from transferlab.runs import clear_destination, unique_run_dir
 
 # Measured once with torch.utils.flop_counter on the trunks (2 FLOPs per multiply-add), at each backbone's input size.
 GFLOPS_PER_IMAGE = {"efficientnet_lite0": 0.77, "efficientnet_lite1": 1.20, "efficientnet_lite2": 1.72}
@@ -129,57 +129,56 @@ def train_auto(
     backbone: str | None = None,
     views: int = 3,
     split_csv: str | Path | None = None,
-    candidates: tuple[Candidate, ...] = CANDIDATES,
     overwrite: bool = False,
+    candidates: tuple[Candidate, ...] = CANDIDATES,
     quiet: bool = False,
     console: Console | None = None,
     **train_kwargs,
 ) -> Classifier:
     """Train candidates within `budget` seconds (None: fitted to the data size), keep the best on validation.
     `views` is the augmented views per training image of the candidates that use them; `train_kwargs` are
-    further `transferlab.train` keywords shared by every candidate; `overwrite` as for `transferlab.compare`."""
+    further `transferlab.train` keywords shared by every candidate."""
     started = time.perf_counter()
     console = console or Console(quiet=quiet, stderr=True)
     if budget is not None and not budget > 0:
         raise TransferlabError(f"budget must be > 0 seconds, got {budget}", hint="e.g. --budget 10m")
     if backbone is not None:
         raise TransferlabError("--strategy auto chooses the backbone itself", hint="drop --backbone")
-    check_out(out, overwrite)
     out_dir = unique_run_dir(out, data, "auto")
-    with replacing_folder(out_dir, overwrite):
-        selection = {k: train_kwargs.pop(k) for k in ("split", "include", "exclude", "max_per_class")
-                     if k in train_kwargs}
-        dataset = load_dataset(data, seed=seed, split_csv=split_csv, **selection)
-        dataset.write_split_csv(out_dir / "split.csv")
-        cost = CostModel(len(dataset.train), len(dataset.validation) + len(dataset.test))
-        budget = budget or default_budget(cost)
-        attempts, classifiers, chosen = [], {}, None
-        for candidate in candidates:
-            candidate = replace(candidate, views=views) if candidate.views else candidate
-            estimate = cost.estimate(candidate)
-            attempt = Attempt(candidate.label, candidate.strategy, candidate.backbone, round(estimate, 1))
-            attempts.append(attempt)
-            left = budget - (time.perf_counter() - started)
-            if chosen is not None and estimate > left:
-                attempt.reason = f"estimated {estimate:.0f} s, {max(left, 0):.0f} s of the budget left"
-                console.print(f"[yellow]auto: skipped {candidate.label}: {attempt.reason}[/]")
-                continue
-            console.rule(f"[bold]auto: {candidate.label} (estimated {estimate:.0f} s)")
-            run_started = time.perf_counter()
-            classifier = train(
-                data, strategy=candidate.strategy, backbone=candidate.backbone, out=out_dir / "candidates" / candidate.label,
-                split_csv=out_dir / "split.csv", seed=seed, quiet=quiet, console=console,
-                **({"views": views} if candidate.views else {}), **train_kwargs,
-            )
-            cost.record(candidate, classifier.metrics)
-            attempt.seconds = round(time.perf_counter() - run_started, 1)
-            attempt.val_accuracy = classifier.metrics["val_accuracy"]
-            attempt.test_accuracy = classifier.metrics["test_accuracy"]
-            attempt.status = "trained"
-            classifiers[candidate.label] = classifier
-            if chosen is None or better(attempt, chosen, len(dataset.validation)):
-                chosen = attempt
-        return finish(out_dir, data, attempts, classifiers, chosen, budget, len(dataset.validation), console)
+    clear_destination(out_dir, overwrite)
+    selection = {k: train_kwargs.pop(k) for k in ("split", "include", "exclude", "max_per_class") if k in train_kwargs}
+    dataset = load_dataset(data, seed=seed, split_csv=split_csv, **selection)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dataset.write_split_csv(out_dir / "split.csv")
+    cost = CostModel(len(dataset.train), len(dataset.validation) + len(dataset.test))
+    budget = budget or default_budget(cost)
+    attempts, classifiers, chosen = [], {}, None
+    for candidate in candidates:
+        candidate = replace(candidate, views=views) if candidate.views else candidate
+        estimate = cost.estimate(candidate)
+        attempt = Attempt(candidate.label, candidate.strategy, candidate.backbone, round(estimate, 1))
+        attempts.append(attempt)
+        left = budget - (time.perf_counter() - started)
+        if chosen is not None and estimate > left:
+            attempt.reason = f"estimated {estimate:.0f} s, {max(left, 0):.0f} s of the budget left"
+            console.print(f"[yellow]auto: skipped {candidate.label}: {attempt.reason}[/]")
+            continue
+        console.rule(f"[bold]auto: {candidate.label} (estimated {estimate:.0f} s)")
+        run_started = time.perf_counter()
+        classifier = train(
+            data, strategy=candidate.strategy, backbone=candidate.backbone, out=out_dir / "candidates" / candidate.label,
+            split_csv=out_dir / "split.csv", seed=seed, quiet=quiet, console=console,
+            **({"views": views} if candidate.views else {}), **train_kwargs,
+        )
+        cost.record(candidate, classifier.metrics)
+        attempt.seconds = round(time.perf_counter() - run_started, 1)
+        attempt.val_accuracy = classifier.metrics["val_accuracy"]
+        attempt.test_accuracy = classifier.metrics["test_accuracy"]
+        attempt.status = "trained"
+        classifiers[candidate.label] = classifier
+        if chosen is None or better(attempt, chosen, len(dataset.validation)):
+            chosen = attempt
+    return finish(out_dir, data, attempts, classifiers, chosen, budget, len(dataset.validation), console)
 
 
 def finish(out_dir, data, attempts, classifiers, chosen, budget, n_val, console) -> Classifier:

@@ -30,9 +30,6 @@ EndToEndOption = Annotated[Optional[bool], typer.Option(
     help="augment, finetune: augment every batch afresh through the network, or train from cached views "
     "(default: end to end on a GPU, cached on a CPU).",
 )]
-OverwriteOption = Annotated[bool, typer.Option(
-    "--overwrite", help="Replace --out if it already exists (the whole folder; without this, an existing one is an error)."
-)]
 
 
 class State:
@@ -87,7 +84,7 @@ def train(
     strategy: Annotated[str, typer.Option(help="extract | augment | finetune | scratch | auto (the best within --budget)")] = "extract",
     budget: Annotated[Optional[str], typer.Option(help="Time budget of --strategy auto: 90s, 10m, 1h (default: fitted to the data size).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<data>-<strategy>).")] = None,
-    overwrite: OverwriteOption = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder at --out as a whole.")] = False,
     include: Annotated[Optional[str], typer.Option(help="Only these classes, comma-separated.")] = None,
     exclude: Annotated[Optional[str], typer.Option(help="Leave out these classes, comma-separated.")] = None,
     split: Annotated[str, typer.Option(help="train,validation,test fractions for a folder of classes.")] = "0.7,0.15,0.15",
@@ -346,7 +343,7 @@ def compare(
     backbone: Annotated[str, typer.Option(help="Pretrained backbone of the transfer strategies.")] = DEFAULT_BACKBONE,
     scratch_backbone: Annotated[Optional[str], typer.Option(help="Architecture for scratch (default small_cnn).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the runs and tables (default runs/<data>-compare).")] = None,
-    overwrite: OverwriteOption = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder at --out as a whole.")] = False,
     include: Annotated[Optional[str], typer.Option(help="Only these classes, comma-separated.")] = None,
     exclude: Annotated[Optional[str], typer.Option(help="Leave out these classes, comma-separated.")] = None,
     split: Annotated[str, typer.Option(help="train,validation,test fractions for a folder of classes.")] = "0.7,0.15,0.15",

@@ -20,7 +20,7 @@ from transferlab.data import load_dataset
 from transferlab.errors import TransferlabError
 from transferlab.options import COMPARE_STRATEGIES, check_split_csv_alone, check_strategies, check_verbose
 from transferlab.pipeline import train
-from transferlab.runs import check_out, replacing_folder, unique_run_dir
+from transferlab.runs import clear_destination, unique_run_dir
 COLUMNS = (
     "strategy", "backbone", "test_accuracy", "top5_accuracy", "val_accuracy", "epochs_run",
     "train_seconds", "extract_seconds", "total_seconds", "images_per_second", "run_dir",
@@ -70,10 +70,10 @@ def compare(
     strategies: Iterable[str] = COMPARE_STRATEGIES,
     *,
     out: str | Path | None = None,
+    overwrite: bool = False,
     seed: int = 0,
     split_csv: str | Path | None = None,
     scratch_backbone: str | None = None,
-    overwrite: bool = False,
     quiet: bool = False,
     verbose: int = 1,
     console: Console | None = None,
@@ -83,37 +83,35 @@ def compare(
 
     `train_kwargs` are `transferlab.train` keywords shared by all runs (backbone, epochs, views, ...);
     `backbone` applies to the transfer strategies, `scratch_backbone` (default: the small convnet) to scratch.
-    An `out` folder that exists and is not empty is an error before any work unless `overwrite` (which replaces
-    it whole, and puts the old one back if the comparison fails).
     """
     strategies = check_strategies(strategies)
     quiet = quiet or check_verbose(verbose) == 0
     console = console or Console(quiet=quiet, stderr=True)
     selection = {key: train_kwargs.pop(key) for key in SELECTION_KEYWORDS if key in train_kwargs}
     check_split_csv_alone(split_csv, **selection)
-    check_out(out, overwrite)
     out_dir = unique_run_dir(out, data, "compare")
-    with replacing_folder(out_dir, overwrite):
-        if split_csv is None:
-            split_csv = out_dir / "split.csv"
-            load_dataset(data, seed=seed, **selection).write_split_csv(split_csv)
-        classifiers: dict[str, Classifier] = {}
-        for strategy in strategies:
-            console.rule(f"[bold]{strategy}")
-            backbone = scratch_backbone if strategy == "scratch" else train_kwargs.get("backbone")
-            classifiers[strategy] = train(
-                data,
-                **{**train_kwargs, "backbone": backbone},
-                strategy=strategy,
-                out=out_dir / strategy,
-                seed=seed,
-                split_csv=split_csv,
-                quiet=quiet,
-                verbose=verbose,
-                console=console,
-            )
-        comparison = Comparison.of(classifiers, out_dir)
-        write_comparison(comparison, title=f"{Path(data).resolve().name}: strategies compared on one split")
+    clear_destination(out_dir, overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if split_csv is None:
+        split_csv = out_dir / "split.csv"
+        load_dataset(data, seed=seed, **selection).write_split_csv(split_csv)
+    classifiers: dict[str, Classifier] = {}
+    for strategy in strategies:
+        console.rule(f"[bold]{strategy}")
+        backbone = scratch_backbone if strategy == "scratch" else train_kwargs.get("backbone")
+        classifiers[strategy] = train(
+            data,
+            **{**train_kwargs, "backbone": backbone},
+            strategy=strategy,
+            out=out_dir / strategy,
+            seed=seed,
+            split_csv=split_csv,
+            quiet=quiet,
+            verbose=verbose,
+            console=console,
+        )
+    comparison = Comparison.of(classifiers, out_dir)
+    write_comparison(comparison, title=f"{Path(data).resolve().name}: strategies compared on one split")
     console.print(comparison.table())
     return comparison
 

@@ -3,8 +3,7 @@
 Each batch is written in one transaction, so a run killed with kill -9 loses at most the batch in flight. What
 is read is verified: the file must pass SQLite's quick_check (else it is moved aside and rebuilt), and each
 record must match the checksum stored with it, hold finite values and have the length of its neighbours (else
-it is deleted and recomputed). A damaged cache costs time, never a wrong model. A full disk is one line naming
-the file (`transferlab.files.no_space_error`).
+it is deleted and recomputed). A damaged cache costs time, never a wrong model.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.errors import TransferlabError, warn
-from transferlab.files import disk_space_guard, no_space_error
+from transferlab.files import disk_full_as_error, disk_full_error, is_disk_full
 
 TABLE = "vectors"  # with a checksum per record; the earlier "features" table (no checksum) is left unread
 
@@ -31,15 +30,14 @@ def checksum(blob: bytes) -> str:
 
 class FeatureCache:
     def __init__(self, path: Path, dtype: type = np.float32):
-        with disk_space_guard(path):
-            path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.dtype = np.dtype(dtype)
         try:
             self._db = self._open()
         except sqlite3.DatabaseError as exc:
             if not_damage(exc):
-                raise self._operational_error(exc, 0) from exc
+                raise self._unusable(exc) from exc
             self._move_aside(exc)
             self._db = self._open()
 
@@ -84,8 +82,8 @@ class FeatureCache:
                         found[key] = vector
         except sqlite3.DatabaseError as exc:
             if not_damage(exc):
-                raise self._operational_error(exc, 0) from exc
-            # damage past quick_check's notice: start afresh, recompute everything
+                raise self._unusable(exc) from exc
+            # damage past quick_check's notice: start afresh, so everything is recomputed
             self._db.close()
             self._move_aside(exc)
             self._db = self._open()
@@ -104,15 +102,13 @@ class FeatureCache:
         for key, vector in items.items():
             blob = np.ascontiguousarray(vector, dtype=self.dtype).tobytes()
             rows.append((key, blob, checksum(blob)))
-        try:
-            with self._db:  # one transaction: all of the batch or nothing
-                self._db.executemany(f"INSERT OR REPLACE INTO {TABLE} (key, vector, checksum) VALUES (?, ?, ?)", rows)
-        except sqlite3.OperationalError as exc:
-            raise self._operational_error(exc, sum(len(blob) for _, blob, _ in rows)) from exc
+        needed = sum(len(blob) for _, blob, _ in rows)
+        with disk_full_as_error(self.path, needed), self._db:  # one transaction: all of the batch or nothing
+            self._db.executemany(f"INSERT OR REPLACE INTO {TABLE} (key, vector, checksum) VALUES (?, ?, ?)", rows)
 
-    def _operational_error(self, exc: sqlite3.DatabaseError, needed_bytes: int) -> TransferlabError:
-        if "full" in str(exc):  # "database or disk is full"
-            return no_space_error(self.path, needed_bytes)
+    def _unusable(self, exc: sqlite3.DatabaseError) -> TransferlabError:
+        if is_disk_full(exc):
+            return disk_full_error(self.path)
         return TransferlabError(f"cannot use the feature cache {self.path}: {exc}", hint="is another run writing it?")
 
     def __len__(self) -> int:
@@ -125,7 +121,7 @@ class FeatureCache:
 def not_damage(exc: sqlite3.DatabaseError) -> bool:
     """A full disk or another process holding a lock: the file is sound, so it must not be moved aside."""
     name = getattr(exc, "sqlite_errorname", "")
-    return name.startswith(("SQLITE_FULL", "SQLITE_BUSY", "SQLITE_LOCKED")) or "full" in str(exc) or "locked" in str(exc)
+    return name.startswith(("SQLITE_FULL", "SQLITE_BUSY", "SQLITE_LOCKED")) or is_disk_full(exc) or "locked" in str(exc)
 
 
 def _odd_lengths(found: dict[str, np.ndarray]) -> list[str]:

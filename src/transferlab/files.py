@@ -2,8 +2,7 @@
 
 Every artifact goes through `atomic_path`: it is written to a temporary file in the destination folder and
 renamed over the destination only when complete, so a reader (or a run killed with kill -9) never sees half a
-file. A full disk, wherever it strikes (here, in the feature cache, in a run folder), becomes one line naming
-the path, the space needed and the space free (`no_space_error`), and leaves no partial file behind.
+file.
 """
 
 from __future__ import annotations
@@ -14,68 +13,59 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from transferlab.errors import TransferlabError
 
 
-def no_space_error(path: Path, needed_bytes: int, lower_bound: bool = False) -> TransferlabError:
-    """The one-line error for a full disk: where, how much was needed (about, or more than what had been
-    written when the disk filled) and how much is free."""
-    folder = next((p for p in (Path(path), *Path(path).parents) if p.exists()), Path("."))
-    free = shutil.disk_usage(folder).free
-    needs = f"needs more than {_mb(needed_bytes)}" if lower_bound else f"needs about {_mb(needed_bytes)}"
-    return TransferlabError(
-        f"no space left on device writing {path} ({needs}, {_mb(free)} free)",
-        hint=f"free some space on the disk holding {folder} (or write elsewhere) and run again",
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC, or a library's own error saying so (safetensors, SQLite)."""
+    text = str(exc).lower()
+    return getattr(exc, "errno", None) == errno.ENOSPC or "no space left" in text or "disk is full" in text
+
+
+def disk_full_error(path: Path, needed_bytes: int = 0) -> TransferlabError:
+    """The one line for a full disk: the path, the space the write needed (when known) and the space free."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    free = shutil.disk_usage(existing).free / 1e6
+    needs = f"needs about {needed_bytes / 1e6:.1f} MB, " if needed_bytes else ""
+    error = TransferlabError(
+        f"no space left on the device writing {path} ({needs}{free:.1f} MB free there)",
+        hint="free some space, or write elsewhere (--out, $TRANSFERLAB_CACHE), and run again: nothing half-written was kept",
     )
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.1f} GB"
-
-
-def is_no_space(exc: BaseException) -> bool:
-    """A full disk, as the OS says it (ENOSPC, EDQUOT) or as a library rewords it (safetensors, ONNX)."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return "no space left" in str(exc).lower() or "disk is full" in str(exc).lower()
+    error.needed_bytes = needed_bytes  # kept when an outer block (a staged run folder) renames the path
+    return error
 
 
 @contextmanager
-def disk_space_guard(
-    path: Path, needed_bytes: Callable[[], int] = lambda: 0, lower_bound: bool = True
-) -> Iterator[None]:
-    """Turn a full-disk failure inside the block into `no_space_error(path, needed_bytes(), lower_bound)`."""
+def disk_full_as_error(path: Path, needed_bytes: int = 0) -> Iterator[None]:
+    """A full disk inside the block becomes one clear TransferlabError naming `path` (and `needed_bytes`, or
+    what an inner block reported)."""
     try:
         yield
-    except TransferlabError:
-        raise
     except Exception as exc:
-        if is_no_space(exc):
-            raise no_space_error(path, needed_bytes(), lower_bound) from exc
+        if is_disk_full(exc):
+            raise disk_full_error(path, needed_bytes or getattr(exc, "needed_bytes", 0)) from exc
         raise
 
 
 @contextmanager
 def atomic_path(path: Path, size: int = 0) -> Iterator[Path]:
     """A temporary path beside `path`; when the block succeeds it replaces `path`, when it fails it is removed.
-    `size`, when known (or estimated), is what a full-disk error reports as needed; else the size written
-    when the disk filled, as a lower bound."""
-    with disk_space_guard(path):
+    `size`, when known (or estimated), is what a full-disk error says the file needs."""
+    with disk_full_as_error(path, size):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    os.chmod(tmp, 0o644)  # mkstemp makes files private (0600); artifacts are meant to be shared
-    try:
-        with disk_space_guard(path, lambda: size or (tmp.stat().st_size if tmp.exists() else 0), not size):
+        os.close(fd)
+        tmp = Path(name)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private (0600); artifacts are meant to be shared
+        try:
             yield tmp
             os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:

@@ -29,7 +29,7 @@ from transferlab.options import (
     split_fractions,
 )
 from transferlab.report import write_report
-from transferlab.runs import TestPredictions, check_out, staged_folder, unique_run_dir, write_run
+from transferlab.runs import TestPredictions, check_destination, staged, unique_run_dir, write_run
 from transferlab.strategies import StrategyResult, run_strategy
 from transferlab.strategies.base import runs_end_to_end
 
@@ -42,6 +42,7 @@ def train(
     backbone: str | None = None,
     strategy: str = "extract",
     out: str | Path | None = None,
+    overwrite: bool = False,
     split: tuple[float, float, float] | str = DEFAULT_SPLIT,
     seed: int = 0,
     include: Iterable[str] | None = None,
@@ -71,14 +72,15 @@ def train(
     augment: AugmentConfig | str | None = None,
     end_to_end: bool | None = None,
     tta: int = 1,
-    overwrite: bool = False,
     quiet: bool = False,
     verbose: int = 1,
     console: Console | None = None,
 ) -> Classifier:
     """Train a classifier on a folder of images, evaluate it on the test split, write a run folder.
 
-    Returns the trained `Classifier`, with `.metrics`, `.history` and `.run_dir` filled in.
+    Returns the trained `Classifier`, with `.metrics`, `.history` and `.run_dir` filled in. The run folder (`out`,
+    default runs/<data>-<strategy>) must be new unless `overwrite=True`, which replaces it as a whole; it appears
+    only when complete.
     `backbone=None` means efficientnet_lite0, or the small baseline convnet for strategy="scratch";
     `batch_size=None` / `lr=None` mean the strategy's defaults (256 / 1e-3 for heads on cached features,
     32 / 3e-4 for scratch). `head` is "mlp" (Dense `hidden` + dropout `dropout`) or "linear". `augment` is an
@@ -88,8 +90,6 @@ def train(
     None picks end to end on a GPU, cached on a CPU. `runtime` runs the frozen trunk: "auto" (ONNX Runtime on a
     CPU, PyTorch on CUDA), "onnx", "torch" or a name registered with `transferlab.runtimes.register_runtime`.
     `verbose` as in Keras: 0 silent (as `quiet`), 1 progress bars, 2 one line per epoch and no bars (logs, CI).
-    An `out` folder that exists and is not empty is an error before any work unless `overwrite`, which replaces
-    it whole; the run is written to a hidden sibling and moved into place only when complete.
     """
     started = time.perf_counter()
     quiet = quiet or check_verbose(verbose) == 0
@@ -98,7 +98,6 @@ def train(
     fractions = split_fractions(split)
     check_split_csv_alone(split_csv, include=include, exclude=exclude, max_per_class=max_per_class)
     check_tta(tta)
-    check_out(out, overwrite)
     default_batch_size, default_lr = default_fit(strategy)
     options = TrainOptions(
         backbone=backbone or default_backbone(strategy),
@@ -132,6 +131,8 @@ def train(
     )
     check_featurewise(strategy, options.augment)
     check_backbone(strategy, options)  # before reading any image
+    run_dir = unique_run_dir(out, data, strategy)
+    check_destination(run_dir, overwrite)
     dataset = load_dataset(
         data, split=fractions, seed=seed, include=include, exclude=exclude, max_per_class=max_per_class,
         split_csv=split_csv,
@@ -139,7 +140,6 @@ def train(
     console.print(dataset.summary_table())
     result = run_strategy(strategy, dataset, options)
     test = predict_test(result, tta)
-    run_dir = unique_run_dir(out, data, strategy)
     metrics = run_metrics(result, test, tta, time.perf_counter() - started)
     config = {
         "data": str(Path(data).resolve()),
@@ -154,9 +154,9 @@ def train(
         "options": options.to_dict(),
         "layout": dataset.layout,
     }
-    with staged_folder(run_dir) as staging:
+    with staged(run_dir) as staging:  # the run folder appears complete, or not at all
         write_run(staging, result, config=config, metrics=metrics, test=test)
-        write_report(staging, shown_as=run_dir)
+        write_report(staging, location=run_dir)
     classifier = result.classifier
     classifier.run_dir, classifier.metrics, classifier.history = run_dir, metrics, result.history
     console.print(run_summary(metrics, run_dir))

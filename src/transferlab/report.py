@@ -35,22 +35,21 @@ MAX_SKIPPED_ROWS = 200
 THUMBNAIL_PX = 128
 
 
-def write_report(directory: str | Path, shown_as: str | Path | None = None) -> Path:
+def write_report(directory: str | Path, location: Path | None = None) -> Path:
     """Write `report.html` into a run folder, or into a compare folder (detected by its compare.csv), from the
-    files in it alone. `shown_as` is the folder the report names, when it is written before being moved there."""
+    files in it alone. `location` is where the folder will be, when it is written elsewhere first."""
     folder = Path(directory)
     if (folder / "compare.csv").is_file():
         html = jinja_environment().get_template("compare.html.j2").render(**compare_context(folder))
     else:
-        context = {**run_context(folder), "run": str(Path(shown_as or folder).resolve())}
-        html = jinja_environment().get_template("run.html.j2").render(**context)
+        html = jinja_environment().get_template("run.html.j2").render(**run_context(folder, location))
     path = folder / REPORT_NAME
     atomic_write_bytes(path, html.encode("utf-8"))
     return path
 
 
 # -- run report -----------------------------------------------------------------------------------
-def run_context(run: Path) -> dict:
+def run_context(run: Path, location: Path | None = None) -> dict:
     """Everything the run template shows, as plain values."""
     metrics, config, model = _run_json(run, "metrics.json"), _run_json(run, "config.json"), _run_json(run, "model.json")
     classes = model["classes"]
@@ -60,7 +59,7 @@ def run_context(run: Path) -> dict:
     return {
         "title": f"{data_root.name}: {config.get('strategy', model.get('strategy'))} on {model['backbone']}",
         "generated": _now(),
-        "run": str(run.resolve()),
+        "run": str((location or run).resolve()),
         "key_numbers": key_numbers(metrics),
         "dataset": dataset_context(run, rows, classes, data_root, metrics.get("test_is_validation", False)),
         "settings": flatten({k: v for k, v in config.items() if k != "environment"}),

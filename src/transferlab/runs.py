@@ -21,7 +21,7 @@ import numpy as np
 
 from transferlab.classifier import Classifier
 from transferlab.errors import TransferlabError
-from transferlab.files import atomic_write_bytes, disk_space_guard, is_no_space
+from transferlab.files import atomic_write_bytes, disk_full_as_error
 from transferlab.strategies.base import StrategyResult
 from transferlab.summary import Summary, summarize_run
 
@@ -44,77 +44,44 @@ def unique_run_dir(out: str | Path | None, data: str | Path, strategy: str, root
     return candidate
 
 
-def check_out(out: str | Path | None, overwrite: bool = False) -> None:
-    """Before any work: `--out` must not be a file, nor a folder with something in it unless `overwrite`."""
-    if out is None:
-        return
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise TransferlabError(f"--out {out} is a file, not a folder", hint="give a folder path for the run")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+def check_destination(run_dir: Path, overwrite: bool) -> None:
+    """Before any work: the run folder must be new (or empty), or `overwrite` must say to replace it."""
+    if run_dir.is_file():
+        raise TransferlabError(f"--out {run_dir} is a file, not a folder", hint="choose another --out")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
         raise TransferlabError(
-            f"--out {out} already exists and is not empty",
-            hint="add --overwrite to replace the whole folder, or choose another --out",
+            f"{run_dir} already holds a run", hint="choose another --out, or add --overwrite to replace the whole folder"
         )
 
 
+def clear_destination(folder: Path, overwrite: bool) -> None:
+    """check_destination, then, with `overwrite`, the old folder removed (for a folder of runs such as compare's)."""
+    check_destination(folder, overwrite)
+    if overwrite and folder.is_dir():
+        shutil.rmtree(folder)
+
+
 @contextmanager
-def staged_folder(final: Path) -> Iterator[Path]:
-    """A hidden temporary sibling (`.<name>.partial-XXXX`) for the block to fill, moved into place only when the
-    block succeeds: a folder already at `final` is renamed aside, the new one moved in, the old one deleted.
-    A failure or a crash never leaves a folder that mixes two runs (at worst a hidden sibling to delete)."""
-    with disk_space_guard(final):
-        final.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
-    os.chmod(staging, 0o755)  # mkdtemp makes folders private; run folders are meant to be shared
+def staged(run_dir: Path) -> Iterator[Path]:
+    """A temporary sibling folder to write a run into; moved into place (replacing any old run as a whole) only
+    when the block completes, and removed when it fails. So a run folder never mixes two runs, and a run that
+    fails (full disk, kill -9) leaves the old one untouched."""
+    with disk_full_as_error(run_dir):
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.partial-"))
+    os.chmod(staging, 0o755)  # mkdtemp makes private folders; run folders are meant to be shared
     try:
-        with disk_space_guard(final, lambda: folder_size(staging)):
+        with disk_full_as_error(run_dir):
             yield staging
-        move_into_place(staging, final)
-    except TransferlabError as exc:
-        if not is_no_space(exc.__cause__):
-            raise
-        # the user knows the run folder, not the hidden staging one: name the file where it was headed
-        message, hint = (text.replace(str(staging), str(final)) for text in (exc.message, exc.hint or ""))
-        raise TransferlabError(message, hint or None) from exc.__cause__
+        if run_dir.exists():
+            old = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.old-"))
+            os.replace(run_dir, old / run_dir.name)
+            os.replace(staging, run_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, run_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-@contextmanager
-def replacing_folder(final: Path, overwrite: bool) -> Iterator[Path]:
-    """For a folder of runs (compare, auto) built in place, so that paths recorded in it stay true: with
-    `overwrite`, an existing folder is renamed aside first, deleted when the block succeeds, put back when it
-    fails. (A crash in between leaves the old one as a hidden `.<name>.old-XXXX` sibling.)"""
-    old = None
-    if overwrite and final.exists():
-        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
-        os.replace(final, old)
-    try:
-        with disk_space_guard(final, lambda: folder_size(final)):
-            final.mkdir(parents=True, exist_ok=True)
-            yield final
-    except BaseException:
-        if old is not None:
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(old, final)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def move_into_place(staging: Path, final: Path) -> None:
-    if not final.exists():
-        os.replace(staging, final)
-        return
-    old = staging.with_name(staging.name.replace(".partial-", ".old-"))
-    os.replace(final, old)
-    os.replace(staging, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def folder_size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
 
 
 def environment() -> dict:
