@@ -19,7 +19,7 @@ def test_a_tiny_budget_trains_only_the_cheapest_candidate_and_logs_the_rest(colo
     trained = [c for c in record["candidates"] if c["status"] == "trained"]
     skipped = [c for c in record["candidates"] if c["status"] == "skipped"]
     assert [c["label"] for c in trained] == ["extract-efficientnet_lite0"] == [record["chosen"]]
-    assert len(skipped) == 5 and all("of the budget left" in c["reason"] for c in skipped)
+    assert len(skipped) == 6 and all("of the budget left" in c["reason"] for c in skipped)
     # OUT is a run folder of the chosen model: it loads and predicts like any other
     assert classifier.backbone == "efficientnet_lite0" and classifier.metrics["auto"]["chosen"] == record["chosen"]
     image = next((colour_folder / "red").glob("*.jpg"))
@@ -53,3 +53,14 @@ def test_budget_durations_read_like_people_write_them():
 def test_a_budget_without_auto_is_refused(colour_folder):
     with pytest.raises(TransferlabError, match="budget applies to --strategy auto only"):
         transferlab.train(colour_folder, budget=60, quiet=True)
+
+
+def test_auto_from_the_cli_with_a_budget(colour_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from transferlab.cli import app
+
+    result = CliRunner().invoke(app, ["--quiet", "train", str(colour_folder), "--strategy", "auto", "--budget", "1s",
+                                      "--epochs", "2", "--out", str(tmp_path / "auto")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "auto" / "auto.json").read_text())["budget_seconds"] == 1.0

