@@ -14,12 +14,10 @@ from transferlab.augment import (
     FeaturewiseStandardizer,
     TransformParams,
     apply_transform,
-    featurewise_preview,
     augment_image,
-    preview_grid,
     sample_transform,
-    save_augmented,
 )
+from transferlab.previews import featurewise_preview, preview_grid, save_augmented
 from transferlab.errors import TransferlabError
 
 SEEDS = range(24)

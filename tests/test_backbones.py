@@ -20,14 +20,13 @@ from transferlab.backbones import (
     backbone_status,
     create_backbone,
     get_spec,
-    imagenet_labels,
     list_specs,
-    predict_imagenet,
     preprocess,
     register,
     weights_fingerprint,
     weights_path,
 )
+from transferlab.imagenet import imagenet_labels, predict_imagenet
 from transferlab.errors import TransferlabError
 from weights_server import WeightsServer, refused_url
 

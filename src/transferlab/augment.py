@@ -4,8 +4,7 @@ Per-image options (rotation, shifts, shear, zoom, flips, brightness, fill modes)
 numpy Generator seeded per call, so `augment_image(image, config, seed)` is reproducible and never touches
 global RNG state. Dataset-level options (featurewise centering / std normalization / ZCA whitening) live in
 `FeaturewiseStandardizer`, fitted on the training split's arrays (strategy scratch turns centering and std
-normalisation into its input normalisation; `featurewise_preview` shows all three). `preview_grid` and `save_augmented` let
-users look at what a config does (Keras' save_to_dir / save_prefix / save_format).
+normalisation into its input normalisation). `transferlab.previews` shows what a configuration does.
 """
 
 from __future__ import annotations
@@ -15,11 +14,10 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from transferlab.errors import TransferlabError
 
 # Keras fill modes as numpy.pad modes (Keras docs: nearest aaaa|abcd, reflect abcddcba|abcd, wrap abcdabcd|abcd).
@@ -344,93 +342,6 @@ def _image_batch(images: np.ndarray) -> np.ndarray:
             hint="stack images with numpy.stack before fitting or transforming",
         )
     return images
-
-
-# Preview tiles are shrunk to fit this box (never enlarged) and get a label strip of this height beneath.
-PREVIEW_TILE = 256
-PREVIEW_LABEL_HEIGHT = 16
-
-
-def preview_grid(
-    image: Image.Image, config: AugmentConfig, n: int = 8, seed: int = 0, path: Path | str | None = None
-) -> Image.Image:
-    """The original (labelled "original") then n variants (seeds seed .. seed+n-1) on a near-square grid.
-
-    The grid has ceil(sqrt(n + 1)) columns; each cell is the image shrunk to fit PREVIEW_TILE x PREVIEW_TILE
-    plus a PREVIEW_LABEL_HEIGHT label strip. Saved as PNG to `path` when given.
-    """
-    labelled = preview_variants(image, config, n, seed)
-    columns = math.ceil(math.sqrt(len(labelled)))
-    rows = math.ceil(len(labelled) / columns)
-    tile_w, tile_h = _thumbnail(image).size
-    cell_h = tile_h + PREVIEW_LABEL_HEIGHT
-    grid = Image.new("RGB", (columns * tile_w, rows * cell_h), "white")
-    draw = ImageDraw.Draw(grid)
-    for index, (label, variant) in enumerate(labelled):
-        x, y = index % columns * tile_w, index // columns * cell_h
-        grid.paste(_thumbnail(variant), (x, y))
-        draw.text((x + 2, y + tile_h + 2), label, fill="black")
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        grid.save(path, format="PNG")
-    return grid
-
-
-def preview_variants(image: Image.Image, config: AugmentConfig, n: int = 8, seed: int = 0) -> list[tuple[str, Image.Image]]:
-    """("original", image) then ("seed s", variant) for seeds seed .. seed+n-1: what previews show."""
-    _check_count(n)
-    labelled = [("original", image.convert("RGB"))]
-    return labelled + [(f"seed {seed + i}", augment_image(image, config, seed + i)) for i in range(n)]
-
-
-def featurewise_preview(images: list[Image.Image], config: AugmentConfig, size: int = 32) -> list[Image.Image]:
-    """What featurewise centering / std normalisation / ZCA whitening do to `images`: the standardizer is fitted
-    on them (resized to size x size, small enough for ZCA) and each result is stretched to 0..255 to be seen,
-    as the Keras lessons show whitened CIFAR images."""
-    standardizer = FeaturewiseStandardizer.from_config(config)
-    if not (standardizer.center or standardizer.std_normalization or standardizer.zca_whitening):
-        raise TransferlabError(
-            "the augmentation has no featurewise option to preview",
-            hint="set featurewise_center, featurewise_std_normalization or zca_whitening",
-        )
-    batch = np.stack([np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)) for im in images]) / 255.0
-    out = standardizer.fit(batch).transform(batch)
-    low = out.min(axis=(1, 2, 3), keepdims=True)
-    span = np.maximum(out.max(axis=(1, 2, 3), keepdims=True) - low, 1e-12)
-    return [Image.fromarray(im) for im in ((out - low) / span * 255).round().astype(np.uint8)]
-
-
-def save_augmented(
-    image: Image.Image,
-    config: AugmentConfig,
-    n: int,
-    out_dir: Path | str,
-    prefix: str = "aug",
-    format: str = "jpeg",
-    seed: int = 0,
-) -> list[Path]:
-    """Write n variants as `{prefix}_{index}_{seed}.{format}` (Keras' save_to_dir/save_prefix/save_format)."""
-    _check_count(n)
-    pil_format = Image.registered_extensions().get(f".{format.lower()}")
-    if pil_format is None:
-        raise TransferlabError(f"unknown image format {format!r}", hint="use jpeg or png")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{prefix}_{i}_{seed + i}.{format.lower()}" for i in range(n)]
-    for i, path in enumerate(paths):
-        augment_image(image, config, seed + i).save(path, format=pil_format)
-    return paths
-
-
-def _thumbnail(image: Image.Image) -> Image.Image:
-    tile = image.convert("RGB")
-    tile.thumbnail((PREVIEW_TILE, PREVIEW_TILE))
-    return tile
-
-
-def _check_count(n: int) -> None:
-    if n < 1:
-        raise TransferlabError(f"number of augmented images must be at least 1, got {n}", hint="pass n >= 1")
 
 
 def _non_negative(name: str, value: object) -> float:

@@ -6,7 +6,6 @@ the download cache, or a one-time download of timm's safetensors file from the H
 
 from __future__ import annotations
 
-import functools
 import http.client
 import importlib
 import importlib.util
@@ -14,7 +13,7 @@ import os
 import pickle
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -28,14 +27,12 @@ from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
 from transferlab.decoding import resize_and_crop
 from transferlab.errors import TransferlabError
-from transferlab.options import DEFAULT_BACKBONE
 from transferlab.files import atomic_path, memoized_file_digest
 
 # timm and torchvision are imported where a network is built or an image resized, not here: importing them
 # (timm's model zoo pulls in torchvision and torch._dynamo) costs ~2.5 s, a large share of a warm `train` run
 # that reads every feature from the cache and never builds a network.
 _DOWNLOAD_TIMEOUT_S = 30
-_PREDICT_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -410,44 +407,7 @@ def _download_error(spec: BackboneSpec, dest: Path, reason: str) -> TransferlabE
     )
 
 
-@functools.cache
-def imagenet_labels() -> list[str]:
-    """The 1000 ImageNet class names in model output order, shortest common name first (e.g. 'tench')."""
-    from timm.data import ImageNetInfo
-
-    return [description.split(",")[0] for description in ImageNetInfo().label_descriptions()]
-
-
 def preprocess(image: Image.Image, spec: BackboneSpec) -> np.ndarray:
     """uint8 HxWx3 array: shorter side resized to spec.resize_size, then center-cropped to spec.input_size
     (decoding.resize_and_crop: the same function the torch-free ONNX predictor uses)."""
     return resize_and_crop(image, spec.resize_size, spec.input_size, spec.interpolation)
-
-
-def predict_imagenet(
-    images: Sequence[Image.Image],
-    backbone: str = DEFAULT_BACKBONE,
-    top_k: int = 5,
-    weights: str | Path | None = None,
-) -> list[list[tuple[str, float]]]:
-    """Top-k (ImageNet label, probability) per image."""
-    spec = get_spec(backbone)
-    model = create_backbone(backbone, weights=weights)
-    labels = imagenet_labels()
-    results: list[list[tuple[str, float]]] = []
-    for start in range(0, len(images), _PREDICT_BATCH):
-        batch = _to_normalized_batch(images[start : start + _PREDICT_BATCH], spec)
-        with torch.inference_mode():
-            probabilities, indices = model(batch).softmax(dim=-1).topk(top_k, dim=-1)
-        results.extend(
-            [(labels[i], p) for p, i in zip(row_p.tolist(), row_i.tolist())]
-            for row_p, row_i in zip(probabilities, indices)
-        )
-    return results
-
-
-def _to_normalized_batch(images: Sequence[Image.Image], spec: BackboneSpec) -> torch.Tensor:
-    from torchvision.transforms import v2
-
-    pixels = torch.from_numpy(np.stack([preprocess(image, spec) for image in images])).permute(0, 3, 1, 2)
-    return v2.functional.normalize(pixels.float() / 255.0, list(spec.mean), list(spec.std))

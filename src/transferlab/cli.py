@@ -220,7 +220,7 @@ def imagenet(
     weights: Annotated[Optional[Path], typer.Option(help="Backbone weights file.")] = None,
 ):
     """Top-k ImageNet-1k classes with human-readable labels (like Keras' decode_predictions)."""
-    from transferlab.backbones import predict_imagenet
+    from transferlab.imagenet import predict_imagenet
     from transferlab.decoding import ImageDecodeError, open_image
 
     files = image_files(images)
@@ -398,7 +398,8 @@ def augment_preview(
     """Preview the training augmentation (the notebooks' settings): a grid of the original and N variants."""
     from PIL import Image
 
-    from transferlab.augment import AugmentConfig, preview_grid, save_augmented
+    from transferlab.augment import AugmentConfig
+    from transferlab.previews import preview_grid, save_augmented
     from transferlab.backbones import get_spec, preprocess
     from transferlab.decoding import open_image
 

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from transferlab.augment import AugmentConfig, featurewise_preview, preview_variants
+from transferlab.augment import AugmentConfig
+from transferlab.previews import featurewise_preview, preview_variants
 from transferlab.errors import TransferlabError
 from transferlab.report import REPORT_NAME, _run_json, jinja_environment, key_numbers, timings, top_losses
 from transferlab.runs import TEST_PREDICTIONS
