@@ -8,10 +8,10 @@ it is deleted and recomputed). A damaged cache costs time, never a wrong model.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 import time
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +25,9 @@ TABLE = "vectors"  # with a checksum per record; the earlier "features" table (n
 
 
 def checksum(blob: bytes) -> str:
-    return hashlib.blake2b(blob, digest_size=8).hexdigest()
+    # CRC-32 catches flipped bits, the damage a cache meets, at a third of blake2b's cost on a warm read
+    # (20,000 records of 1280 floats: 0.27-0.36 s vs 0.83-1.13 s); tampering is not what it guards against.
+    return f"{zlib.crc32(blob):08x}"
 
 
 class FeatureCache:
