@@ -89,3 +89,19 @@ def test_report_link_opens_the_run_report(page, server_url, run_dir):
     assert page.url.endswith("/report/")
     SCREENSHOTS.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "serve-report.png"), full_page=True)
+
+
+@pytest.mark.parametrize(("test_is_validation", "split"), [(True, "validation"), (False, "test")])
+def test_page_names_the_split_its_accuracy_was_measured_on(page, server_url, test_is_validation, split):
+    def metrics_as(route):  # the same run, described as scored on validation images (no test folder) or not
+        model = route.fetch().json()
+        model["metrics"] = {**model["metrics"], "test_accuracy": 0.9, "test_is_validation": test_is_validation}
+        route.fulfill(json=model)
+
+    page.route("**/api/model", metrics_as)
+    try:
+        page.goto(server_url)
+        page.wait_for_selector("#model-summary:has-text('3 classes')")
+        assert page.locator("#model-summary").text_content().endswith(f", {split} accuracy 90.0%")
+    finally:
+        page.unroute("**/api/model")

@@ -31,7 +31,8 @@ def app(run_dir):
 
 @pytest.fixture(scope="module")
 def client(app):
-    return TestClient(app)  # raises on any server-side exception, so a would-be 500 fails the test
+    # raises on any server-side exception, so a would-be 500 fails the test
+    return TestClient(app, base_url="http://127.0.0.1:8000")
 
 
 def jpeg_of(run_dir, colour: str) -> bytes:
@@ -143,7 +144,7 @@ def test_streamed_upload_is_stopped_once_over_the_cap(app):
 
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
              "path": "/api/predict", "raw_path": b"/api/predict", "query_string": b"", "root_path": "",
-             "headers": [(b"content-type", b"multipart/form-data; boundary=xyz"), (b"host", b"test")],
+             "headers": [(b"content-type", b"multipart/form-data; boundary=xyz"), (b"host", b"127.0.0.1")],
              "client": ("127.0.0.1", 1), "server": ("test", 80)}
     asyncio.run(app(scope, receive, send))
     assert sent[0]["status"] == 413
@@ -200,7 +201,7 @@ def test_onnx_engine_serves_the_exported_model(run_dir):
     from transferlab.export import export_float
 
     export_float(transferlab.load(run_dir), run_dir / "model.onnx")
-    client = TestClient(create_app(run_dir, engine="onnx"))
+    client = TestClient(create_app(run_dir, engine="onnx"), base_url="http://127.0.0.1:8000")
     assert client.get("/api/model").json()["engine"] == "onnx"
     response = upload(client, jpeg_of(run_dir, "blue"))
     assert response.status_code == 200 and response.json()["top"][0]["label"] == "blue"
@@ -209,7 +210,7 @@ def test_onnx_engine_serves_the_exported_model(run_dir):
 @pytest.mark.integration
 def test_real_photo_upload_is_classified_under_the_default_cap(run_dir, shared):
     photo = sorted((shared / "datasets" / "hymenoptera" / "val" / "bees").glob("*.jpg"))[0]
-    client = TestClient(create_app(run_dir))
+    client = TestClient(create_app(run_dir), base_url="http://127.0.0.1:8000")
     response = upload(client, photo.read_bytes(), name=photo.name)
     assert response.status_code == 200
     body = response.json()

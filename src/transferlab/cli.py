@@ -297,13 +297,15 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 exposes the service to your network).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload in MB.")] = 20.0,
+    max_upload_megapixels: Annotated[float, typer.Option(help="Largest accepted upload in decoded megapixels.")] = 40.0,
     use_onnx: Annotated[bool, typer.Option("--onnx", help="Serve the exported RUN/model.onnx with ONNX Runtime.")] = False,
 ):
     """Serve a run: a web page to try images, a JSON API (/api/predict) and the run's report."""
     from transferlab.serve import serve as serve_run
 
     err.print(f"serving {run} on http://{host}:{port}/ (Ctrl-C to stop)")
-    serve_run(run, host=host, port=port, max_upload_mb=max_upload_mb, engine="onnx" if use_onnx else "torch")
+    serve_run(run, host=host, port=port, max_upload_mb=max_upload_mb, engine="onnx" if use_onnx else "torch",
+              max_upload_megapixels=max_upload_megapixels)
 
 
 @app.command()

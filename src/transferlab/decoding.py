@@ -42,12 +42,14 @@ class ImageDecodeError(TransferlabError):
         super().__init__(reason, hint="check that the file opens in an image viewer; re-save it as JPEG or PNG")
 
 
-def open_image(source: Path | str | bytes, draft_size: tuple[int, int] | None = None) -> Image.Image:
+def open_image(source: Path | str | bytes, draft_size: tuple[int, int] | None = None, *,
+               max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode an image fully to RGB with its EXIF orientation applied; raise ImageDecodeError if unusable.
 
     draft_size (width, height) lets libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale, never below that size.
+    max_pixels refuses larger images from their header, before any pixel is decoded (the server sets it lower).
     """
-    with opened(source) as image:
+    with opened(source, max_pixels) as image:
         if draft_size is not None and image.format == "JPEG":
             if image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):
                 draft_size = (draft_size[1], draft_size[0])  # the stored image is rotated by 90 degrees
@@ -57,7 +59,7 @@ def open_image(source: Path | str | bytes, draft_size: tuple[int, int] | None = 
 
 
 @contextmanager
-def opened(source: Path | str | bytes) -> Iterator[Image.Image]:
+def opened(source: Path | str | bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Iterator[Image.Image]:
     """Image.open (reads the header only), with every failure inside the block turned into ImageDecodeError.
     Pillow's decompression-bomb warning becomes that error too, instead of a warning on the user's terminal."""
     try:
@@ -66,8 +68,9 @@ def opened(source: Path | str | bytes) -> Iterator[Image.Image]:
             image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         with image:
             pixels = image.width * image.height
-            if pixels > MAX_IMAGE_PIXELS:
-                raise ImageDecodeError(f"image too large ({pixels:,} pixels, limit {MAX_IMAGE_PIXELS:,})")
+            if pixels > max_pixels:
+                raise ImageDecodeError(f"image too large ({image.width}x{image.height} = {pixels:,} pixels, "
+                                       f"limit {max_pixels:,})")
             if max(image.size) > MAX_ASPECT_RATIO * max(1, min(image.size)):
                 raise ImageDecodeError(
                     f"image {image.width}x{image.height} is too elongated (aspect ratio over {MAX_ASPECT_RATIO})"

@@ -5,32 +5,48 @@ Routes: `POST /api/predict` (multipart field `file`, query `top_k`), `GET /api/m
 (an allowlist of run files: plots, metrics, labels). Uploads are capped while they stream in (413),
 checked by content with Pillow (400 with {"detail": ...} for anything that is not a usable image) and
 predicted in FastAPI's threadpool with a model loaded once at start-up.
+
+A small PNG can claim 10000x10000 pixels and take gigabytes once decoded, so uploads have their own pixel cap
+(far below training's, refused from the header before decoding), at most `max_decodes` uploads are decoded and
+predicted at once, and freed memory is handed back to the system after a large image. Requests whose Host
+header is not the address the server is bound to are refused (DNS rebinding: a web page cannot make the
+browser talk to this local server under its own domain name).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import html
 import json
 import re
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from transferlab.decoding import open_image
 from transferlab.errors import TransferlabError
 
 STATIC_DIR = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD_MB = 20.0
+DEFAULT_MAX_UPLOAD_MEGAPIXELS = 40.0  # a 48 MP phone photo saved at full size is refused; training allows 120 MP
+DEFAULT_MAX_DECODES = 2  # uploads decoded and predicted at once; the others wait their turn
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+ANY_ADDRESS = ("0.0.0.0", "::", "")
+LARGE_IMAGE_PIXELS = 4_000_000  # after a decode this large, return freed memory to the system
 MAX_TOP_K = 100
 REPORT_FILES = frozenset({"report.html", "metrics.json", "history.csv", "labels.txt", "export.json", "model.onnx.json"})
 REPORT_PICTURE = re.compile(r"[A-Za-z0-9_.-]+\.(png|svg|jpg|jpeg)")  # the run's plots, top level only
@@ -63,20 +79,33 @@ def load_predictor(run_dir: Path, engine: str) -> tuple[Predictor, dict]:
     raise TransferlabError(f"unknown engine {engine!r}", hint="use torch (the default) or onnx")
 
 
-def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *, engine: str = "torch") -> FastAPI:
-    """The service for one run folder; `engine="onnx"` serves RUN/model.onnx (see `transferlab export`)."""
+def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *, engine: str = "torch",
+               max_upload_megapixels: float = DEFAULT_MAX_UPLOAD_MEGAPIXELS, max_decodes: int = DEFAULT_MAX_DECODES,
+               allowed_hosts: Sequence[str] | None = LOOPBACK_HOSTS) -> FastAPI:
+    """The service for one run folder; `engine="onnx"` serves RUN/model.onnx (see `transferlab export`).
+
+    allowed_hosts: the Host header values accepted (without port); None accepts any (a server bound to 0.0.0.0).
+    """
     run_dir = Path(run_dir).resolve()
     if not (run_dir / "model.json").is_file() and not (run_dir / "model.onnx").is_file():
         raise TransferlabError(f"{run_dir} is not a transferlab run folder",
                                hint="pass the folder written by `transferlab train --out DIR`")
     if max_upload_mb <= 0:
         raise TransferlabError(f"the upload limit must be positive, got {max_upload_mb} MB")
+    if max_upload_megapixels <= 0 or max_decodes < 1:
+        raise TransferlabError(f"the pixel limit and decode count must be positive, got {max_upload_megapixels} "
+                               f"megapixels and {max_decodes} decodes")
+    max_pixels = int(max_upload_megapixels * 1_000_000)
+    decoding = threading.BoundedSemaphore(max_decodes)
     model, description = load_predictor(run_dir, engine)
     model.predict([Image.new("RGB", (64, 64), "gray")], top_k=1)  # warm-up: sessions exist before requests race
     info = {"labels": list(model.classes), "engine": engine, **description,
-            "metrics": metric_summary(run_dir), "max_upload_mb": max_upload_mb}
+            "metrics": metric_summary(run_dir), "max_upload_mb": max_upload_mb,
+            "max_upload_megapixels": max_upload_megapixels}
 
     app = FastAPI(title="transferlab", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     add_error_handlers(app, max_upload_mb)
 
     @app.get("/health")
@@ -93,13 +122,21 @@ def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
         top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K)] = 5,
     ) -> dict:
         # a sync endpoint: FastAPI runs it in its threadpool, so the event loop keeps serving during inference
-        image = decode_upload(file.file.read())
-        started = time.perf_counter()
-        prediction = model.predict([image], top_k=top_k)[0]
+        data = file.file.read()
+        with decoding:  # bounds the memory held by decoded images, whatever the number of clients
+            image = decode_upload(data, max_pixels)
+            size = image.size
+            started = time.perf_counter()
+            try:
+                prediction = model.predict([image], top_k=top_k)[0]
+            finally:
+                del image  # its pixels are freed with the last reference, before the next upload is decoded
+                if size[0] * size[1] >= LARGE_IMAGE_PIXELS:
+                    release_freed_memory()
         return {
             "filename": file.filename,
-            "width": image.width,
-            "height": image.height,
+            "width": size[0],
+            "height": size[1],
             "top": [{"label": label, "probability": probability} for label, probability in prediction.top],
             "seconds": round(time.perf_counter() - started, 4),
         }
@@ -109,8 +146,8 @@ def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
         return RedirectResponse("/report/")  # so that the report's relative links (plots) resolve under /report/
 
     @app.get("/report/", include_in_schema=False)
-    def report() -> FileResponse:
-        return run_file(run_dir, "report.html")
+    def report() -> HTMLResponse:
+        return HTMLResponse(report_without_local_paths(run_file(run_dir, "report.html").path, run_dir))
 
     @app.get("/report/{name}", include_in_schema=False)
     def report_file(name: str) -> FileResponse:
@@ -141,11 +178,41 @@ def add_error_handlers(app: FastAPI, max_upload_mb: float) -> None:
         return JSONResponse({"detail": f"upload too large: the limit is {max_upload_mb:g} MB"}, status_code=413)
 
 
-def decode_upload(data: bytes) -> Image.Image:
-    """Check an upload by its content (never its name); HTTP 400 if it is empty, not an image or unusable."""
+def decode_upload(data: bytes, max_pixels: int) -> Image.Image:
+    """Check an upload by its content (never its name); HTTP 400 if it is empty, not an image, unusable or over
+    max_pixels (checked from the header, so a refused image never takes memory)."""
     if not data:
         raise HTTPException(400, "empty upload: choose an image file")
-    return open_image(data)  # ImageDecodeError (a TransferlabError, also for bombs and extreme shapes) -> 400
+    return open_image(data, max_pixels=max_pixels)  # ImageDecodeError (a TransferlabError) -> 400
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the system. glibc keeps what a thread freed in that thread's arena, so a
+    server that once decoded a few huge images would otherwise hold gigabytes it no longer uses."""
+    libc_name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(libc_name) if libc_name else None
+    if libc is not None and hasattr(libc, "malloc_trim"):  # glibc only; other allocators return memory themselves
+        libc.malloc_trim(0)
+
+
+def report_without_local_paths(report: Path, run_dir: Path) -> str:
+    """report.html with the absolute data and run folders shown by their names only: the served page should not
+    tell a visitor where the data lives on this machine."""
+    text = report.read_text(encoding="utf-8")
+    config = run_dir / "config.json"
+    data = json.loads(config.read_text()).get("data") if config.is_file() else None
+    for folder in filter(None, (data, str(run_dir))):
+        path = Path(folder)
+        text = text.replace(html.escape(str(path)), html.escape(path.name)).replace(str(path), path.name)
+    return text
+
+
+def hosts_for(bound: str) -> tuple[str, ...] | None:
+    """Host header values to accept for a server bound to `bound`: its loopback names when bound to loopback,
+    the address itself otherwise; any when bound to every interface (the user chose to expose it)."""
+    if bound in ANY_ADDRESS:
+        return None
+    return LOOPBACK_HOSTS if bound in LOOPBACK_HOSTS else (bound,)
 
 
 def run_file(run_dir: Path, name: str) -> FileResponse:
@@ -203,9 +270,11 @@ def _healthy(httpx, url: str) -> bool:
 
 
 def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
-          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, engine: str = "torch") -> None:
+          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, engine: str = "torch",
+          max_upload_megapixels: float = DEFAULT_MAX_UPLOAD_MEGAPIXELS) -> None:
     """Start the service with uvicorn (blocks until Ctrl-C)."""
     import uvicorn
 
-    app = create_app(run_dir, max_upload_mb, engine=engine)
+    app = create_app(run_dir, max_upload_mb, engine=engine, max_upload_megapixels=max_upload_megapixels,
+                     allowed_hosts=hosts_for(host))
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -10,7 +10,9 @@ async function loadModel() {
     const model = await (await fetch("/api/model")).json();
     maxUploadBytes = model.max_upload_mb * 1024 * 1024;
     const accuracy = model.metrics.test_accuracy;
-    const scored = accuracy == null ? "" : `, test accuracy ${(100 * accuracy).toFixed(1)}%`;
+    // without a test folder the run scored its validation images: say so rather than call it test accuracy
+    const split = model.metrics.test_is_validation ? "validation" : "test";
+    const scored = accuracy == null ? "" : `, ${split} accuracy ${(100 * accuracy).toFixed(1)}%`;
     el("model-summary").textContent = `${model.backbone} (${model.strategy}): ${model.labels.length} classes${scored}`;
     el("report-link").hidden = !model.report;
   } catch (error) {
