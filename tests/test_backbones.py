@@ -81,8 +81,9 @@ def _assert_same_weights(model: torch.nn.Module, expected: dict[str, torch.Tenso
 
 
 def test_registry_lists_every_backbone_with_its_status():
-    assert [spec.name for spec in list_specs()] == EMBEDDED + DOWNLOADED + ["small_cnn"]
-    assert backbone_status("small_cnn") == "random init"  # the scratch baseline has no pretrained weights
+    assert [spec.name for spec in list_specs()] == EMBEDDED + DOWNLOADED + ["small_cnn", "small_cnn_224"]
+    # the scratch baselines have no pretrained weights
+    assert backbone_status("small_cnn") == backbone_status("small_cnn_224") == "random init"
     assert {name: backbone_status(name) for name in EMBEDDED} == dict.fromkeys(EMBEDDED, "embedded")
     assert {name: backbone_status(name) for name in DOWNLOADED} == dict.fromkeys(DOWNLOADED, "needs download")
 

@@ -206,8 +206,8 @@ def test_scratch_trains_the_small_convnet_and_reloads_identically(colours, tmp_p
     loaded = transferlab.load(tmp_path / "run")
     np.testing.assert_allclose(loaded.predict_proba(images)[0], classifier.predict_proba(images)[0], atol=1e-6)
     assert json.loads((tmp_path / "run" / "model.json").read_text())["pretrained"] is False
-    # a network learning from nothing gets the notebooks' augmentation and small batches by default
-    assert classifier.metrics["augment_key"] == AugmentConfig().key()
+    # the default recipe: small batches, no augmentation
+    assert classifier.metrics["augment_key"] == AugmentConfig.none().key() and classifier.metrics["recipe"] == "default"
     assert json.loads((tmp_path / "run" / "config.json").read_text())["options"]["fit"]["batch_size"] == 32
 
 

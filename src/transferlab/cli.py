@@ -30,6 +30,10 @@ EndToEndOption = Annotated[Optional[bool], typer.Option(
     help="augment, finetune: augment every batch afresh through the network, or train from cached views "
     "(default: end to end on a GPU, cached on a CPU).",
 )]
+RecipeOption = Annotated[Optional[str], typer.Option(
+    help="scratch: default | lesson (the transfer-learning lesson's baseline: 224 px, batch 128, Adam 1e-3, 10 epochs, "
+    "no augmentation); --epochs, --batch-size, --lr, --augment, --backbone override its settings.",
+)]
 
 
 class State:
@@ -91,9 +95,9 @@ def train(
     split_csv: Annotated[Optional[Path], typer.Option(help="Reproduce the split.csv of an earlier run.")] = None,
     max_per_class: Annotated[Optional[int], typer.Option(help="Cap the number of images per class.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the split, the head and the shuffling.")] = 0,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = 50,
-    batch_size: Annotated[Optional[int], typer.Option(help="Training batch size (default 256 for heads on cached features, 32 for scratch).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-3 for heads on cached features, 3e-4 for scratch).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs, early stopping may end sooner (default 50, the recipe's for scratch).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Training batch size (default 256 for heads on cached features, the recipe's for scratch).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-3 for heads on cached features, the recipe's for scratch).")] = None,
     optimizer: Annotated[str, typer.Option(help="rmsprop | adam | adamw | sgd")] = "adam",
     head: Annotated[str, typer.Option(help="mlp (Dense 256 + dropout 0.5) | linear")] = "mlp",
     class_weight: Annotated[Optional[str], typer.Option(help="'balanced' to weight classes by inverse frequency.")] = None,
@@ -103,7 +107,8 @@ def train(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     runtime: Annotated[str, typer.Option(help="What runs the frozen backbone: auto (ONNX Runtime on a CPU, PyTorch on a GPU) | onnx | torch.")] = "auto",
     views: Annotated[int, typer.Option(help="Augmented views per training image (augment, finetune).")] = 3,
-    augment: Annotated[Optional[str], typer.Option(help="Training augmentation: notebook | light | none (default: light for augment and finetune, notebook for scratch).")] = None,
+    augment: Annotated[Optional[str], typer.Option(help="Training augmentation: notebook | light | none (default: light for augment and finetune, the recipe's for scratch).")] = None,
+    recipe: RecipeOption = None,
     unfreeze: Annotated[str, typer.Option(help="Top blocks to fine-tune: N or 'all'.")] = "1",
     finetune_epochs: Annotated[int, typer.Option(help="Epochs of the fine-tuning phase.")] = 10,
     finetune_lr: Annotated[float, typer.Option(help="Learning rate of the fine-tuning phase (RMSprop).")] = 1e-5,
@@ -136,6 +141,7 @@ def train(
         runtime=runtime,
         views=views,
         augment=augment,
+        recipe=recipe,
         unfreeze=unfreeze,
         finetune_epochs=finetune_epochs,
         finetune_lr=finetune_lr,
@@ -343,7 +349,8 @@ def compare(
     data: Annotated[Path, typer.Argument(help="Image folder, as for `transferlab train`.")],
     strategies: Annotated[str, typer.Option(help="Comma-separated strategies, trained in this order.")] = ",".join(COMPARE_STRATEGIES),
     backbone: Annotated[str, typer.Option(help="Pretrained backbone of the transfer strategies.")] = DEFAULT_BACKBONE,
-    scratch_backbone: Annotated[Optional[str], typer.Option(help="Architecture for scratch (default small_cnn).")] = None,
+    scratch_backbone: Annotated[Optional[str], typer.Option(help="Architecture for scratch (default: the recipe's small convnet).")] = None,
+    recipe: RecipeOption = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the runs and tables (default runs/<data>-compare).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder at --out as a whole.")] = False,
     include: Annotated[Optional[str], typer.Option(help="Only these classes, comma-separated.")] = None,
@@ -373,6 +380,7 @@ def compare(
         comma_list(strategies) or [],
         backbone=backbone,
         scratch_backbone=scratch_backbone,
+        scratch_recipe=recipe,
         out=out_dir,
         overwrite=overwrite,
         seed=seed,

@@ -22,7 +22,7 @@ from transferlab.options import COMPARE_STRATEGIES, check_split_csv_alone, check
 from transferlab.pipeline import train
 from transferlab.runs import clear_destination, unique_run_dir
 COLUMNS = (
-    "strategy", "backbone", "test_accuracy", "top5_accuracy", "val_accuracy", "epochs_run",
+    "strategy", "backbone", "recipe", "test_accuracy", "top5_accuracy", "val_accuracy", "epochs_run",
     "train_seconds", "extract_seconds", "total_seconds", "images_per_second", "run_dir",
 )
 # Keywords that choose the files; they are applied once, then every run reads DIR/split.csv instead.
@@ -74,6 +74,7 @@ def compare(
     seed: int = 0,
     split_csv: str | Path | None = None,
     scratch_backbone: str | None = None,
+    scratch_recipe: str | None = None,
     quiet: bool = False,
     verbose: int = 1,
     console: Console | None = None,
@@ -82,7 +83,9 @@ def compare(
     """Train every strategy on one split of `data`; write DIR/<strategy>/ runs, compare.csv, compare.md, plots.
 
     `train_kwargs` are `transferlab.train` keywords shared by all runs (backbone, epochs, views, ...);
-    `backbone` applies to the transfer strategies, `scratch_backbone` (default: the small convnet) to scratch.
+    `backbone` applies to the transfer strategies, `scratch_backbone` (default: the recipe's small convnet) and
+    `scratch_recipe` (default: "default"; "lesson" for the transfer-learning lesson's baseline) to scratch; the
+    table names the recipe that ran.
     """
     strategies = check_strategies(strategies)
     quiet = quiet or check_verbose(verbose) == 0
@@ -99,9 +102,10 @@ def compare(
     for strategy in strategies:
         console.rule(f"[bold]{strategy}")
         backbone = scratch_backbone if strategy == "scratch" else train_kwargs.get("backbone")
+        recipe = {"recipe": scratch_recipe} if strategy == "scratch" else {}
         classifiers[strategy] = train(
             data,
-            **{**train_kwargs, "backbone": backbone},
+            **{**train_kwargs, "backbone": backbone, **recipe},
             strategy=strategy,
             out=out_dir / strategy,
             seed=seed,
@@ -121,7 +125,7 @@ def row_of(strategy: str, classifier: Classifier, out_dir: Path) -> dict:
     return {
         "strategy": strategy,
         "backbone": classifier.backbone,
-        **{key: metrics.get(key) for key in COLUMNS[2:-1]},
+        **{key: metrics.get(key) for key in COLUMNS[2:-1]},  # recipe: scratch's only
         "run_dir": str(Path(classifier.run_dir).resolve().relative_to(out_dir.resolve())),
     }
 
@@ -159,8 +163,9 @@ def formatted(row: dict) -> list[str]:
     def number(value, digits=1):
         return "-" if not value else f"{value:.{digits}f}"
 
+    recipe = f" ({row['recipe']} recipe)" if row.get("recipe") else ""
     return [
-        row["strategy"], row["backbone"], percent(row["test_accuracy"]), percent(row["top5_accuracy"]),
+        row["strategy"] + recipe, row["backbone"], percent(row["test_accuracy"]), percent(row["top5_accuracy"]),
         number(row["train_seconds"]), number(row["extract_seconds"]), number(row["total_seconds"]),
         number(row["images_per_second"], 0),
     ]

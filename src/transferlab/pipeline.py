@@ -49,7 +49,7 @@ def train(
     exclude: Iterable[str] | None = None,
     max_per_class: int | None = None,
     split_csv: str | Path | None = None,
-    epochs: int = 50,
+    epochs: int | None = None,
     batch_size: int | None = None,
     lr: float | None = None,
     optimizer: str = "adam",
@@ -71,6 +71,7 @@ def train(
     finetune_epochs: int = 10,
     augment: AugmentConfig | str | None = None,
     end_to_end: bool | None = None,
+    recipe: str | None = None,
     tta: int = 1,
     quiet: bool = False,
     verbose: int = 1,
@@ -82,10 +83,11 @@ def train(
     default runs/<data>-<strategy>) must be new unless `overwrite=True`, which replaces it as a whole; it appears
     only when complete.
     `backbone=None` means efficientnet_lite0, or the small baseline convnet for strategy="scratch";
-    `batch_size=None` / `lr=None` mean the strategy's defaults (256 / 1e-3 for heads on cached features,
-    32 / 3e-4 for scratch). `head` is "mlp" (Dense `hidden` + dropout `dropout`) or "linear". `augment` is an
+    `batch_size=None` / `lr=None` / `epochs=None` mean the strategy's defaults (256 / 1e-3 / 50 for heads on
+    cached features; for scratch, those of `recipe`: "default", or "lesson" for the transfer-learning lesson's
+    baseline, see `transferlab.options.SCRATCH_RECIPES`; explicit values win over the recipe's). `head` is "mlp" (Dense `hidden` + dropout `dropout`) or "linear". `augment` is an
     AugmentConfig or a preset name ("notebook", "light", "none"); None means light views for augment and
-    finetune, the notebooks' settings for scratch. `end_to_end` (augment, finetune): True augments afresh in
+    finetune, the recipe's preset for scratch. `end_to_end` (augment, finetune): True augments afresh in
     every batch and runs the frozen base on the fly, False trains from cached features of `views` views;
     None picks end to end on a GPU, cached on a CPU. `runtime` runs the frozen trunk: "auto" (ONNX Runtime on a
     CPU, PyTorch on CUDA), "onnx", "torch" or a name registered with `transferlab.runtimes.register_runtime`.
@@ -98,16 +100,16 @@ def train(
     fractions = split_fractions(split)
     check_split_csv_alone(split_csv, include=include, exclude=exclude, max_per_class=max_per_class)
     check_tta(tta)
-    default_batch_size, default_lr = default_fit(strategy)
+    default_batch_size, default_lr, default_epochs = default_fit(strategy, recipe)
     options = TrainOptions(
-        backbone=backbone or default_backbone(strategy),
+        backbone=backbone or default_backbone(strategy, recipe),
         layer=layer,
         weights=str(weights) if weights else None,
         head=head,
         hidden=hidden,
         dropout=dropout,
         fit=FitConfig(
-            epochs=epochs,
+            epochs=default_epochs if epochs is None else epochs,
             batch_size=default_batch_size if batch_size is None else batch_size,
             lr=default_lr if lr is None else lr,
             optimizer=optimizer,
@@ -128,6 +130,7 @@ def train(
         finetune_epochs=finetune_epochs,
         augment=AugmentConfig.preset(augment) if isinstance(augment, str) else augment,
         end_to_end=end_to_end,
+        recipe=(recipe or "default") if strategy == "scratch" else None,
     )
     check_featurewise(strategy, options.augment)
     check_backbone(strategy, options)  # before reading any image

@@ -1,9 +1,10 @@
 """Training from random initialisation: the notebooks' baseline that transfer learning is measured against.
 
-By default the network is `small_cnn` (4 x conv32 3x3 + ReLU + max-pool, dropout 0.25 after every second
-pair, at 128 px) with the `mlp` head (Dense 256 + dropout 0.5 + softmax); any registered backbone can be
-trained from random init instead. Training images are decoded once and augmented on the fly in every batch
-(the notebooks' ImageDataGenerator settings unless `augment` says otherwise; AugmentConfig.none() turns it off).
+A recipe (options.SCRATCH_RECIPES) fixes network, input size, batch size, learning rate, epochs and augmentation;
+"lesson" is the transfer-learning lesson's baseline (`small_cnn_224`: 4 x conv32 3x3 + ReLU + max-pool, dropout
+0.25 after every second pair, at 224 px, with the `mlp` head: Dense 256 + dropout 0.5 + softmax). Any registered
+backbone can be trained from random init instead. Training images are decoded once and augmented on the fly in
+every batch (the recipe's preset unless `augment` says otherwise; AugmentConfig.none() turns it off).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from transferlab.data import DatasetSplit
 from transferlab.features import FeatureExtractor
 from transferlab.errors import TransferlabError
 from transferlab.heads import HeadConfig, build_head
+from transferlab.options import scratch_recipe
 from transferlab.strategies.augment import augment_config
 from transferlab.strategies.base import Trained, TrainOptions, make_extractor, training_device
 from transferlab.strategies.inputs import CHANNELS_LAST, ImageBatches, decode_images
@@ -58,15 +60,13 @@ def train(split: DatasetSplit, options: TrainOptions) -> Trained:
     )
     state = {key: value.detach().clone() for key, value in model.state_dict().items()}
     trained_extractor = make_extractor(options, pretrained=False, backbone_state=state, normalization=normalization)
-    return Trained(
-        trained_extractor, head, head_config, history, split, extra={"augment_key": augmentation(options).key()}
-    )
+    extra = {"augment_key": augmentation(options).key(), "recipe": scratch_recipe(options.recipe).name}
+    return Trained(trained_extractor, head, head_config, history, split, extra=extra)
 
 
 def augmentation(options: TrainOptions) -> AugmentConfig:
-    """The user's, or the notebooks' ImageDataGenerator settings: a network learning from nothing needs
-    strong augmentation on small data."""
-    return augment_config(options, default=AugmentConfig())
+    """The user's, or the recipe's preset."""
+    return augment_config(options, default=AugmentConfig.preset(scratch_recipe(options.recipe).augment))
 
 
 def featurewise_normalization(
