@@ -6,6 +6,7 @@ the download cache, or a one-time download of timm's safetensors file from the H
 
 from __future__ import annotations
 
+import functools
 import http.client
 import importlib
 import importlib.util
