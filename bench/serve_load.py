@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import platform
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,7 +21,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from transferlab.serve import running_server
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the server harness lives with the tests
+from server_harness import running_server  # noqa: E402
 
 
 async def client_loop(client: httpx.AsyncClient, url: str, image: bytes, name: str, until: float,
@@ -83,7 +85,7 @@ def main() -> None:
     parser.add_argument("--engine", choices=("torch", "onnx"), default="torch")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
-    with running_server(args.run, engine=args.engine) as url:
+    with running_server(args.run, runtime=args.engine) as url:
         result = asyncio.run(load(url, args.image, args.clients, args.seconds))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_colour_run
-from transferlab.serve import running_server
+from server_harness import running_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [

@@ -61,7 +61,7 @@ def test_health_says_ok(client):
 def test_model_endpoint_describes_labels_backbone_and_metrics(client):
     model = client.get("/api/model").json()
     assert model["labels"] == ["blue", "green", "red"]
-    assert model["backbone"] == "efficientnet_lite0" and model["engine"] == "torch"
+    assert model["backbone"] == "efficientnet_lite0" and model["runtime"] == "torch"
     assert 0 <= model["metrics"]["test_accuracy"] <= 1 and model["metrics"]["n_classes"] == 3
     assert model["max_upload_mb"] == TINY_CAP_MB
 
@@ -197,12 +197,12 @@ def test_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path):
         create_app(tmp_path)
 
 
-def test_onnx_engine_serves_the_exported_model(run_dir):
+def test_onnx_runtime_serves_the_exported_model(run_dir):
     from transferlab.export import export_float
 
     export_float(transferlab.load(run_dir), run_dir / "model.onnx")
-    client = TestClient(create_app(run_dir, engine="onnx"), base_url="http://127.0.0.1:8000")
-    assert client.get("/api/model").json()["engine"] == "onnx"
+    client = TestClient(create_app(run_dir, runtime="onnx"), base_url="http://127.0.0.1:8000")
+    assert client.get("/api/model").json()["runtime"] == "onnx"
     response = upload(client, jpeg_of(run_dir, "blue"))
     assert response.status_code == 200 and response.json()["top"][0]["label"] == "blue"
 

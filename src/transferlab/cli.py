@@ -177,14 +177,14 @@ def predict(
     top_k: Annotated[int, typer.Option(help="Classes to show per image.")] = 3,
     output_format: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
     tta: Annotated[int, typer.Option(help="Average over the original and N-1 augmented views.")] = 1,
-    use_onnx: Annotated[bool, typer.Option("--onnx", help="Use the exported RUN/model.onnx (or RUN given as an .onnx file) with ONNX Runtime; automatic when torch is missing.")] = False,
+    runtime: Annotated[str, typer.Option(help="torch (the run's PyTorch model) | onnx (the exported RUN/model.onnx, or RUN given as an .onnx file, torch-free) | auto (torch, or onnx when torch is missing).")] = "auto",
 ):
     """Predict the classes of images with a trained run."""
     if output_format not in ("table", "csv", "json"):
         raise TransferlabError(f"unknown format {output_format!r}", hint="use table, csv or json")
-    if wants_onnx(run, use_onnx):
+    if prediction_runtime(run, runtime) == "onnx":
         if tta != 1:
-            raise TransferlabError("--tta needs the PyTorch model", hint="leave out --onnx (and have torch installed)")
+            raise TransferlabError("--tta needs the PyTorch model", hint="use --runtime torch (and have torch installed)")
         from transferlab.onnx_predict import OnnxClassifier
 
         predictions = OnnxClassifier(run).predict(image_files(images), top_k=top_k)
@@ -265,17 +265,22 @@ def backbones():
     out.print(table)
 
 
-def wants_onnx(run: Path, flag: bool) -> bool:
-    """--onnx given, RUN is an .onnx file, or RUN has an exported model and torch cannot be imported."""
-    if flag or run.suffix == ".onnx":
-        return True
+def prediction_runtime(run: Path, runtime: str) -> str:
+    """"onnx" when asked for, when RUN is an .onnx file, or (auto) when RUN has an exported model and torch cannot
+    be imported; else "torch"."""
+    if runtime not in ("auto", "torch", "onnx"):
+        raise TransferlabError(f"unknown runtime {runtime!r}", hint="use auto, torch or onnx")
+    if runtime != "auto":
+        return runtime
+    if run.suffix == ".onnx":
+        return "onnx"
     if not (run / "model.onnx").is_file():
-        return False
+        return "torch"
     try:
         import torch  # noqa: F401  (the torch path imports it next anyway)
     except ImportError:
-        return True
-    return False
+        return "onnx"
+    return "torch"
 
 
 @app.command()
@@ -304,13 +309,13 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload in MB.")] = 20.0,
     max_upload_megapixels: Annotated[float, typer.Option(help="Largest accepted upload in decoded megapixels.")] = 40.0,
-    use_onnx: Annotated[bool, typer.Option("--onnx", help="Serve the exported RUN/model.onnx with ONNX Runtime.")] = False,
+    runtime: Annotated[str, typer.Option(help="torch (the run's PyTorch model) | onnx (the exported RUN/model.onnx) | auto.")] = "auto",
 ):
     """Serve a run: a web page to try images, a JSON API (/api/predict) and the run's report."""
     from transferlab.serve import serve as serve_run
 
     err.print(f"serving {run} on http://{host}:{port}/ (Ctrl-C to stop)")
-    serve_run(run, host=host, port=port, max_upload_mb=max_upload_mb, engine="onnx" if use_onnx else "torch",
+    serve_run(run, host=host, port=port, max_upload_mb=max_upload_mb, runtime=prediction_runtime(run, runtime),
               max_upload_megapixels=max_upload_megapixels)
 
 

@@ -20,14 +20,9 @@ import ctypes.util
 import html
 import json
 import re
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
@@ -62,27 +57,27 @@ class Predictor(Protocol):
     def predict(self, images: list, top_k: int = 5) -> list: ...
 
 
-def load_predictor(run_dir: Path, engine: str) -> tuple[Predictor, dict]:
+def load_predictor(run_dir: Path, runtime: str) -> tuple[Predictor, dict]:
     """The model (loaded once) and its description for /api/model."""
-    if engine == "onnx":
+    if runtime == "onnx":
         from transferlab.onnx_predict import OnnxClassifier
 
         model = OnnxClassifier(run_dir)
         return model, {"backbone": model.metadata["backbone"], "strategy": model.metadata["strategy"],
                        "model_file": model.path.name}
-    if engine == "torch":
+    if runtime == "torch":
         from transferlab.api import load
 
         classifier = load(run_dir)
         return classifier, {"backbone": classifier.backbone, "strategy": classifier.strategy,
                             "model_file": "model.safetensors"}
-    raise TransferlabError(f"unknown engine {engine!r}", hint="use torch (the default) or onnx")
+    raise TransferlabError(f"unknown runtime {runtime!r}", hint="use torch (the default) or onnx")
 
 
-def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *, engine: str = "torch",
+def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *, runtime: str = "torch",
                max_upload_megapixels: float = DEFAULT_MAX_UPLOAD_MEGAPIXELS, max_decodes: int = DEFAULT_MAX_DECODES,
                allowed_hosts: Sequence[str] | None = LOOPBACK_HOSTS) -> FastAPI:
-    """The service for one run folder; `engine="onnx"` serves RUN/model.onnx (see `transferlab export`).
+    """The service for one run folder; `runtime="onnx"` serves RUN/model.onnx (see `transferlab export`).
 
     allowed_hosts: the Host header values accepted (without port); None accepts any (a server bound to 0.0.0.0).
     """
@@ -97,9 +92,9 @@ def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
                                f"megapixels and {max_decodes} decodes")
     max_pixels = int(max_upload_megapixels * 1_000_000)
     decoding = threading.BoundedSemaphore(max_decodes)
-    model, description = load_predictor(run_dir, engine)
+    model, description = load_predictor(run_dir, runtime)
     model.predict([Image.new("RGB", (64, 64), "gray")], top_k=1)  # warm-up: sessions exist before requests race
-    info = {"labels": list(model.classes), "engine": engine, **description,
+    info = {"labels": list(model.classes), "runtime": runtime, **description,
             "metrics": metric_summary(run_dir), "max_upload_mb": max_upload_mb,
             "max_upload_megapixels": max_upload_megapixels}
 
@@ -233,48 +228,12 @@ def metric_summary(run_dir: Path) -> dict[str, Any]:
     return {key: metrics[key] for key in METRIC_SUMMARY if key in metrics}
 
 
-@contextmanager
-def running_server(run_dir: str | Path, *, engine: str = "torch", startup_seconds: float = 90) -> Iterator[str]:
-    """`transferlab serve` in a subprocess on a free 127.0.0.1 port; yields its URL once /health answers."""
-    import httpx
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "transferlab", "serve", str(run_dir), "--port", str(port)]
-    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a pipe nobody reads would stall a chatty server
-    server = subprocess.Popen([*command, "--onnx"] if engine == "onnx" else command,
-                              stdout=subprocess.DEVNULL, stderr=log, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + startup_seconds
-        while not _healthy(httpx, url):
-            if server.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"transferlab serve exited with {server.returncode}:\n{log.read()[-4000:]}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"transferlab serve not healthy after {startup_seconds} s")
-            time.sleep(0.3)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        log.close()
-
-
-def _healthy(httpx, url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
-          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, engine: str = "torch",
+          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, runtime: str = "torch",
           max_upload_megapixels: float = DEFAULT_MAX_UPLOAD_MEGAPIXELS) -> None:
     """Start the service with uvicorn (blocks until Ctrl-C)."""
     import uvicorn
 
-    app = create_app(run_dir, max_upload_mb, engine=engine, max_upload_megapixels=max_upload_megapixels,
+    app = create_app(run_dir, max_upload_mb, runtime=runtime, max_upload_megapixels=max_upload_megapixels,
                      allowed_hosts=hosts_for(host))
     uvicorn.run(app, host=host, port=port, log_level="warning")
