@@ -140,26 +140,29 @@ def run_without_torch(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", blocker + code], capture_output=True, text=True, timeout=60)
 
 
+def output_without_torch(code: str) -> str:
+    result = run_without_torch(code)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def test_onnx_prediction_needs_no_torch(run_dir):
     image = images_of(run_dir, "red", 1)[0]
-    result = run_without_torch(
+    assert output_without_torch(
         "from transferlab.onnx_predict import OnnxClassifier\n"
         f"print(OnnxClassifier({str(run_dir)!r}).predict([{str(image)!r}])[0].label)\n"
         "assert not any(m.partition('.')[0] in ('torch', 'timm') for m in sys.modules)\n"
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "red"
+    ).strip() == "red"
 
 
 def test_cli_predict_falls_back_to_onnx_when_torch_is_missing(run_dir):
     image = images_of(run_dir, "blue", 1)[0]
-    result = run_without_torch(
+    printed = output_without_torch(
         "from transferlab.cli import main\n"
         f"sys.argv = ['transferlab', 'predict', {str(run_dir)!r}, {str(image)!r}, '--format', 'json']\n"
         "main()\n"
     )
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)[0]["top"][0]["label"] == "blue"
+    assert json.loads(printed)[0]["top"][0]["label"] == "blue"
 
 
 @pytest.mark.integration

@@ -25,6 +25,10 @@ out = Console()
 err = Console(stderr=True)
 
 # shared by train and compare
+IncludeOption = Annotated[Optional[str], typer.Option(help="Only these classes, comma-separated.")]
+ExcludeOption = Annotated[Optional[str], typer.Option(help="Leave out these classes, comma-separated.")]
+SplitOption = Annotated[str, typer.Option(help="train,validation,test fractions for a folder of classes.")]
+MaxPerClassOption = Annotated[Optional[int], typer.Option(help="Cap the number of images per class.")]
 EndToEndOption = Annotated[Optional[bool], typer.Option(
     "--end-to-end/--cached",
     help="augment, finetune: augment every batch afresh through the network, or train from cached views "
@@ -89,11 +93,11 @@ def train(
     budget: Annotated[Optional[str], typer.Option(help="Time budget of --strategy auto: 90s, 10m, 1h (default: fitted to the data size).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<data>-<strategy>).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder at --out as a whole.")] = False,
-    include: Annotated[Optional[str], typer.Option(help="Only these classes, comma-separated.")] = None,
-    exclude: Annotated[Optional[str], typer.Option(help="Leave out these classes, comma-separated.")] = None,
-    split: Annotated[str, typer.Option(help="train,validation,test fractions for a folder of classes.")] = "0.7,0.15,0.15",
+    include: IncludeOption = None,
+    exclude: ExcludeOption = None,
+    split: SplitOption = "0.7,0.15,0.15",
     split_csv: Annotated[Optional[Path], typer.Option(help="Reproduce the split.csv of an earlier run.")] = None,
-    max_per_class: Annotated[Optional[int], typer.Option(help="Cap the number of images per class.")] = None,
+    max_per_class: MaxPerClassOption = None,
     seed: Annotated[int, typer.Option(help="Seed for the split, the head and the shuffling.")] = 0,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs, early stopping may end sooner (default 50, the recipe's for scratch).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Training batch size (default 256 for heads on cached features, the recipe's for scratch).")] = None,
@@ -358,10 +362,10 @@ def compare(
     recipe: RecipeOption = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the runs and tables (default runs/<data>-compare).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder at --out as a whole.")] = False,
-    include: Annotated[Optional[str], typer.Option(help="Only these classes, comma-separated.")] = None,
-    exclude: Annotated[Optional[str], typer.Option(help="Leave out these classes, comma-separated.")] = None,
-    split: Annotated[str, typer.Option(help="train,validation,test fractions for a folder of classes.")] = "0.7,0.15,0.15",
-    max_per_class: Annotated[Optional[int], typer.Option(help="Cap the number of images per class.")] = None,
+    include: IncludeOption = None,
+    exclude: ExcludeOption = None,
+    split: SplitOption = "0.7,0.15,0.15",
+    max_per_class: MaxPerClassOption = None,
     seed: Annotated[int, typer.Option(help="Seed for the split and every run.")] = 0,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs of each run (default: train's).")] = None,
     views: Annotated[Optional[int], typer.Option(help="Augmented views per training image (augment, finetune).")] = None,
