@@ -274,12 +274,8 @@ def prediction_runtime(run: Path, runtime: str) -> str:
     be imported; else "torch"."""
     if runtime not in ("auto", "torch", "onnx"):
         raise TransferlabError(f"unknown runtime {runtime!r}", hint="use auto, torch or onnx")
-    if runtime != "auto":
-        return runtime
-    if run.suffix == ".onnx":
-        return "onnx"
-    if not (run / "model.onnx").is_file():
-        return "torch"
+    if runtime != "auto" or run.suffix == ".onnx" or not (run / "model.onnx").is_file():
+        return "onnx" if run.suffix == ".onnx" else runtime if runtime != "auto" else "torch"
     try:
         import torch  # noqa: F401  (the torch path imports it next anyway)
     except ImportError:

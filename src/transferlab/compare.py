@@ -20,6 +20,7 @@ from transferlab.data import load_dataset
 from transferlab.errors import TransferlabError
 from transferlab.options import COMPARE_STRATEGIES, check_split_csv_alone, check_strategies, check_verbose
 from transferlab.pipeline import train
+from transferlab.report import formatted
 from transferlab.runs import clear_destination, unique_run_dir
 COLUMNS = (
     "strategy", "backbone", "recipe", "test_accuracy", "top5_accuracy", "val_accuracy", "epochs_run",
@@ -152,23 +153,6 @@ def write_comparison(comparison: Comparison, title: str) -> list[Path]:
     from transferlab.plots import plot_comparison  # matplotlib only when drawing: `import transferlab.api` stays light
 
     return [csv_path, md_path, *plot_comparison(histories, comparison.out)]
-
-
-def formatted(row: dict) -> list[str]:
-    """Table cells: accuracies as percentages, times in seconds, '-' for what does not apply."""
-
-    def percent(value):
-        return "-" if value is None else f"{value:.1%}"
-
-    def number(value, digits=1):
-        return "-" if not value else f"{value:.{digits}f}"
-
-    recipe = f" ({row['recipe']} recipe)" if row.get("recipe") else ""
-    return [
-        row["strategy"] + recipe, row["backbone"], percent(row["test_accuracy"]), percent(row["top5_accuracy"]),
-        number(row["train_seconds"]), number(row["extract_seconds"]), number(row["total_seconds"]),
-        number(row["images_per_second"], 0),
-    ]
 
 
 _make_callable(__name__, compare)  # transferlab.compare(data, strategies, ...)

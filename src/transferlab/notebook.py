@@ -21,16 +21,13 @@ from PIL import Image
 from transferlab.augment import AugmentConfig
 from transferlab.previews import featurewise_preview, preview_variants
 from transferlab.errors import TransferlabError
-from transferlab.report import REPORT_NAME, _run_json, jinja_environment, key_numbers, timings, top_losses
+from transferlab.report import REPORT_NAME, _run_json, formatted, jinja_environment, key_numbers, timings, top_losses
 from transferlab.runs import TEST_PREDICTIONS
 from transferlab.training import History
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from transferlab.classifier import Classifier
-    from transferlab.compare import Comparison
-    from transferlab.summary import Summary
 
 CARD_CURVES_SIZE = (8, 5.5)  # inches at CARD_DPI: a 480 x 330 px picture in the card
 CARD_DPI = 60
@@ -40,7 +37,7 @@ CORRECT, WRONG = "#1a7f37", "#cf222e"
 
 
 # -- HTML cards ---------------------------------------------------------------------------------------
-def classifier_card(classifier: Classifier) -> str:
+def classifier_card(classifier) -> str:
     """Backbone, strategy, classes, test metrics, timings, curves and the run folder of a classifier."""
     metrics = classifier.metrics
     rows = [("backbone", classifier.backbone), ("strategy", classifier.strategy), ("classes", classes_text(classifier))]
@@ -57,10 +54,8 @@ def classifier_card(classifier: Classifier) -> str:
     return render("classifier_card", card)
 
 
-def comparison_card(comparison: Comparison) -> str:
+def comparison_card(comparison) -> str:
     """The comparison table (best test accuracy in bold), the validation curves per strategy, the folder."""
-    from transferlab.compare import formatted
-
     headers = ("strategy", "backbone", "test acc.", "top-5", "train s", "extraction s", "total s", "img/s")
     accuracies = [row.get("test_accuracy") or 0.0 for row in comparison.rows]
     card = {
@@ -74,7 +69,7 @@ def comparison_card(comparison: Comparison) -> str:
     return render("comparison_card", card)
 
 
-def summary_html(summary: Summary) -> str:
+def summary_html(summary) -> str:
     """The Keras-style layer table as the run report shows it."""
     return render("model_summary", summary)
 
@@ -83,7 +78,7 @@ def render(macro: str, value) -> str:
     return getattr(jinja_environment().get_template("notebook.html.j2").module, macro)(value)
 
 
-def classes_text(classifier: Classifier) -> str:
+def classes_text(classifier) -> str:
     shown = ", ".join(classifier.classes[:CARD_CLASSES_SHOWN])
     more = f", … ({len(classifier.classes) - CARD_CLASSES_SHOWN} more)" if len(classifier.classes) > CARD_CLASSES_SHOWN else ""
     return f"{len(classifier.classes)}: {shown}{more}"
@@ -119,7 +114,7 @@ def figure_uri(fig: Figure) -> str:
 
 
 # -- figures ------------------------------------------------------------------------------------------
-def history_of(classifier: Classifier) -> History | None:
+def history_of(classifier) -> History | None:
     """The training history: kept by `train`, read back from history.csv for a loaded run."""
     if classifier.history is None and classifier.run_dir and (Path(classifier.run_dir) / "history.csv").is_file():
         classifier.history = History.read_csv(Path(classifier.run_dir) / "history.csv")
@@ -132,7 +127,7 @@ def curves_figure(epochs: list[dict], size: tuple[float, float]) -> Figure:
     return history_figure(epochs, SMOOTHING, size=size)
 
 
-def plot_history(classifier: Classifier, smooth: float | None = 0.8) -> Figure:
+def plot_history(classifier, smooth: float | None = 0.8) -> Figure:
     """Accuracy and loss per epoch, training vs validation: raw, and EMA-smoothed with factor `smooth`
     (as the lessons plot them); `smooth=None` draws the raw curves only."""
     from transferlab.plots import history_figure
@@ -144,7 +139,7 @@ def plot_history(classifier: Classifier, smooth: float | None = 0.8) -> Figure:
     return history_figure(history.epochs, smooth)
 
 
-def plot_confusion_matrix(classifier: Classifier) -> Figure:
+def plot_confusion_matrix(classifier) -> Figure:
     """The test set's row-normalised confusion matrix (the run folder's confusion_matrix.png)."""
     from transferlab.plots import confusion_matrix_figure
 
@@ -155,7 +150,7 @@ def plot_confusion_matrix(classifier: Classifier) -> Figure:
     return confusion_matrix_figure(matrix, classifier.classes)
 
 
-def show_top_losses(classifier: Classifier, n: int = 9) -> Figure:
+def show_top_losses(classifier, n: int = 9) -> Figure:
     """The n misclassified test images the model was surest about (lowest probability of the true class),
     titled true / predicted / probability of the prediction: the report's top losses, from the test
     predictions the run recorded."""
@@ -175,7 +170,7 @@ def show_top_losses(classifier: Classifier, n: int = 9) -> Figure:
     return fig
 
 
-def show_predictions(classifier: Classifier, images: Sequence, labels: Sequence[str] | None = None) -> Figure:
+def show_predictions(classifier, images: Sequence, labels: Sequence[str] | None = None) -> Figure:
     """Each image with its predicted class and probability; green / red when the true `labels` are given."""
     from transferlab.plots import image_grid_figure
 
@@ -219,7 +214,7 @@ def show_augmentations(
     return image_grid_figure(pictures, titles)
 
 
-def comparison_plot(comparison: Comparison, metrics: Sequence[str] = ("accuracy", "loss"),
+def comparison_plot(comparison, metrics: Sequence[str] = ("accuracy", "loss"),
                     size: tuple[float, float] | None = None) -> Figure:
     """Validation curves of every strategy in one figure (the compare folder's overlay plots)."""
     from transferlab.plots import comparison_figure
@@ -233,7 +228,7 @@ def comparison_plot(comparison: Comparison, metrics: Sequence[str] = ("accuracy"
 
 
 # -- helpers ------------------------------------------------------------------------------------------
-def run_folder(classifier: Classifier) -> Path:
+def run_folder(classifier) -> Path:
     """The classifier's run folder, with the test predictions recorded at training time."""
     run = Path(classifier.run_dir) if classifier.run_dir else None
     if run is None or not (run / TEST_PREDICTIONS).is_file() or not (run / "config.json").is_file():

@@ -307,3 +307,21 @@ def jinja_environment() -> Environment:
 
 
 __all__ = ["REPORT_NAME", "write_report", "run_context", "compare_context"]
+
+
+def formatted(row: dict) -> list[str]:
+    """Table cells: accuracies as percentages, times in seconds, '-' for what does not apply."""
+
+    def percent(value):
+        return "-" if value is None else f"{value:.1%}"
+
+    def number(value, digits=1):
+        return "-" if not value else f"{value:.{digits}f}"
+
+    recipe = f" ({row['recipe']} recipe)" if row.get("recipe") else ""
+    return [
+        row["strategy"] + recipe, row["backbone"], percent(row["test_accuracy"]), percent(row["top5_accuracy"]),
+        number(row["train_seconds"]), number(row["extract_seconds"]), number(row["total_seconds"]),
+        number(row["images_per_second"], 0),
+    ]
+
