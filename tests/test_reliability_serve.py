@@ -65,6 +65,15 @@ def test_huge_dimension_upload_is_refused_before_decoding(client, monkeypatch):
     assert decoded == []
 
 
+def test_size_check_of_an_accepted_upload_decodes_nothing(monkeypatch):
+    """The size check runs before the decode limit is taken, so it must read the header only (for PNG too)."""
+    data = png(100, 100)
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self.size))
+    assert serve_module.checked_upload(data, 1_000_000) == (100, 100)
+    assert decoded == []
+
+
 def test_upload_within_the_pixel_cap_is_classified(client):
     response = post(client, png(100, 100))
     assert response.status_code == 200 and (response.json()["width"], response.json()["height"]) == (100, 100)

@@ -183,7 +183,8 @@ def checked_upload(data: bytes, max_pixels: int) -> tuple[int, int]:
     if not data:
         raise HTTPException(400, "empty upload: choose an image file")
     with opened(data, max_pixels) as image:  # ImageDecodeError (a TransferlabError) -> 400
-        turned = image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+        # only a JPEG's EXIF sits in its header: a PNG's getexif() would decode the whole image to find it
+        turned = image.format == "JPEG" and image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
         return (image.height, image.width) if turned else image.size
 
 
