@@ -10,12 +10,15 @@ import threading
 import time
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
 import transferlab.serve as serve_module
 from conftest import make_colour_run
+from transferlab.api import load
+from transferlab.classifier import Classifier
 from transferlab.report import write_report
 from transferlab.serve import create_app, hosts_for
 
@@ -30,6 +33,11 @@ def run_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def small_cap_app(run_dir):
     return create_app(run_dir, max_upload_megapixels=0.01, max_decodes=2)  # 10,000 pixels: 100x100 fits
+
+
+@pytest.fixture(scope="module")
+def default_client(run_dir):
+    return TestClient(create_app(run_dir), base_url=LOCAL)
 
 
 @pytest.fixture(scope="module")
@@ -57,36 +65,44 @@ def test_huge_dimension_upload_is_refused_before_decoding(client, monkeypatch):
     assert decoded == []
 
 
+def test_size_check_of_an_accepted_upload_decodes_nothing(monkeypatch):
+    """The size check runs before the decode limit is taken, so it must read the header only (for PNG too)."""
+    data = png(100, 100)
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self.size))
+    assert serve_module.checked_upload(data, 1_000_000) == (100, 100)
+    assert decoded == []
+
+
 def test_upload_within_the_pixel_cap_is_classified(client):
     response = post(client, png(100, 100))
     assert response.status_code == 200 and (response.json()["width"], response.json()["height"]) == (100, 100)
 
 
-def test_default_pixel_cap_refuses_a_10000_by_10000_png_far_below_the_training_limit(run_dir):
+def test_default_pixel_cap_refuses_a_10000_by_10000_png_far_below_the_training_limit(default_client):
     from transferlab.decoding import MAX_IMAGE_PIXELS
 
     assert serve_module.DEFAULT_MAX_UPLOAD_MEGAPIXELS * 1e6 <= MAX_IMAGE_PIXELS / 2
-    header_only = TestClient(create_app(run_dir), base_url=LOCAL)
     buffer = io.BytesIO()
     Image.new("1", (10_000, 10_000)).save(buffer, "PNG")  # 1-bit: ~12 MB to build here, ~100 KB on the wire
-    response = post(header_only, buffer.getvalue())
+    response = post(default_client, buffer.getvalue())
     assert response.status_code == 400 and "limit 40,000,000" in response.json()["detail"]
 
 
 def test_concurrent_uploads_are_decoded_at_most_max_decodes_at_once(small_cap_app, monkeypatch):
     active, peak, lock = [0], [0], threading.Lock()
-    real_decode = serve_module.decode_upload
+    real_predict = Classifier.predict  # where an upload is decoded, then classified
 
-    def slow_decode(data: bytes, max_pixels: int):
+    def slow_predict(self, images, top_k=5):
         with lock:
             active[0] += 1
             peak[0] = max(peak[0], active[0])
         time.sleep(0.2)  # long enough for every request to be waiting at once
         with lock:
             active[0] -= 1
-        return real_decode(data, max_pixels)
+        return real_predict(self, images, top_k=top_k)
 
-    monkeypatch.setattr(serve_module, "decode_upload", slow_decode)
+    monkeypatch.setattr(Classifier, "predict", slow_predict)
 
     async def flood() -> list[int]:
         transport = httpx.ASGITransport(app=small_cap_app)
@@ -124,3 +140,20 @@ def test_served_report_shows_no_absolute_data_or_run_path(client, run_dir):
     assert served.status_code == 200 and "<html" in served.text.lower()
     assert data_root not in served.text and str(run_dir) not in served.text
 
+
+
+def test_served_jpeg_gets_the_same_probabilities_as_predict(default_client, run_dir, tmp_path):
+    """A photo-sized JPEG is decoded at reduced scale by `predict` (libjpeg's draft); the server must do the same."""
+    rng = np.random.default_rng(3)
+    pixels = np.clip(np.array((40, 180, 60)) + rng.normal(0, 40, (900, 1200, 3)), 0, 255).astype(np.uint8)
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(pixels).save(path, quality=85)
+    served = default_client.post("/api/predict", files={"file": ("photo.jpg", path.read_bytes())}, params={"top_k": 3})
+    classifier = load(run_dir)
+    expected = classifier.predict([path], top_k=3)[0].top
+    assert served.status_code == 200 and (served.json()["width"], served.json()["height"]) == (1200, 900)
+    assert [row["label"] for row in served.json()["top"]] == [label for label, _ in expected]
+    served_probabilities = [row["probability"] for row in served.json()["top"]]
+    assert served_probabilities == pytest.approx([p for _, p in expected], abs=1e-6)
+    full_scale = classifier.predict([Image.open(path)], top_k=3)[0].top  # what the server computed before
+    assert [p for _, p in full_scale] != pytest.approx(served_probabilities, abs=1e-6)

@@ -138,22 +138,22 @@ class Classifier:
             views.append(self.probabilities_from_features(augmented.features))
         return np.stack(views), result.kept, {str(p): reason for p, reason in result.failed.items()}
 
-    def predict_proba(self, images: Sequence[str | Path | Image.Image], tta: int = 1) -> tuple[np.ndarray, dict]:
+    def predict_proba(self, images: Sequence[str | Path | bytes | Image.Image], tta: int = 1) -> tuple[np.ndarray, dict]:
         """Probabilities [n_ok, n_classes] for the images that decode, and {"kept": [n] bool, "failed":
         {source: reason}}. `tta` > 1 averages over the original and tta-1 mildly augmented views."""
-        if all(isinstance(im, Image.Image) for im in images):
+        if all(isinstance(im, (Image.Image, bytes)) for im in images):  # in memory (serving): decoded uncached
             return self.probabilities_from_features(self.extractor.features_of_images(list(images))), {}
         views, kept, failed = self.view_probabilities(images, tta)
         return views.mean(axis=0), {"kept": kept, "failed": failed}
 
-    def predict(self, images: Sequence[str | Path | Image.Image], top_k: int = 5, tta: int = 1) -> list[Prediction]:
+    def predict(self, images: Sequence[str | Path | bytes | Image.Image], top_k: int = 5, tta: int = 1) -> list[Prediction]:
         probs, info = self.predict_proba(images, tta=tta)
         kept = info.get("kept", np.ones(len(images), dtype=bool))
         failed = info.get("failed", {})
         rows = iter(probs)
         predictions = []
         for image, ok in zip(images, kept):
-            source = str(image) if not isinstance(image, Image.Image) else "<image>"
+            source = str(image) if not isinstance(image, (Image.Image, bytes)) else "<image>"
             if ok:
                 predictions.append(Prediction(source, self.top_k(next(rows), top_k)))
             else:

@@ -29,10 +29,10 @@ from typing import Annotated, Any, Protocol
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
-from PIL import Image
+from PIL import ExifTags, Image
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from transferlab.decoding import open_image
+from transferlab.decoding import opened
 from transferlab.errors import TransferlabError
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -118,16 +118,15 @@ def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     ) -> dict:
         # a sync endpoint: FastAPI runs it in its threadpool, so the event loop keeps serving during inference
         data = file.file.read()
+        size = checked_upload(data, max_pixels)
         with decoding:  # bounds the memory held by decoded images, whatever the number of clients
-            image = decode_upload(data, max_pixels)
-            size = image.size
             started = time.perf_counter()
-            try:
-                prediction = model.predict([image], top_k=top_k)[0]
-            finally:
-                del image  # its pixels are freed with the last reference, before the next upload is decoded
-                if size[0] * size[1] >= LARGE_IMAGE_PIXELS:
-                    release_freed_memory()
+            # the bytes, not a decoded image: the model decodes them as `predict` does (JPEG draft scale included)
+            prediction = model.predict([data], top_k=top_k)[0]
+            if size[0] * size[1] >= LARGE_IMAGE_PIXELS:
+                release_freed_memory()
+        if prediction.error:
+            raise HTTPException(400, f"unusable image: {prediction.error}")
         return {
             "filename": file.filename,
             "width": size[0],
@@ -173,12 +172,15 @@ def add_error_handlers(app: FastAPI, max_upload_mb: float) -> None:
         return JSONResponse({"detail": f"upload too large: the limit is {max_upload_mb:g} MB"}, status_code=413)
 
 
-def decode_upload(data: bytes, max_pixels: int) -> Image.Image:
-    """Check an upload by its content (never its name); HTTP 400 if it is empty, not an image, unusable or over
-    max_pixels (checked from the header, so a refused image never takes memory)."""
+def checked_upload(data: bytes, max_pixels: int) -> tuple[int, int]:
+    """The upload's (width, height) as shown, read from its header (never its name): HTTP 400 if it is empty,
+    not an image or over max_pixels, before any pixel is decoded."""
     if not data:
         raise HTTPException(400, "empty upload: choose an image file")
-    return open_image(data, max_pixels=max_pixels)  # ImageDecodeError (a TransferlabError) -> 400
+    with opened(data, max_pixels) as image:  # ImageDecodeError (a TransferlabError) -> 400
+        # only a JPEG's EXIF sits in its header: a PNG's getexif() would decode the whole image to find it
+        turned = image.format == "JPEG" and image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+        return (image.height, image.width) if turned else image.size
 
 
 def release_freed_memory() -> None:
