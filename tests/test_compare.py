@@ -28,6 +28,11 @@ def compared(colours, tmp_path_factory):
     return compare(colours, ["extract", "augment", "scratch"], out=out, epochs=4, views=1, quiet=True)
 
 
+def test_compare_writes_its_report(compared):
+    page = (compared.out / "report.html").read_text(encoding="utf-8")
+    assert all(strategy in page for strategy in ("extract", "augment", "scratch"))
+
+
 def read_csv(path: Path) -> list[dict]:
     with path.open(newline="") as file:
         return list(csv.DictReader(file))

@@ -20,7 +20,7 @@ from transferlab.data import load_dataset
 from transferlab.errors import TransferlabError
 from transferlab.options import COMPARE_STRATEGIES, check_split_csv_alone, check_strategies, check_verbose
 from transferlab.pipeline import train
-from transferlab.report import formatted
+from transferlab.report import formatted, write_report
 from transferlab.runs import clear_destination, unique_run_dir
 COLUMNS = (
     "strategy", "backbone", "recipe", "test_accuracy", "top5_accuracy", "val_accuracy", "epochs_run",
@@ -117,6 +117,7 @@ def compare(
         )
     comparison = Comparison.of(classifiers, out_dir)
     write_comparison(comparison, title=f"{Path(data).resolve().name}: strategies compared on one split")
+    write_report(out_dir)  # the strategies side by side, as every run folder has its own
     console.print(comparison.table())
     return comparison
 
