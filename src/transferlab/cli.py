@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,6 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from transferlab.errors import TransferlabError
+from transferlab.layouts import image_files
+from transferlab.prediction import Prediction
 from transferlab.options import COMPARE_STRATEGIES, DEFAULT_BACKBONE, parse_duration, split_fractions
 
 app = typer.Typer(
@@ -49,13 +52,24 @@ class State:
 state = State()
 
 
+def print_version() -> None:
+    from transferlab import __version__
+
+    out.print(f"transferlab {__version__}")
+    raise typer.Exit()
+
+
 @app.callback()
 def global_options(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors and library warnings.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=lambda shown: shown and print_version())] = False,
 ):
     state.quiet, state.json, state.debug = quiet or json_output, json_output, debug
+    if not debug:  # library warnings (Pillow, matplotlib, torch) are noise on a user's terminal
+        warnings.filterwarnings("ignore")
 
 
 def comma_list(value: str | None) -> list[str] | None:
@@ -157,23 +171,6 @@ def train(
         emit_json({"run_dir": str(classifier.run_dir), **{k: v for k, v in classifier.metrics.items() if k != "test"}})
 
 
-def image_files(sources: list[Path]) -> list[Path]:
-    """Files as given; folders expanded to the image files inside them (recursively, sorted)."""
-    from transferlab.decoding import IMAGE_EXTENSIONS
-
-    files: list[Path] = []
-    for source in sources:
-        if source.is_dir():
-            files.extend(sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS))
-        elif source.exists():
-            files.append(source)
-        else:
-            raise TransferlabError(f"no such file or folder: {source}")
-    if not files:
-        raise TransferlabError("no image files found", hint="pass image files or folders that contain images")
-    return files
-
-
 @app.command()
 def predict(
     run: Annotated[Path, typer.Argument(help="Run folder written by `transferlab train`.")],
@@ -184,6 +181,8 @@ def predict(
     runtime: Annotated[str, typer.Option(help="torch (the run's PyTorch model) | onnx (the exported RUN/model.onnx, or RUN given as an .onnx file, torch-free) | auto (torch, or onnx when torch is missing).")] = "auto",
 ):
     """Predict the classes of images with a trained run."""
+    if top_k < 1:
+        raise TransferlabError(f"--top-k must be at least 1, got {top_k}")
     if output_format not in ("table", "csv", "json"):
         raise TransferlabError(f"unknown format {output_format!r}", hint="use table, csv or json")
     if prediction_runtime(run, runtime) == "onnx":
@@ -207,19 +206,7 @@ def predict(
             if p.error:
                 writer.writerow([p.source, "", "", "", p.error])
     else:
-        out.print(predictions_table(predictions))
-
-
-def predictions_table(predictions) -> Table:
-    table = Table("image", "prediction", "probability", "next")
-    for p in predictions:
-        if p.error:
-            table.add_row(p.source, f"[red]skipped: {p.error}[/]", "", "")
-            continue
-        label, prob = p.top[0]
-        rest = ", ".join(f"{l} {pr:.1%}" for l, pr in p.top[1:])
-        table.add_row(p.source, label, f"{prob:.1%}", rest)
-    return table
+        out.print(Prediction.table(predictions))
 
 
 @app.command()
@@ -263,6 +250,8 @@ def backbones():
         emit_json([{"name": s.name, "timm": s.timm_name, "input_size": s.input_size, "status": st, "description": s.description} for s, st in rows])
         return
     table = Table("name", "timm architecture", "input", "weights", "description")
+    for column in table.columns[:4]:
+        column.no_wrap = True  # names are never cut; the description wraps instead
     colours = {"embedded": "green", "cached": "cyan", "needs download": "yellow"}
     for spec, status in rows:
         table.add_row(spec.name, spec.timm_name, str(spec.input_size), f"[{colours.get(status, 'white')}]{status}[/]", spec.description)

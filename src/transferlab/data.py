@@ -276,7 +276,8 @@ def _check_usable(dataset: DatasetSplit) -> None:
     if untrainable:
         raise TransferlabError(
             f"{len(untrainable)} class(es) have no usable training images: {listing(untrainable)}",
-            hint="add images to them or leave them out with exclude=[...]; unreadable files are listed in skipped",
+            hint="add images to them or leave them out (--exclude NAME, or exclude=[...] in Python); unreadable files "
+                 "are listed in skipped.csv",
         )
     for name, subset in dataset.subsets().items():
         if not len(subset):

@@ -263,3 +263,18 @@ def _skip_reason(path: Path) -> str | None:
             return None
     except ImageDecodeError as exc:
         return exc.message
+
+
+def image_files(sources: list[Path]) -> list[Path]:
+    """Files as given; folders expanded to the image files inside them (recursively, sorted)."""
+    files: list[Path] = []
+    for source in sources:
+        if source.is_dir():
+            files.extend(sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS))
+        elif source.exists():
+            files.append(source)
+        else:
+            raise TransferlabError(f"no such file or folder: {source}")
+    if not files:
+        raise TransferlabError("no image files found", hint="pass image files or folders that contain images")
+    return files
