@@ -53,7 +53,7 @@ def main() -> None:
     n = write_digits(DEMO / "digits")
     print(f"wrote {n} digit images to {DEMO / 'digits'}")
     out = RUN
-    transferlab("train", str(DEMO / "digits"), "--out", str(out), "--epochs", "40")
+    transferlab("train", str(DEMO / "digits"), "--out", str(out), "--overwrite", "--epochs", "40")  # make demo reruns
     samples = sorted((DEMO / "digits").glob("*/digit_000*.png"))[:4]
     transferlab("predict", str(out), *map(str, samples))
     transferlab("imagenet", *map(str, write_photos(DEMO / "photos")), "--top-k", "3")
