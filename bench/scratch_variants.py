@@ -54,7 +54,7 @@ def run(backbone: str, data: dict, n_classes: int, augment: str, batch: int, lr:
     start = time.perf_counter()
     history = fit(model, (torch.arange(len(labels)), labels), data["validation"],
                   FitConfig(epochs=epochs, batch_size=batch, lr=lr, patience=None), n_classes=n_classes,
-                  batch_transform=ImageBatches(images, AugmentConfig.preset(augment)), quiet=True)
+                  batch_transform=ImageBatches(images, AugmentConfig.preset(augment)), quiet=True, log_epochs=True)
     seconds = time.perf_counter() - start
     test = (predict_logits(model.eval(), data["test"][0]).argmax(1) == data["test"][1]).float().mean().item()
     vals = " ".join(f"{row['val_accuracy']:.3f}" for row in history.epochs)
