@@ -18,13 +18,15 @@ from safetensors.torch import load_file, save_file
 
 from transferlab.augment import AugmentConfig
 from transferlab.errors import TransferlabError
-from transferlab.prediction import Prediction
+from transferlab.decoding import ImageDecodeError
+from transferlab.prediction import ImageInput, ImageLike, Prediction, checked_probabilities, image_inputs, predictions_of
 from transferlab.extractors import CombinedExtractor, build_extractor
 from transferlab.features import FeatureExtractor
 from transferlab.files import atomic_path, atomic_write_bytes
 from transferlab.heads import HeadConfig, build_head
 from transferlab.metrics import evaluate_probabilities
 from transferlab.options import check_tta
+from transferlab.preflight import check_run_folder
 
 MODEL_FORMAT = "transferlab-model/1"
 
@@ -130,35 +132,83 @@ class Classifier:
         if missing:
             raise TransferlabError(f"no such image file: {missing[0]}")
         result = self.extractor.extract(paths, description="features")
+        failed = {str(p): reason for p, reason in result.failed.items()}
+        if not result.kept.any():  # nothing decoded: no features to give the head (whose input size they lack)
+            return np.zeros((tta, 0, len(self.classes)), np.float32), result.kept, failed
         decoded = [p for p, k in zip(paths, result.kept) if k]
         views = [self.probabilities_from_features(result.features)]
         light = AugmentConfig.light()
         for view in range(1, tta):
             augmented = self.extractor.extract(decoded, augment=light, view=view, description=f"features: view {view}")
             views.append(self.probabilities_from_features(augmented.features))
-        return np.stack(views), result.kept, {str(p): reason for p, reason in result.failed.items()}
+        return np.stack(views), result.kept, failed
 
-    def predict_proba(self, images: Sequence[str | Path | bytes | Image.Image], tta: int = 1) -> tuple[np.ndarray, dict]:
-        """Probabilities [n_ok, n_classes] for the images that decode, and {"kept": [n] bool, "failed":
-        {source: reason}}. `tta` > 1 averages over the original and tta-1 mildly augmented views."""
-        if all(isinstance(im, (Image.Image, bytes)) for im in images):  # in memory (serving): decoded uncached
-            return self.probabilities_from_features(self.extractor.features_of_images(list(images))), {}
-        views, kept, failed = self.view_probabilities(images, tta)
-        return views.mean(axis=0), {"kept": kept, "failed": failed}
+    def probabilities(self, inputs: Sequence[ImageInput], tta: int = 1) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+        """(probabilities [n_ok, n_classes] of the usable inputs in order, kept [n], {name: reason} for the others).
+        Files go through the feature cache (and `tta`); in-memory images are decoded and run uncached, as served."""
+        check_tta(tta)
+        rows = np.zeros((len(inputs), len(self.classes)), np.float32)
+        kept = np.zeros(len(inputs), dtype=bool)
+        failed = {item.name: item.error for item in inputs if item.error}
+        files = [i for i, item in enumerate(inputs) if isinstance(item.value, Path)]
+        if files:
+            views, ok, reasons = self.view_probabilities([inputs[i].value for i in files], tta)
+            self._place(rows, kept, failed, [inputs[i] for i in files], files, views.mean(axis=0), ok, reasons)
+        memory = [i for i, item in enumerate(inputs) if item.in_memory]
+        if memory:
+            if tta != 1:
+                raise TransferlabError("tta needs image files (augmented views are cached by file content)",
+                                       hint="pass paths, or use tta=1 for arrays, bytes and PIL images")
+            probs, ok, reasons = self._in_memory_probabilities([inputs[i] for i in memory])
+            self._place(rows, kept, failed, [inputs[i] for i in memory], memory, probs, ok, reasons)
+        return rows[kept], kept, failed
 
-    def predict(self, images: Sequence[str | Path | bytes | Image.Image], top_k: int = 5, tta: int = 1) -> list[Prediction]:
-        probs, info = self.predict_proba(images, tta=tta)
-        kept = info.get("kept", np.ones(len(images), dtype=bool))
-        failed = info.get("failed", {})
-        rows = iter(probs)
-        predictions = []
-        for image, ok in zip(images, kept):
-            source = str(image) if not isinstance(image, (Image.Image, bytes)) else "<image>"
-            if ok:
-                predictions.append(Prediction(source, self.top_k(next(rows), top_k)))
-            else:
-                predictions.append(Prediction(source, [], error=failed.get(source, "could not decode")))
-        return predictions
+    @staticmethod
+    def _place(rows, kept, failed, items, positions, probs, ok, reasons) -> None:
+        """Put one group's results (files, or in-memory images) at their positions among all inputs."""
+        good = [position for position, k in zip(positions, ok) if k]
+        rows[good] = probs
+        kept[good] = True
+        for item, k in zip(items, ok):
+            if not k:
+                failed[item.name] = reasons.get(str(item.value) if isinstance(item.value, Path) else item.name, "could not decode")
+
+    def _in_memory_probabilities(self, items: Sequence[ImageInput]) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+        """All images in one pass; when one fails to decode, one at a time to tell which."""
+        values = [item.value for item in items]
+        try:
+            return (self.probabilities_from_features(self.extractor.features_of_images(values)),
+                    np.ones(len(items), dtype=bool), {})
+        except (ImageDecodeError, OSError, ValueError):
+            pass
+        features, ok, reasons = [], np.zeros(len(items), dtype=bool), {}
+        for index, item in enumerate(items):
+            try:
+                features.append(self.extractor.features_of_images([item.value]))
+                ok[index] = True
+            except ImageDecodeError as exc:
+                reasons[item.name] = exc.message
+            except (OSError, ValueError) as exc:  # a user's lazily opened PIL image whose file is damaged
+                reasons[item.name] = f"{type(exc).__name__}: {exc}"[:160]
+        probs = self.probabilities_from_features(np.concatenate(features)) if features else np.zeros((0, len(self.classes)), np.float32)
+        return probs, ok, reasons
+
+    def predict_proba(self, images: ImageLike | Sequence[ImageLike], tta: int = 1, *, return_failed: bool = False):
+        """Class probabilities [n, n_classes], one row per image (columns in `self.classes` order).
+
+        `images`: a path, a folder (its image files), an HxWx3 uint8 array (or NxHxWx3), bytes, a PIL image, or a
+        list of them. An image that cannot be used raises TransferlabError, unless `return_failed=True`: then
+        (probabilities of the usable images in order, {name: reason} for the others). `tta` > 1 averages over the
+        original and tta-1 mildly augmented views (files only)."""
+        probs, _, failed = self.probabilities(image_inputs(images), tta)
+        return checked_probabilities(probs, failed, return_failed)
+
+    def predict(self, images: ImageLike | Sequence[ImageLike], top_k: int = 5, tta: int = 1) -> list[Prediction]:
+        """Top-k (label, probability) per image, always a list in input order (`clf.predict("a.jpg")[0]`; a folder
+        gives one per image file). An image that cannot be used gets `.error` instead of stopping the others."""
+        inputs = image_inputs(images)
+        probs, kept, failed = self.probabilities(inputs, tta)
+        return predictions_of(inputs, probs, kept, failed, lambda row: self.top_k(row, top_k))
 
     def top_k(self, probabilities: np.ndarray, k: int) -> list[tuple[str, float]]:
         order = np.argsort(probabilities)[::-1][: max(1, min(k, len(self.classes)))]
@@ -166,10 +216,9 @@ class Classifier:
 
     def evaluate(self, paths: Sequence[str | Path], labels: Sequence[int], tta: int = 1) -> dict:
         """Metrics on labelled image files (see `transferlab.metrics.evaluate_probabilities`)."""
-        probs, info = self.predict_proba(paths, tta=tta)
-        y = np.asarray(labels)[info["kept"]]
-        metrics = evaluate_probabilities(y, probs, self.classes)
-        metrics["n_failed"] = len(info["failed"])
+        probs, kept, failed = self.probabilities([ImageInput(str(p), Path(p)) for p in paths], tta)
+        metrics = evaluate_probabilities(np.asarray(labels)[kept], probs, self.classes)
+        metrics["n_failed"] = len(failed)
         return metrics
 
     # -- persistence ------------------------------------------------------------------------------
@@ -203,11 +252,7 @@ class Classifier:
     def load(cls, directory: str | Path, cache_dir: Path | None = None) -> Classifier:
         directory = Path(directory)
         description_path = directory / "model.json"
-        if not description_path.is_file():
-            raise TransferlabError(
-                f"{directory} is not a transferlab run folder (no model.json)",
-                hint="pass the folder written by `transferlab train --out DIR`",
-            )
+        check_run_folder(directory)  # a missing, truncated or damaged model is one clear line, not a loader traceback
         description = json.loads(description_path.read_text())
         if description.get("format") != MODEL_FORMAT:
             raise TransferlabError(f"unsupported model format {description.get('format')!r} in {description_path}")

@@ -13,9 +13,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from transferlab import preflight
 from transferlab.errors import TransferlabError
 from transferlab.layouts import image_files
-from transferlab.prediction import Prediction
+from transferlab.prediction import Prediction, expand_paths, predict_with_progress
 from transferlab.options import COMPARE_STRATEGIES, DEFAULT_BACKBONE, parse_duration, split_fractions
 
 app = typer.Typer(
@@ -134,6 +135,10 @@ def train(
     tta: Annotated[int, typer.Option(help="Test-time augmentation views for the evaluation (1: off).")] = 1,
 ):
     """Train and evaluate a classifier; write a run folder with metrics, model and plots."""
+    preflight.check_train(data, backbone=backbone, strategy=strategy, out=out_dir, overwrite=overwrite, budget=budget,
+                          epochs=epochs, batch_size=batch_size, lr=lr, views=views, tta=tta,
+                          finetune_epochs=finetune_epochs, device=device, weights=weights, split_csv=split_csv)
+    selection = data_selection(include, exclude, split, max_per_class)
     from transferlab.api import train as train_api
 
     classifier = train_api(
@@ -145,7 +150,7 @@ def train(
         overwrite=overwrite,
         split_csv=split_csv,
         seed=seed,
-        **data_selection(include, exclude, split, max_per_class),
+        **selection,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -180,21 +185,20 @@ def predict(
     tta: Annotated[int, typer.Option(help="Average over the original and N-1 augmented views.")] = 1,
     runtime: Annotated[str, typer.Option(help="torch (the run's PyTorch model) | onnx (the exported RUN/model.onnx, or RUN given as an .onnx file, torch-free) | auto (torch, or onnx when torch is missing).")] = "auto",
 ):
-    """Predict the classes of images with a trained run."""
-    if top_k < 1:
-        raise TransferlabError(f"--top-k must be at least 1, got {top_k}")
-    if output_format not in ("table", "csv", "json"):
-        raise TransferlabError(f"unknown format {output_format!r}", hint="use table, csv or json")
-    if prediction_runtime(run, runtime) == "onnx":
-        if tta != 1:
-            raise TransferlabError("--tta needs the PyTorch model", hint="use --runtime torch (and have torch installed)")
+    """Predict the classes of images with a trained run. A missing or unreadable image becomes a failed row; the
+    others are still predicted, and the exit code is 1 when any row failed."""
+    chosen = preflight.check_predict(run, runtime=runtime, top_k=top_k, output_format=output_format, tta=tta)
+    paths = expand_paths(images)  # missing paths stay in the list: they become failed rows
+    if chosen == "onnx":
         from transferlab.onnx_predict import OnnxClassifier
 
-        predictions = OnnxClassifier(run).predict(image_files(images), top_k=top_k)
+        model, options = OnnxClassifier(run), {}
     else:
         from transferlab.api import load
 
-        predictions = load(run).predict(image_files(images), top_k=top_k, tta=tta)
+        model, options = load(run), {"tta": tta}
+    quiet = state.quiet or output_format != "table"
+    predictions = predict_with_progress(model, paths, top_k=top_k, quiet=quiet, **options)
     if output_format == "json" or state.json:
         emit_json([{"image": p.source, "top": [{"label": l, "probability": pr} for l, pr in p.top], "error": p.error} for p in predictions])
     elif output_format == "csv":
@@ -207,6 +211,8 @@ def predict(
                 writer.writerow([p.source, "", "", "", p.error])
     else:
         out.print(Prediction.table(predictions))
+    if any(p.error for p in predictions):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -217,6 +223,8 @@ def imagenet(
     weights: Annotated[Optional[Path], typer.Option(help="Backbone weights file.")] = None,
 ):
     """Top-k ImageNet-1k classes with human-readable labels (like Keras' decode_predictions)."""
+    preflight.at_least("--top-k", top_k, 1)
+    preflight.check_backbone(backbone)
     from transferlab.imagenet import predict_imagenet
     from transferlab.decoding import ImageDecodeError, open_image
 
@@ -258,20 +266,6 @@ def backbones():
     out.print(table)
 
 
-def prediction_runtime(run: Path, runtime: str) -> str:
-    """"onnx" when asked for, when RUN is an .onnx file, or (auto) when RUN has an exported model and torch cannot
-    be imported; else "torch"."""
-    if runtime not in ("auto", "torch", "onnx"):
-        raise TransferlabError(f"unknown runtime {runtime!r}", hint="use auto, torch or onnx")
-    if runtime != "auto" or run.suffix == ".onnx" or not (run / "model.onnx").is_file():
-        return "onnx" if run.suffix == ".onnx" else runtime if runtime != "auto" else "torch"
-    try:
-        import torch  # noqa: F401  (the torch path imports it next anyway)
-    except ImportError:
-        return "onnx"
-    return "torch"
-
-
 @app.command()
 def export(
     run: Annotated[Path, typer.Argument(help="Run folder written by `transferlab train`.")],
@@ -279,6 +273,7 @@ def export(
     quantize: Annotated[Optional[str], typer.Option(help="Also write an int8 model (model.int8.onnx) and compare it.")] = None,
 ):
     """Export a run to ONNX (RUN/model.onnx + model.onnx.json), optionally quantized to int8."""
+    preflight.check_run_folder(run)
     if export_format != "onnx":
         raise TransferlabError(f"unknown export format {export_format!r}", hint="use --format onnx")
     from transferlab.export import export_run, report_table
@@ -301,10 +296,12 @@ def serve(
     runtime: Annotated[str, typer.Option(help="torch (the run's PyTorch model) | onnx (the exported RUN/model.onnx) | auto.")] = "auto",
 ):
     """Serve a run: a web page to try images, a JSON API (/api/predict) and the run's report."""
+    preflight.check_port(port)
+    chosen = preflight.check_model(run, runtime)
     from transferlab.serve import serve as serve_run
 
     err.print(f"serving {run} on http://{host}:{port}/ (Ctrl-C to stop)")
-    serve_run(run, host=host, port=port, max_upload_mb=max_upload_mb, runtime=prediction_runtime(run, runtime),
+    serve_run(run, host=host, port=port, max_upload_mb=max_upload_mb, runtime=chosen,
               max_upload_megapixels=max_upload_megapixels)
 
 
@@ -363,6 +360,10 @@ def compare(
     tta: Annotated[int, typer.Option(help="Test-time augmentation views for the evaluations (1: off).")] = 1,
 ):
     """Train several strategies on the same split; write compare.csv, compare.md, plots and every run folder."""
+    preflight.check_compare(data, strategies=comma_list(strategies) or [], backbone=backbone,
+                            scratch_backbone=scratch_backbone, out=out_dir, overwrite=overwrite, epochs=epochs,
+                            views=views, tta=tta, finetune_epochs=finetune_epochs, device=device)
+    selection = data_selection(include, exclude, split, max_per_class)
     from transferlab.api import compare as compare_api
 
     optional = {
@@ -378,7 +379,7 @@ def compare(
         out=out_dir,
         overwrite=overwrite,
         seed=seed,
-        **data_selection(include, exclude, split, max_per_class),
+        **selection,
         unfreeze=unfreeze,
         device=device,
         tta=tta,
@@ -419,10 +420,21 @@ def augment_preview(
         out.print(f"wrote {grid}" + (f" and {len(saved)} augmented images in {out_dir}" if saved else ""))
 
 
+GLOBAL_FLAGS = ("--quiet", "-q", "--json", "--debug")
+
+
+def hoist_global_flags(args: list[str]) -> list[str]:
+    """Move the global flags to the front, so that `transferlab train DATA --json` works as `--json train DATA`
+    does (Click accepts a group's options only before the command name). Arguments after `--` stay as they are."""
+    end = args.index("--") if "--" in args else len(args)
+    flags = [a for a in args[:end] if a in GLOBAL_FLAGS]
+    return flags + [a for a in args[:end] if a not in GLOBAL_FLAGS] + args[end:]
+
+
 def main() -> None:
     """Entry point: user errors print one line plus a hint; --debug shows the traceback."""
     try:
-        app()
+        app(args=hoist_global_flags(sys.argv[1:]))
     except TransferlabError as exc:
         if state.debug:
             raise

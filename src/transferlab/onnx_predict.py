@@ -20,7 +20,7 @@ from PIL import Image
 
 from transferlab.decoding import open_image, resize_and_crop
 from transferlab.errors import TransferlabError
-from transferlab.prediction import Prediction
+from transferlab.prediction import ImageInput, ImageLike, Prediction, checked_probabilities, image_inputs, predictions_of
 
 ONNX_FORMAT = "transferlab-onnx/1"
 MODEL_FILE = "model.onnx"
@@ -133,25 +133,36 @@ class OnnxClassifier:
                  for i in range(0, n, BATCH_SIZE)]
         return np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), np.float32)
 
-    def predict_proba(self, images: Sequence[ImageSource]) -> np.ndarray:
-        """Probabilities [n, n_classes]; raises TransferlabError if any image cannot be decoded."""
-        return self.run(self.stack([self.prepare_inputs(image) for image in images]))
-
-    def predict(self, images: Sequence[ImageSource], top_k: int = 5) -> list[Prediction]:
-        """Top-k (label, probability) per image; an image that fails to decode gets `.error` instead."""
+    def probabilities(self, inputs: Sequence[ImageInput]) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+        """(probabilities [n_ok, n_classes] of the usable inputs in order, kept [n], {name: reason} for the others)."""
         prepared: list[list[np.ndarray]] = []
-        errors: list[str | None] = []
-        for image in images:
+        kept = np.zeros(len(inputs), dtype=bool)
+        failed: dict[str, str] = {}
+        for index, item in enumerate(inputs):
             try:
-                prepared.append(self.prepare_inputs(image))
-                errors.append(None)
+                if item.error:
+                    raise TransferlabError(item.error)
+                prepared.append(self.prepare_inputs(item.value))
+                kept[index] = True
             except TransferlabError as exc:
-                errors.append(exc.message)
-        rows = iter(self.run(self.stack(prepared)) if prepared else [])
-        return [
-            Prediction(_source_name(image), [] if error else self.top_k(next(rows), top_k), error)
-            for image, error in zip(images, errors)
-        ]
+                failed[item.name] = exc.message
+            except (OSError, ValueError) as exc:  # a user's lazily opened PIL image whose file is damaged
+                failed[item.name] = f"{type(exc).__name__}: {exc}"[:160]
+        probs = self.run(self.stack(prepared)) if prepared else np.zeros((0, len(self.classes)), np.float32)
+        return probs, kept, failed
+
+    def predict_proba(self, images: ImageLike | Sequence[ImageLike], *, return_failed: bool = False):
+        """Probabilities [n, n_classes], as `Classifier.predict_proba`: an image that cannot be used raises
+        TransferlabError, unless `return_failed=True` gives (probabilities of the others, {name: reason})."""
+        probs, _, failed = self.probabilities(image_inputs(images))
+        return checked_probabilities(probs, failed, return_failed)
+
+    def predict(self, images: ImageLike | Sequence[ImageLike], top_k: int = 5) -> list[Prediction]:
+        """Top-k (label, probability) per image, always a list in input order; an image that cannot be used gets
+        `.error` instead."""
+        inputs = image_inputs(images)
+        probs, kept, failed = self.probabilities(inputs)
+        return predictions_of(inputs, probs, kept, failed, lambda row: self.top_k(row, top_k))
 
     def top_k(self, probabilities: np.ndarray, k: int) -> list[tuple[str, float]]:
         order = np.argsort(probabilities)[::-1][: max(1, min(k, len(self.classes)))]
@@ -163,7 +174,3 @@ def make_session(path: Path, threads: int | None = None) -> ort.InferenceSession
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or os.cpu_count() or 1
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _source_name(image: ImageSource) -> str:
-    return str(image) if isinstance(image, (str, Path)) else "<image>"
