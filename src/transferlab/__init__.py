@@ -14,6 +14,7 @@ _EXPORTS = {
     "train": "transferlab.api",
     "load": "transferlab.api",
     "dataset": "transferlab.api",
+    "evaluate": "transferlab.api",
     "show_augmentations": "transferlab.notebook",
     "Classifier": "transferlab.classifier",
     "Prediction": "transferlab.prediction",
@@ -21,7 +22,7 @@ _EXPORTS = {
 }
 # Functions named like their module: importing a submodule makes it an attribute of the package, so
 # `transferlab.compare` is the module as soon as anything imports it. These modules are therefore callable.
-CALLABLE_MODULES = ("compare", "summary")
+CALLABLE_MODULES = ("compare", "export", "summary")
 __all__ = [*_EXPORTS, *CALLABLE_MODULES, "__version__"]
 
 

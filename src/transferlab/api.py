@@ -1,6 +1,7 @@
 """The Python API: `transferlab.train("data/")` works; every knob is a keyword away.
 
-A thin front: training lives in `transferlab.pipeline`, comparisons in `transferlab.compare`.
+A thin front: training lives in `transferlab.pipeline`, comparisons in `transferlab.compare`, evaluations on new
+labelled folders in `transferlab.evaluation`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from transferlab.classifier import Classifier
 from transferlab.compare import Comparison, compare
 from transferlab.data import DatasetSplit, load_dataset
 from transferlab.errors import TransferlabError
+from transferlab.evaluation import Evaluation, evaluate
 
 
 def train(data: str | Path, *, strategy: str = "extract", budget: float | None = None, **kwargs) -> Classifier:
@@ -38,4 +40,4 @@ def dataset(data: str | Path, **kwargs) -> DatasetSplit:
     return load_dataset(data, **kwargs)
 
 
-__all__ = ["Classifier", "Comparison", "DatasetSplit", "compare", "dataset", "load", "train"]
+__all__ = ["Classifier", "Comparison", "DatasetSplit", "Evaluation", "compare", "dataset", "evaluate", "load", "train"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 import warnings
@@ -199,20 +198,33 @@ def predict(
         model, options = load(run), {"tta": tta}
     quiet = state.quiet or output_format != "table"
     predictions = predict_with_progress(model, paths, top_k=top_k, quiet=quiet, **options)
-    if output_format == "json" or state.json:
-        emit_json([{"image": p.source, "top": [{"label": l, "probability": pr} for l, pr in p.top], "error": p.error} for p in predictions])
-    elif output_format == "csv":
-        writer = csv.writer(sys.stdout)
-        writer.writerow(["image", "rank", "label", "probability", "error"])
-        for p in predictions:
-            for rank, (label, prob) in enumerate(p.top, 1):
-                writer.writerow([p.source, rank, label, f"{prob:.6f}", ""])
-            if p.error:
-                writer.writerow([p.source, "", "", "", p.error])
-    else:
+    if output_format == "table" and not state.json:
         out.print(Prediction.table(predictions))
+    else:
+        Prediction.write(predictions, sys.stdout, "json" if state.json else output_format)
     if any(p.error for p in predictions):
         raise typer.Exit(1)
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `transferlab train`.")],
+    data: Annotated[Path, typer.Argument(help="A labelled folder (class subfolders) of images the model has not seen.")],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the results (default RUN/evaluations/<DATA name>).")] = None,
+    tta: Annotated[int, typer.Option(help="Average over the original and N-1 augmented views.")] = 1,
+):
+    """Measure a run on a new labelled folder: metrics, confusion matrix, report.html (replaced on a rerun)."""
+    preflight.check_run_folder(run)
+    preflight.check_data_folder(data)
+    preflight.at_least("--tta", tta, 1)
+    from transferlab.evaluation import evaluate as evaluate_run
+
+    evaluation = evaluate_run(run, data, out=out_dir, tta=tta)
+    if state.json:
+        emit_json(evaluation.to_dict())
+    elif not state.quiet:
+        out.print(evaluation.table())
+        out.print(f"wrote {evaluation.out / 'report.html'}")
 
 
 @app.command()
@@ -420,21 +432,10 @@ def augment_preview(
         out.print(f"wrote {grid}" + (f" and {len(saved)} augmented images in {out_dir}" if saved else ""))
 
 
-GLOBAL_FLAGS = ("--quiet", "-q", "--json", "--debug")
-
-
-def hoist_global_flags(args: list[str]) -> list[str]:
-    """Move the global flags to the front, so that `transferlab train DATA --json` works as `--json train DATA`
-    does (Click accepts a group's options only before the command name). Arguments after `--` stay as they are."""
-    end = args.index("--") if "--" in args else len(args)
-    flags = [a for a in args[:end] if a in GLOBAL_FLAGS]
-    return flags + [a for a in args[:end] if a not in GLOBAL_FLAGS] + args[end:]
-
-
 def main() -> None:
     """Entry point: user errors print one line plus a hint; --debug shows the traceback."""
     try:
-        app(args=hoist_global_flags(sys.argv[1:]))
+        app(args=preflight.hoist_global_flags(sys.argv[1:]))
     except TransferlabError as exc:
         if state.debug:
             raise

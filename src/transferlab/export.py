@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from rich.table import Table
 
+from transferlab import _make_callable
 from transferlab.classifier import Classifier
 from transferlab.data import DatasetSplit, Subset, load_dataset
 from transferlab.errors import TransferlabError
@@ -34,14 +35,19 @@ TIMING_BATCH = 16
 
 
 def export_run(
-    run: str | Path,
+    run: str | Path | Classifier,
     *,
     quantize: str | None = None,
     calibration_images: int = CALIBRATION_IMAGES,
     timing_seconds: float = 2.0,
     seed: int = 0,
 ) -> dict:
-    """Write RUN/model.onnx (+ model.int8.onnx with quantize="int8") and RUN/export.json; return its content."""
+    """Write RUN/model.onnx (+ model.int8.onnx with quantize="int8") and RUN/export.json; return its content.
+    `run` is a run folder or a Classifier that has one (`transferlab.export(clf)`)."""
+    if isinstance(run, Classifier):
+        if run.run_dir is None:
+            raise TransferlabError("this classifier has no run folder to export", hint="train it with out=FOLDER, or save it")
+        run = run.run_dir
     run = Path(run)
     if quantize not in (None, *QUANTIZATIONS):
         raise TransferlabError(f"unknown quantization {quantize!r}", hint="use --quantize int8, or leave it out")
@@ -225,3 +231,6 @@ def report_table(report: dict) -> Table:
         table.add_row(name, row["file"], f"{row['megabytes']:.1f}", accuracy, f"{row['latency_ms']:.1f} ms",
                       f"{row['images_per_second']:.0f}")
     return table
+
+
+_make_callable(__name__, export_run)  # transferlab.export(run, quantize=...)

@@ -6,10 +6,12 @@ Torch-free (numpy, Pillow, rich), so that the ONNX predictor and the CLI's argum
 
 from __future__ import annotations
 
+import csv
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 import numpy as np
 from PIL import Image
@@ -51,6 +53,21 @@ class Prediction:
             rest = ", ".join(f"{name} {share:.1%}" for name, share in p.top[1:])
             table.add_row(p.source, label, f"{prob:.1%}", rest)
         return table
+
+    @staticmethod
+    def write(predictions: Sequence[Prediction], stream: TextIO, output_format: str) -> None:
+        """As JSON (one object per image) or CSV (one row per rank, and one per failed image)."""
+        if output_format == "json":
+            rows = [{"image": p.source, "top": [{"label": label, "probability": prob} for label, prob in p.top],
+                     "error": p.error} for p in predictions]
+            stream.write(json.dumps(rows, indent=2) + "\n")
+            return
+        writer = csv.writer(stream)
+        writer.writerow(["image", "rank", "label", "probability", "error"])
+        for p in predictions:
+            writer.writerows([p.source, rank, label, f"{prob:.6f}", ""] for rank, (label, prob) in enumerate(p.top, 1))
+            if p.error:
+                writer.writerow([p.source, "", "", "", p.error])
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ BACKBONE_NAMES = (
 COMBINE = "+"  # extractors.SEPARATOR
 PREDICTION_RUNTIMES = ("auto", "torch", "onnx")
 OUTPUT_FORMATS = ("table", "csv", "json")
+GLOBAL_FLAGS = ("--quiet", "-q", "--json", "--debug")  # the callback's options in cli.py
 RUN_HINT = "pass the folder written by `transferlab train --out DIR`"
 
 
@@ -192,3 +193,11 @@ def check_port(port: int) -> None:
 def _check_counts(**counts: int | None) -> None:
     for name, value in counts.items():
         at_least("--" + name.replace("_", "-"), value, 1)
+
+
+def hoist_global_flags(args: list[str]) -> list[str]:
+    """Move the global flags to the front, so that `transferlab train DATA --json` works as `--json train DATA`
+    does (Click accepts a group's options only before the command name). Arguments after `--` stay as they are."""
+    end = args.index("--") if "--" in args else len(args)
+    flags = [a for a in args[:end] if a in GLOBAL_FLAGS]
+    return flags + [a for a in args[:end] if a not in GLOBAL_FLAGS] + args[end:]
