@@ -76,7 +76,7 @@ def test_predict_json_reports_a_corrupt_image_instead_of_failing(run_dir, tmp_pa
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     good = next((run_dir.parent / "data" / "green").glob("*.jpg"))
     result = runner.invoke(app, ["predict", str(run_dir), str(good), str(bad), "--format", "json"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # every image predicted, and the failure said in the exit code
     rows = json.loads(result.output)
     assert rows[0]["top"][0]["label"] == "green"
     assert rows[1]["error"] and rows[1]["top"] == []

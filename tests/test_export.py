@@ -65,7 +65,7 @@ def test_onnx_and_pytorch_probabilities_agree(run_dir):
 
 def test_onnx_pipeline_predicts_like_the_classifier_on_files(run_dir):
     paths = images_of(run_dir, "green") + images_of(run_dir, "red")
-    expected, _ = transferlab.load(run_dir).predict_proba(paths)
+    expected = transferlab.load(run_dir).predict_proba(paths)
     assert np.abs(OnnxClassifier(run_dir).predict_proba(paths) - expected).max() < TOLERANCE
 
 
@@ -172,7 +172,7 @@ def test_onnx_and_pytorch_agree_on_real_photos(run_dir, shared):
     model = OnnxClassifier(run_dir)
     arrays = np.stack([model.prepare(path) for path in photos])
     assert np.abs(model.run(arrays) - torch_probabilities(run_dir, arrays)).max() < TOLERANCE
-    expected, _ = transferlab.load(run_dir).predict_proba(photos)
+    expected = transferlab.load(run_dir).predict_proba(photos)
     assert np.abs(model.predict_proba(photos) - expected).max() < TOLERANCE
 
 
@@ -185,7 +185,7 @@ def test_combined_backbones_export_one_input_per_backbone_and_agree_with_torch(c
                                                                                             ("images_1", 240)]
     images = sorted((colour_folder / "green").glob("*.jpg"))[:4]
     onnx = OnnxClassifier(tmp_path / "run")
-    np.testing.assert_allclose(onnx.predict_proba(images), classifier.predict_proba(images)[0], atol=1e-4)
+    np.testing.assert_allclose(onnx.predict_proba(images), classifier.predict_proba(images), atol=1e-4)
     assert {p.top[0][0] for p in onnx.predict(images, top_k=1)} == {"green"}
 
 

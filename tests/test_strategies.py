@@ -155,7 +155,7 @@ def test_finetune_keeps_batchnorm_statistics(finetuned, pretrained_state):
 def test_finetuned_run_reloads_and_predicts_with_its_own_weights(finetuned, colours):
     images = sorted((colours / "red").glob("*.jpg"))[:3]
     loaded = transferlab.load(finetuned.run_dir)
-    np.testing.assert_allclose(loaded.predict_proba(images)[0], finetuned.predict_proba(images)[0], atol=1e-5)
+    np.testing.assert_allclose(loaded.predict_proba(images), finetuned.predict_proba(images), atol=1e-5)
     assert finetuned.metrics["test_accuracy"] >= 0.8
     assert finetuned.metrics["epochs_run"] == finetuned.metrics["phase1_epochs"] + 2
 
@@ -204,7 +204,7 @@ def test_scratch_trains_the_small_convnet_and_reloads_identically(colours, tmp_p
     assert classifier.metrics["test_accuracy"] > 0.5  # three classes: chance is 1/3
     images = sorted((colours / "green").glob("*.jpg"))[:4]
     loaded = transferlab.load(tmp_path / "run")
-    np.testing.assert_allclose(loaded.predict_proba(images)[0], classifier.predict_proba(images)[0], atol=1e-6)
+    np.testing.assert_allclose(loaded.predict_proba(images), classifier.predict_proba(images), atol=1e-6)
     assert json.loads((tmp_path / "run" / "model.json").read_text())["pretrained"] is False
     # the default recipe: small batches, no augmentation
     assert classifier.metrics["augment_key"] == AugmentConfig.none().key() and classifier.metrics["recipe"] == "default"
@@ -251,7 +251,7 @@ def test_scratch_fits_featurewise_normalisation_and_keeps_it_at_prediction_and_e
     np.testing.assert_allclose(std, expected.std_ + FeaturewiseStandardizer.STD_GUARD, atol=1e-6)
     images = sorted((colours / "blue").glob("*.jpg"))[:3]
     loaded = transferlab.load(tmp_path / "run")
-    np.testing.assert_allclose(loaded.predict_proba(images)[0], classifier.predict_proba(images)[0], atol=1e-6)
+    np.testing.assert_allclose(loaded.predict_proba(images), classifier.predict_proba(images), atol=1e-6)
     export_run(tmp_path / "run")
     onnx = OnnxClassifier(tmp_path / "run")
     torch_top = [p.top[0] for p in loaded.predict(images, top_k=1)]

@@ -1,0 +1,144 @@
+"""What `predict` accepts (paths, folders, numpy arrays, bytes, PIL images) and how it reports what it cannot use:
+a failed row beside the others, in the API, the CLI and the ONNX path alike."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import transferlab
+from transferlab.cli import app
+from transferlab.errors import TransferlabError
+from transferlab.prediction import Prediction, predict_with_progress
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from conftest import make_colour_run
+
+    return make_colour_run(tmp_path_factory.mktemp("inputs"))
+
+
+@pytest.fixture(scope="module")
+def clf(run_dir):
+    return transferlab.load(run_dir)
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir):
+    transferlab.export(run_dir)  # the top-level callable
+    from transferlab.onnx_predict import OnnxClassifier
+
+    return OnnxClassifier(run_dir)
+
+
+@pytest.fixture
+def not_an_image(tmp_path):
+    path = tmp_path / "not_an_image.jpg"
+    path.write_text("hello, I am text")
+    return path
+
+
+def images_of(run_dir, colour):
+    return sorted((run_dir.parent / "data" / colour).glob("*.jpg"))
+
+
+def test_a_single_path_gives_a_list_of_one_prediction(clf, run_dir):
+    image = images_of(run_dir, "red")[0]
+    predictions = clf.predict(str(image))
+    assert len(predictions) == 1 and predictions[0].label == "red" and predictions[0].source == str(image)
+    assert clf.predict_proba(image).shape == (1, 3)
+
+
+def test_a_folder_predicts_every_image_in_it(clf, run_dir):
+    folder = run_dir.parent / "data" / "blue"
+    predictions = clf.predict(folder, top_k=1)
+    assert len(predictions) == 15 and {p.label for p in predictions} == {"blue"}
+
+
+def test_arrays_bytes_and_pil_images_give_the_probabilities_of_the_file(clf, run_dir):
+    path = images_of(run_dir, "green")[0]
+    expected = clf.predict_proba([path])
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    for given in (pixels, [pixels], pixels[None], path.read_bytes(), Image.open(path)):
+        np.testing.assert_allclose(clf.predict_proba(given), expected, atol=1e-5)
+    assert [p.label for p in clf.predict([pixels, path.read_bytes(), Image.open(path)])] == ["green"] * 3
+
+
+def test_predict_proba_returns_one_probability_row_per_image(clf, run_dir):
+    paths = images_of(run_dir, "red")[:2] + images_of(run_dir, "blue")[:2]
+    probabilities = clf.predict_proba(paths)
+    assert isinstance(probabilities, np.ndarray) and probabilities.shape == (4, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    assert [clf.classes[i] for i in probabilities.argmax(axis=1)] == ["red", "red", "blue", "blue"]
+
+
+def test_predict_proba_raises_on_a_failed_input_unless_asked_for_the_failures(clf, run_dir, not_an_image):
+    good = images_of(run_dir, "red")[0]
+    with pytest.raises(TransferlabError, match="return_failed=True") as error:
+        clf.predict_proba([good, not_an_image])
+    assert "not_an_image.jpg" in error.value.message
+    probabilities, failed = clf.predict_proba([good, not_an_image, np.zeros((4, 4), np.float32)], return_failed=True)
+    assert probabilities.shape == (1, 3)
+    assert set(failed) == {str(not_an_image), "<array 2>"} and "uint8" in failed["<array 2>"]
+
+
+def test_missing_and_non_image_files_become_failed_rows_beside_the_others(clf, run_dir, not_an_image, tmp_path):
+    good = images_of(run_dir, "blue")[0]
+    predictions = clf.predict([tmp_path / "missing.jpg", not_an_image, good, b"garbage"])
+    assert [p.error is None for p in predictions] == [False, False, True, False]
+    assert predictions[0].error == "file not found" and "not an image" in predictions[1].error
+    assert predictions[2].label == "blue" and predictions[3].source == "<bytes 3>"
+
+
+def test_a_lone_non_image_is_a_failed_row_not_a_crash(clf, not_an_image):
+    (prediction,) = clf.predict(not_an_image)
+    assert prediction.top == [] and "not an image" in prediction.error
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_cli_predict_prints_failed_rows_and_exits_1(run_dir, exported, not_an_image, tmp_path, runtime):
+    alone = runner.invoke(app, ["predict", str(run_dir), str(not_an_image), "--runtime", runtime])
+    assert alone.exit_code == 1 and "not an image" in alone.output and "Traceback" not in alone.output
+    good = images_of(run_dir, "red")[0]
+    args = ["predict", str(run_dir), str(tmp_path / "gone.jpg"), str(good), "--runtime", runtime, "--format", "json"]
+    mixed = runner.invoke(app, args)
+    rows = json.loads(mixed.stdout)
+    assert mixed.exit_code == 1 and rows[0]["error"] == "file not found" and rows[1]["top"][0]["label"] == "red"
+
+
+def test_onnx_predictor_takes_the_same_inputs(clf, exported, run_dir):
+    path = images_of(run_dir, "green")[1]
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    np.testing.assert_allclose(exported.predict_proba([path, pixels, path.read_bytes()]),
+                               np.repeat(clf.predict_proba(path), 3, axis=0), atol=1e-4)
+    probabilities, failed = exported.predict_proba([path, "nowhere.png"], return_failed=True)
+    assert probabilities.shape == (1, 3) and failed == {"nowhere.png": "file not found"}
+
+
+class CountingModel:
+    """Stands in for a classifier: records the chunk sizes it was asked to predict."""
+
+    def __init__(self):
+        self.calls = []
+
+    def predict(self, images, top_k=5):
+        self.calls.append(len(images))
+        return [Prediction(str(i), [("a", 1.0)]) for i in images]
+
+
+def test_predict_shows_a_progress_bar_on_stderr_for_many_images(capsys):
+    model = CountingModel()
+    predictions = predict_with_progress(model, [f"{i}.jpg" for i in range(300)], top_k=1)
+    captured = capsys.readouterr()
+    assert len(predictions) == 300 and model.calls == [64, 64, 64, 64, 44]
+    assert "predicting" in captured.err and "300/300" in captured.err and captured.out == ""
+    few = CountingModel()
+    predict_with_progress(few, ["a.jpg"] * 5, top_k=1)
+    assert few.calls == [5] and capsys.readouterr().err == ""  # a handful: no bar
