@@ -125,9 +125,17 @@ def prediction_runtime(run: Path, runtime: str) -> str:
         return "onnx"
     if runtime != "auto":
         return runtime
-    if (run / "model.onnx").is_file() and importlib.util.find_spec("torch") is None:
+    if (run / "model.onnx").is_file() and not installed("torch"):
         return "onnx"
     return "torch"
+
+
+def installed(module: str) -> bool:
+    """Whether `module` can be imported, found without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # an import hook that refuses it (as a test's torch blocker does)
+        return False
 
 
 def check_model(run: Path, runtime: str) -> str:
