@@ -111,6 +111,18 @@ def test_train_on_a_missing_folder_fails_within_a_second(tmp_path):
     assert min(timings) <= 1.0, f"took {timings} s"
 
 
+def test_serve_on_a_busy_port_names_the_option_before_starting(fake_run, tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result, heavy, _ = run_cli("serve", str(fake_run), "--port", str(port))
+    assert result.returncode == 2 and f"port {port} on 127.0.0.1 is already in use" in result.stderr
+    assert "--port" in result.stderr and "serving on" not in result.stderr and heavy == []
+
+
 def test_global_flags_work_after_the_verb(tmp_path):
     result, heavy, _ = run_cli("train", str(tmp_path / "nonexistent"), "--debug")
     assert "Traceback" in result.stderr and "data folder not found" in result.stderr  # --debug honoured

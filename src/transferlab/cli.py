@@ -308,7 +308,7 @@ def serve(
     runtime: Annotated[str, typer.Option(help="torch (the run's PyTorch model) | onnx (the exported RUN/model.onnx) | auto.")] = "auto",
 ):
     """Serve a run: a web page to try images, a JSON API (/api/predict) and the run's report."""
-    preflight.check_port(port)
+    preflight.check_port(port, host)
     chosen = preflight.check_model(run, runtime)
     from transferlab.serve import serve as serve_run
 

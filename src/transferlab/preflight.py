@@ -11,8 +11,10 @@ of the Python API gets the same messages), this module only makes the command li
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
+import socket
 import struct
 from pathlib import Path
 
@@ -193,9 +195,19 @@ def check_predict(run: Path, *, runtime: str, top_k: int, output_format: str, tt
     return chosen
 
 
-def check_port(port: int) -> None:
+def check_port(port: int, host: str = "127.0.0.1") -> None:
+    """A valid port that nothing listens on yet: said before "serving on ..." is printed, not as a uvicorn error."""
     if not 0 < port < 65536:
         raise TransferlabError(f"--port must be between 1 and 65535, got {port}", hint="e.g. --port 8000")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closed server's port is free
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise TransferlabError(f"port {port} on {host} is already in use",
+                                       hint=f"pick another with --port, e.g. --port {port + 1}") from None
+            raise TransferlabError(f"cannot listen on {host}:{port} ({exc.strerror})", hint="check --host") from None
 
 
 def _check_counts(**counts: int | None) -> None:
