@@ -88,6 +88,7 @@ def cases(tmp: Path, fake_run: Path) -> dict[str, tuple[list[str], str]]:
         "serve --port 99999": (["serve", str(fake_run), "--port", "99999"], "--port must be between 1 and 65535"),
         "export without model": (["export", str(no_model)], "has no model.safetensors"),
         "evaluate on a missing folder": (["evaluate", str(no_model), str(tmp / "nonexistent")], "has no model.safetensors"),
+        "summary of neither a run nor a backbone": (["summary", "efficientnet_lite9"], "neither a run folder nor a backbone"),
         "imagenet unknown backbone": (["imagenet", str(a_file), "--backbone", "nope"], "unknown backbone"),
     }
 

@@ -338,6 +338,7 @@ def summary(
     depth: Annotated[int, typer.Option(help="Levels of nested layers shown below the top-level ones.")] = 1,
 ):
     """Keras-style model summary: layers, output shapes, parameters, trainable or frozen."""
+    preflight.check_summary_target(target)
     from transferlab.summary import summary_of
 
     result = summary_of(target, input_size=input_size, depth=depth)

@@ -23,7 +23,6 @@ from transferlab.classifier import Classifier
 from transferlab.errors import TransferlabError
 from transferlab.layouts import Skipped, checked, discover, listing
 from transferlab.metrics import evaluate_probabilities, most_confused_pairs
-from transferlab.plots import plot_confusion_matrix
 from transferlab.prediction import ImageInput
 from transferlab.preflight import check_data_folder
 from transferlab.report import _now, jinja_environment
@@ -128,6 +127,8 @@ def present_class_metrics(y_true: np.ndarray, probabilities: np.ndarray, classes
 def write_evaluation(evaluation: Evaluation, entries: list[tuple[Path, str]], probabilities: np.ndarray,
                      classes: list[str]) -> None:
     """The evaluation folder, written aside and moved into place when complete (see `runs.staged`)."""
+    from transferlab.plots import plot_confusion_matrix  # matplotlib only when drawing: `import transferlab.api` stays light
+
     metrics = evaluation.metrics
     with staged(evaluation.out) as folder:
         (folder / "metrics.json").write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")

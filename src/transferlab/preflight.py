@@ -195,6 +195,15 @@ def check_predict(run: Path, *, runtime: str, top_k: int, output_format: str, tt
     return chosen
 
 
+def check_summary_target(target: str) -> None:
+    """A run folder or a backbone name (`summary.summary_of` says the same after importing torch)."""
+    if Path(target).is_dir():
+        check_run_folder(Path(target))
+    elif target not in BACKBONE_NAMES:
+        raise TransferlabError(f"{target!r} is neither a run folder nor a backbone",
+                               hint=f"pass a folder written by `transferlab train`, or one of: {', '.join(BACKBONE_NAMES)}")
+
+
 def check_port(port: int, host: str = "127.0.0.1") -> None:
     """A valid port that nothing listens on yet: said before "serving on ..." is printed, not as a uvicorn error."""
     if not 0 < port < 65536:

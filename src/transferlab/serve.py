@@ -126,7 +126,7 @@ def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
             if size[0] * size[1] >= LARGE_IMAGE_PIXELS:
                 release_freed_memory()
         if prediction.error:
-            raise HTTPException(400, f"unusable image: {prediction.error}")
+            raise HTTPException(400, prediction.error)  # as a TransferlabError reads: the reason alone
         return {
             "filename": file.filename,
             "width": size[0],
