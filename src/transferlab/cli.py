@@ -14,8 +14,6 @@ from rich.table import Table
 
 from transferlab import preflight
 from transferlab.errors import TransferlabError
-from transferlab.layouts import image_files
-from transferlab.prediction import Prediction, expand_paths, predict_with_progress
 from transferlab.options import COMPARE_STRATEGIES, DEFAULT_BACKBONE, parse_duration, split_fractions
 
 app = typer.Typer(
@@ -187,6 +185,7 @@ def predict(
     """Predict the classes of images with a trained run. A missing or unreadable image becomes a failed row; the
     others are still predicted, and the exit code is 1 when any row failed."""
     chosen = preflight.check_predict(run, runtime=runtime, top_k=top_k, output_format=output_format, tta=tta)
+    from transferlab.prediction import Prediction, expand_paths, predict_with_progress  # numpy, PIL: after the checks
     paths = expand_paths(images)  # missing paths stay in the list: they become failed rows
     if chosen == "onnx":
         from transferlab.onnx_predict import OnnxClassifier
@@ -214,9 +213,7 @@ def evaluate(
     tta: Annotated[int, typer.Option(help="Average over the original and N-1 augmented views.")] = 1,
 ):
     """Measure a run on a new labelled folder: metrics, confusion matrix, report.html (replaced on a rerun)."""
-    preflight.check_run_folder(run)
-    preflight.check_data_folder(data)
-    preflight.at_least("--tta", tta, 1)
+    preflight.check_evaluate(run, data, tta)
     from transferlab.evaluation import evaluate as evaluate_run
 
     evaluation = evaluate_run(run, data, out=out_dir, tta=tta)
@@ -238,6 +235,7 @@ def imagenet(
     preflight.at_least("--top-k", top_k, 1)
     preflight.check_backbone(backbone)
     from transferlab.imagenet import predict_imagenet
+    from transferlab.layouts import image_files
     from transferlab.decoding import ImageDecodeError, open_image
 
     files = image_files(images)
@@ -420,6 +418,7 @@ def augment_preview(
     from transferlab.previews import preview_grid, save_augmented
     from transferlab.backbones import get_spec, preprocess
     from transferlab.decoding import open_image
+    from transferlab.layouts import image_files
 
     path = image_files([source])[0]
     image = Image.fromarray(preprocess(open_image(path), get_spec(backbone)))

@@ -204,6 +204,12 @@ def check_summary_target(target: str) -> None:
                                hint=f"pass a folder written by `transferlab train`, or one of: {', '.join(BACKBONE_NAMES)}")
 
 
+def check_evaluate(run: Path, data: Path, tta: int) -> None:
+    check_run_folder(run)
+    check_data_folder(data)
+    check_tta(tta)
+
+
 def check_port(port: int, host: str = "127.0.0.1") -> None:
     """A valid port that nothing listens on yet: said before "serving on ..." is printed, not as a uvicorn error."""
     if not 0 < port < 65536:
