@@ -29,6 +29,7 @@ from transferlab.options import (
     split_fractions,
 )
 from transferlab.report import write_report
+from transferlab.run_console import after_training
 from transferlab.runs import TestPredictions, check_destination, staged, unique_run_dir, write_run
 from transferlab.strategies import StrategyResult, run_strategy
 from transferlab.strategies.base import runs_end_to_end
@@ -162,7 +163,7 @@ def train(
         write_report(staging, location=run_dir)
     classifier = result.classifier
     classifier.run_dir, classifier.metrics, classifier.history = run_dir, metrics, result.history
-    console.print(run_summary(metrics, run_dir))
+    console.print(after_training(metrics, result.history.epochs, run_dir))
     return classifier
 
 
@@ -204,6 +205,7 @@ def run_metrics(result: StrategyResult, test: TestPredictions, tta: int, seconds
         "best_epoch": history.best_epoch,
         "epochs_run": len(history.epochs),
         "stopped_early": history.stopped_early,
+        "stop_reason": history.stop_reason,
         "test_is_validation": split.test_is_validation,
         "n_classes": len(split.classes),
         "n_train": len(split.train),
@@ -228,22 +230,3 @@ def tta_effect(test: TestPredictions) -> dict:
     with_tta = float((test.probabilities.argmax(1) == test.labels).mean())
     without = float((test.views[0].argmax(1) == test.labels).mean())
     return {"test_accuracy_no_tta": without, "tta_helped": with_tta > without}
-
-
-def tta_line(metrics: dict) -> str:
-    if "test_accuracy_no_tta" not in metrics:
-        return ""
-    verdict = "helped" if metrics["tta_helped"] else "did not help"
-    return f"TTA over {metrics['tta']} views {verdict}: {metrics['test_accuracy_no_tta']:.1%} without it\n"
-
-
-def run_summary(metrics: dict, run_dir: Path) -> str:
-    top5 = f", top-5 {metrics['top5_accuracy']:.1%}" if metrics["top5_accuracy"] is not None else ""
-    where = "validation (no test split)" if metrics["test_is_validation"] else "test"
-    return (
-        f"[bold green]{where} accuracy {metrics['test_accuracy']:.1%}[/]{top5} on {metrics['n_test']} images; "
-        f"{metrics['total_seconds']:.1f} s total (features {metrics['extract_seconds']:.1f} s, "
-        f"training {metrics['train_seconds']:.1f} s)\n"
-        f"{tta_line(metrics)}"
-        f"run folder: {run_dir}  (plots: {run_dir / 'accuracy.png'}, {run_dir / 'loss.png'})"
-    )

@@ -164,7 +164,8 @@ def timings(metrics: dict) -> list[tuple[str, str]]:
         rows.append(("feature extraction speed", f"{metrics['images_per_second']:.1f} images/s"))
     if metrics.get("epochs_run") is not None:
         stopped = ", stopped early" if metrics.get("stopped_early") else ""
-        rows.append(("epochs", f"{metrics['epochs_run']} run, best {metrics.get('best_epoch')}{stopped}"))
+        why = metrics.get("stop_reason") or f"best {metrics.get('best_epoch')}{stopped}"  # older runs: no reason
+        rows.append(("epochs", f"{metrics['epochs_run']} run: {why}"))
     return rows
 
 
