@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from transferlab.augment import AugmentConfig
+from transferlab.confidence import REFERENCE_KEY, ConfidenceCheck
 from transferlab.errors import TransferlabError
 from transferlab.prediction import Prediction
 from transferlab.extractors import CombinedExtractor, build_extractor
@@ -67,6 +68,7 @@ class Classifier:
         self.run_dir = run_dir
         self.metrics: dict = {}
         self.history = None
+        self.confidence: ConfidenceCheck | None = None  # fitted at training time; None for older runs: no flag
 
     def __repr__(self) -> str:
         return f"Classifier(backbone={self.backbone!r}, strategy={self.strategy!r}, classes={len(self.classes)})"
@@ -124,6 +126,10 @@ class Classifier:
     def view_probabilities(self, paths: Sequence[str | Path], tta: int = 1) -> tuple[np.ndarray, np.ndarray, dict]:
         """Probabilities of each view [tta, n_ok, n_classes] (view 0: the image itself, then tta-1 mildly
         augmented views: flips, small crops), `kept` [n] (whether each path decoded) and {path: reason}."""
+        return self.view_outputs(paths, tta)[:3]
+
+    def view_outputs(self, paths: Sequence[str | Path], tta: int) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray]:
+        """view_probabilities plus the features of view 0 (what the confidence check measures)."""
         check_tta(tta)
         paths = [Path(p) for p in paths]
         missing = [p for p in paths if not p.is_file()]
@@ -136,29 +142,37 @@ class Classifier:
         for view in range(1, tta):
             augmented = self.extractor.extract(decoded, augment=light, view=view, description=f"features: view {view}")
             views.append(self.probabilities_from_features(augmented.features))
-        return np.stack(views), result.kept, {str(p): reason for p, reason in result.failed.items()}
+        return np.stack(views), result.kept, {str(p): reason for p, reason in result.failed.items()}, result.features
 
     def predict_proba(self, images: Sequence[str | Path | bytes | Image.Image], tta: int = 1) -> tuple[np.ndarray, dict]:
         """Probabilities [n_ok, n_classes] for the images that decode, and {"kept": [n] bool, "failed":
         {source: reason}}. `tta` > 1 averages over the original and tta-1 mildly augmented views."""
         if all(isinstance(im, (Image.Image, bytes)) for im in images):  # in memory (serving): decoded uncached
-            return self.probabilities_from_features(self.extractor.features_of_images(list(images))), {}
-        views, kept, failed = self.view_probabilities(images, tta)
-        return views.mean(axis=0), {"kept": kept, "failed": failed}
+            features = self.extractor.features_of_images(list(images))
+            return self.probabilities_from_features(features), {"features": features}
+        views, kept, failed, features = self.view_outputs(images, tta)
+        return views.mean(axis=0), {"kept": kept, "failed": failed, "features": features}
 
     def predict(self, images: Sequence[str | Path | bytes | Image.Image], top_k: int = 5, tta: int = 1) -> list[Prediction]:
         probs, info = self.predict_proba(images, tta=tta)
         kept = info.get("kept", np.ones(len(images), dtype=bool))
         failed = info.get("failed", {})
-        rows = iter(probs)
-        predictions = []
+        reasons = self.doubts(info["features"], probs)
+        predictions, n_ok = [], 0
         for image, ok in zip(images, kept):
             source = str(image) if not isinstance(image, (Image.Image, bytes)) else "<image>"
             if ok:
-                predictions.append(Prediction(source, self.top_k(next(rows), top_k)))
+                prediction = Prediction(source, self.top_k(probs[n_ok], top_k))
+                predictions.append(prediction.flagged(reasons[n_ok]) if reasons is not None else prediction)
+                n_ok += 1
             else:
                 predictions.append(Prediction(source, [], error=failed.get(source, "could not decode")))
         return predictions
+
+    def doubts(self, features: np.ndarray, probabilities: np.ndarray) -> list[str | None] | None:
+        """Per image: why its prediction is doubtful, or None if it is not (see transferlab.confidence); None
+        for the whole batch without a fitted check (run folders from before it existed)."""
+        return None if self.confidence is None else self.confidence.assess(features, probabilities)
 
     def top_k(self, probabilities: np.ndarray, k: int) -> list[tuple[str, float]]:
         order = np.argsort(probabilities)[::-1][: max(1, min(k, len(self.classes)))]
@@ -179,6 +193,8 @@ class Classifier:
         tensors = {f"head.{k}": v.contiguous() for k, v in self.head.state_dict().items()}
         for name, value in (self.backbone_state or {}).items():
             tensors[f"backbone.{name}"] = value.detach().cpu().contiguous()
+        if self.confidence is not None:
+            tensors[REFERENCE_KEY] = torch.from_numpy(np.ascontiguousarray(self.confidence.reference))
         with atomic_path(directory / "model.safetensors", sum(t.nbytes for t in tensors.values())) as tmp:
             save_file(tensors, str(tmp))
         description = {
@@ -194,6 +210,7 @@ class Classifier:
             if self.extractor.normalization
             else None,
             "preprocessing": self.extractor.preprocessing(),
+            "confidence": self.confidence.to_json() if self.confidence is not None else None,
         }
         atomic_write_bytes(directory / "model.json", json.dumps(description, indent=2).encode())
         atomic_write_bytes(directory / "labels.txt", ("\n".join(self.classes) + "\n").encode())
@@ -234,6 +251,8 @@ class Classifier:
             strategy=description.get("strategy", "extract"),
             run_dir=directory,
         )
+        if description.get("confidence") and REFERENCE_KEY in tensors:
+            classifier.confidence = ConfidenceCheck.from_json(description["confidence"], tensors[REFERENCE_KEY].numpy())
         metrics_path = directory / "metrics.json"
         if metrics_path.is_file():
             classifier.metrics = json.loads(metrics_path.read_text())

@@ -196,13 +196,14 @@ def predict(
 
         predictions = load(run).predict(image_files(images), top_k=top_k, tta=tta)
     if output_format == "json" or state.json:
-        emit_json([{"image": p.source, "top": [{"label": l, "probability": pr} for l, pr in p.top], "error": p.error} for p in predictions])
+        emit_json([p.to_dict() for p in predictions])
     elif output_format == "csv":
         writer = csv.writer(sys.stdout)
-        writer.writerow(["image", "rank", "label", "probability", "error"])
+        writer.writerow(["image", "rank", "label", "probability", "error", "low_confidence", "low_confidence_reason"])
         for p in predictions:
+            flag = [] if p.low_confidence is None else [str(p.low_confidence).lower(), p.low_confidence_reason or ""]
             for rank, (label, prob) in enumerate(p.top, 1):
-                writer.writerow([p.source, rank, label, f"{prob:.6f}", ""])
+                writer.writerow([p.source, rank, label, f"{prob:.6f}", "", *flag])
             if p.error:
                 writer.writerow([p.source, "", "", "", p.error])
     else:
