@@ -167,7 +167,7 @@ def train(
         write_report(staging, location=run_dir)
     classifier = result.classifier
     classifier.run_dir, classifier.metrics, classifier.history = run_dir, metrics, result.history
-    console.print(after_training(metrics, result.history.epochs, run_dir))
+    console.print(after_training(metrics, result.history.epochs, run_dir), soft_wrap=True)  # paths stay whole
     return classifier
 
 

@@ -54,5 +54,5 @@ class Prediction:
 
 def check_cell(prediction: Prediction) -> str:
     if prediction.low_confidence:
-        return f"[yellow]low confidence: {prediction.low_confidence_reason}[/]"
+        return f"[yellow]low confidence[/]\n{prediction.low_confidence_reason}"
     return "" if prediction.low_confidence is None else "ok"
