@@ -58,4 +58,4 @@ def test_augment_preview_refuses_a_file_that_is_not_an_image(tmp_path):
     notes.write_text("not a picture")
     result = runner.invoke(app, ["augment-preview", str(notes), "--out", str(tmp_path / "out")])
     assert result.exit_code != 0
-    assert f"{notes} is not a usable image" in str(result.exception)
+    assert result.exception.message == f"cannot preview {notes}: not an image (UnidentifiedImageError)"

@@ -34,8 +34,8 @@ def preview_source(source: Path) -> tuple[Path, Image.Image]:
     try:
         return path, open_image(path)
     except ImageDecodeError as exc:
-        raise TransferlabError(f"{path} is not a usable image ({exc.message})",
-                               hint="pass a JPEG, PNG or other image file, or a folder of them") from None
+        raise TransferlabError(f"cannot preview {path}: {exc.message}",
+                               hint=exc.hint or "pass a JPEG, PNG or other image file, or a folder of them") from None
 
 
 def preview_grid(
