@@ -201,7 +201,7 @@ def predict(
         writer = csv.writer(sys.stdout)
         writer.writerow(["image", "rank", "label", "probability", "error", "low_confidence", "low_confidence_reason"])
         for p in predictions:
-            flag = [] if p.low_confidence is None else [str(p.low_confidence).lower(), p.low_confidence_reason or ""]
+            flag = ["", ""] if p.low_confidence is None else [str(p.low_confidence).lower(), p.low_confidence_reason or ""]
             for rank, (label, prob) in enumerate(p.top, 1):
                 writer.writerow([p.source, rank, label, f"{prob:.6f}", "", *flag])
             if p.error:
