@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from transferlab.augment import AugmentConfig
+from transferlab.confidence import REFERENCE_KEY, ConfidenceCheck
 from transferlab.errors import TransferlabError
 from transferlab.decoding import ImageDecodeError
 from transferlab.prediction import ImageInput, ImageLike, Prediction, checked_probabilities, image_inputs, predictions_of
@@ -69,6 +70,7 @@ class Classifier:
         self.run_dir = run_dir
         self.metrics: dict = {}
         self.history = None
+        self.confidence: ConfidenceCheck | None = None  # fitted at training time; None for older runs: no flag
 
     def __repr__(self) -> str:
         return f"Classifier(backbone={self.backbone!r}, strategy={self.strategy!r}, classes={len(self.classes)})"
@@ -126,6 +128,10 @@ class Classifier:
     def view_probabilities(self, paths: Sequence[str | Path], tta: int = 1) -> tuple[np.ndarray, np.ndarray, dict]:
         """Probabilities of each view [tta, n_ok, n_classes] (view 0: the image itself, then tta-1 mildly
         augmented views: flips, small crops), `kept` [n] (whether each path decoded) and {path: reason}."""
+        return self.view_outputs(paths, tta)[:3]
+
+    def view_outputs(self, paths: Sequence[str | Path], tta: int) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray]:
+        """view_probabilities plus the features of view 0 (what the confidence check measures)."""
         check_tta(tta)
         paths = [Path(p) for p in paths]
         missing = [p for p in paths if not p.is_file()]
@@ -134,51 +140,62 @@ class Classifier:
         result = self.extractor.extract(paths, description="features")
         failed = {str(p): reason for p, reason in result.failed.items()}
         if not result.kept.any():  # nothing decoded: no features to give the head (whose input size they lack)
-            return np.zeros((tta, 0, len(self.classes)), np.float32), result.kept, failed
+            return np.zeros((tta, 0, len(self.classes)), np.float32), result.kept, failed, result.features
         decoded = [p for p, k in zip(paths, result.kept) if k]
         views = [self.probabilities_from_features(result.features)]
         light = AugmentConfig.light()
         for view in range(1, tta):
             augmented = self.extractor.extract(decoded, augment=light, view=view, description=f"features: view {view}")
             views.append(self.probabilities_from_features(augmented.features))
-        return np.stack(views), result.kept, failed
+        return np.stack(views), result.kept, failed, result.features
 
     def probabilities(self, inputs: Sequence[ImageInput], tta: int = 1) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
         """(probabilities [n_ok, n_classes] of the usable inputs in order, kept [n], {name: reason} for the others).
         Files go through the feature cache (and `tta`); in-memory images are decoded and run uncached, as served."""
+        return self.outputs(inputs, tta)[:3]
+
+    def outputs(self, inputs: Sequence[ImageInput], tta: int = 1):
+        """`probabilities` plus the features of the usable inputs (what the confidence check measures)."""
         check_tta(tta)
-        rows = np.zeros((len(inputs), len(self.classes)), np.float32)
         kept = np.zeros(len(inputs), dtype=bool)
         failed = {item.name: item.error for item in inputs if item.error}
+        groups = []  # (positions among all inputs, probabilities, features) of files, then of in-memory images
         files = [i for i, item in enumerate(inputs) if isinstance(item.value, Path)]
         if files:
-            views, ok, reasons = self.view_probabilities([inputs[i].value for i in files], tta)
-            self._place(rows, kept, failed, [inputs[i] for i in files], files, views.mean(axis=0), ok, reasons)
+            views, ok, reasons, features = self.view_outputs([inputs[i].value for i in files], tta)
+            groups.append(self._settle(kept, failed, inputs, files, ok, reasons, views.mean(axis=0), features))
         memory = [i for i, item in enumerate(inputs) if item.in_memory]
         if memory:
             if tta != 1:
                 raise TransferlabError("tta needs image files (augmented views are cached by file content)",
                                        hint="pass paths, or use tta=1 for arrays, bytes and PIL images")
-            probs, ok, reasons = self._in_memory_probabilities([inputs[i] for i in memory])
-            self._place(rows, kept, failed, [inputs[i] for i in memory], memory, probs, ok, reasons)
-        return rows[kept], kept, failed
+            features, ok, reasons = self._in_memory_features([inputs[i] for i in memory])
+            probs = self.probabilities_from_features(features) if len(features) else np.zeros((0, len(self.classes)), np.float32)
+            groups.append(self._settle(kept, failed, inputs, memory, ok, reasons, probs, features))
+        groups = [group for group in groups if len(group[0])]
+        if not groups:
+            return np.zeros((0, len(self.classes)), np.float32), kept, failed, None
+        order = np.argsort(np.concatenate([positions for positions, _, _ in groups]))
+        probabilities = np.concatenate([probs for _, probs, _ in groups])[order]
+        return probabilities, kept, failed, np.concatenate([features for *_, features in groups])[order]
 
     @staticmethod
-    def _place(rows, kept, failed, items, positions, probs, ok, reasons) -> None:
-        """Put one group's results (files, or in-memory images) at their positions among all inputs."""
-        good = [position for position, k in zip(positions, ok) if k]
-        rows[good] = probs
-        kept[good] = True
-        for item, k in zip(items, ok):
-            if not k:
-                failed[item.name] = reasons.get(str(item.value) if isinstance(item.value, Path) else item.name, "could not decode")
+    def _settle(kept, failed, inputs, positions, ok, reasons, probabilities, features):
+        """Mark one group's usable inputs as kept and record why the others failed; (their positions, probs, features)."""
+        for position, k in zip(positions, ok):
+            item = inputs[position]
+            if k:
+                kept[position] = True
+            else:
+                key = str(item.value) if isinstance(item.value, Path) else item.name
+                failed[item.name] = reasons.get(key, "could not decode")
+        return np.asarray([position for position, k in zip(positions, ok) if k], dtype=int), probabilities, features
 
-    def _in_memory_probabilities(self, items: Sequence[ImageInput]) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    def _in_memory_features(self, items: Sequence[ImageInput]) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
         """All images in one pass; when one fails to decode, one at a time to tell which."""
         values = [item.value for item in items]
         try:
-            return (self.probabilities_from_features(self.extractor.features_of_images(values)),
-                    np.ones(len(items), dtype=bool), {})
+            return self.extractor.features_of_images(values), np.ones(len(items), dtype=bool), {}
         except (ImageDecodeError, OSError, ValueError):
             pass
         features, ok, reasons = [], np.zeros(len(items), dtype=bool), {}
@@ -190,8 +207,7 @@ class Classifier:
                 reasons[item.name] = exc.message
             except (OSError, ValueError) as exc:  # a user's lazily opened PIL image whose file is damaged
                 reasons[item.name] = f"{type(exc).__name__}: {exc}"[:160]
-        probs = self.probabilities_from_features(np.concatenate(features)) if features else np.zeros((0, len(self.classes)), np.float32)
-        return probs, ok, reasons
+        return (np.concatenate(features) if features else np.zeros((0, 0), np.float32)), ok, reasons
 
     def predict_proba(self, images: ImageLike | Sequence[ImageLike], tta: int = 1, *, return_failed: bool = False):
         """Class probabilities [n, n_classes], one row per image (columns in `self.classes` order).
@@ -205,10 +221,17 @@ class Classifier:
 
     def predict(self, images: ImageLike | Sequence[ImageLike], top_k: int = 5, tta: int = 1) -> list[Prediction]:
         """Top-k (label, probability) per image, always a list in input order (`clf.predict("a.jpg")[0]`; a folder
-        gives one per image file). An image that cannot be used gets `.error` instead of stopping the others."""
+        gives one per image file). An image that cannot be used gets `.error` instead of stopping the others; a
+        usable one is flagged `low_confidence` when the fitted check doubts it (see transferlab.confidence)."""
         inputs = image_inputs(images)
-        probs, kept, failed = self.probabilities(inputs, tta)
-        return predictions_of(inputs, probs, kept, failed, lambda row: self.top_k(row, top_k))
+        probs, kept, failed, features = self.outputs(inputs, tta)
+        doubts = self.doubts(features, probs) if len(probs) else None
+        return predictions_of(inputs, probs, kept, failed, lambda row: self.top_k(row, top_k), doubts)
+
+    def doubts(self, features: np.ndarray, probabilities: np.ndarray) -> list[str | None] | None:
+        """Per image: why its prediction is doubtful, or None if it is not (see transferlab.confidence); None
+        for the whole batch without a fitted check (run folders from before it existed)."""
+        return None if self.confidence is None else self.confidence.assess(features, probabilities)
 
     def top_k(self, probabilities: np.ndarray, k: int) -> list[tuple[str, float]]:
         order = np.argsort(probabilities)[::-1][: max(1, min(k, len(self.classes)))]
@@ -228,6 +251,8 @@ class Classifier:
         tensors = {f"head.{k}": v.contiguous() for k, v in self.head.state_dict().items()}
         for name, value in (self.backbone_state or {}).items():
             tensors[f"backbone.{name}"] = value.detach().cpu().contiguous()
+        if self.confidence is not None:
+            tensors[REFERENCE_KEY] = torch.from_numpy(np.ascontiguousarray(self.confidence.reference))
         with atomic_path(directory / "model.safetensors", sum(t.nbytes for t in tensors.values())) as tmp:
             save_file(tensors, str(tmp))
         description = {
@@ -243,6 +268,7 @@ class Classifier:
             if self.extractor.normalization
             else None,
             "preprocessing": self.extractor.preprocessing(),
+            "confidence": self.confidence.to_json() if self.confidence is not None else None,
         }
         atomic_write_bytes(directory / "model.json", json.dumps(description, indent=2).encode())
         atomic_write_bytes(directory / "labels.txt", ("\n".join(self.classes) + "\n").encode())
@@ -279,6 +305,8 @@ class Classifier:
             strategy=description.get("strategy", "extract"),
             run_dir=directory,
         )
+        if description.get("confidence") and REFERENCE_KEY in tensors:
+            classifier.confidence = ConfidenceCheck.from_json(description["confidence"], tensors[REFERENCE_KEY].numpy())
         metrics_path = directory / "metrics.json"
         if metrics_path.is_file():
             classifier.metrics = json.loads(metrics_path.read_text())

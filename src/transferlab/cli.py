@@ -403,33 +403,32 @@ def compare(
 
 @app.command("augment-preview")
 def augment_preview(
-    source: Annotated[Path, typer.Argument(help="An image, or a folder (its first image is used).")],
+    source: Annotated[Path, typer.Argument(help="An image, or a folder of images (its first image is used).")],
     n: Annotated[int, typer.Option("--n", help="Number of augmented variants.")] = 8,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the grid (and the variants).")] = Path("augment-preview"),
+    augment: Annotated[str, typer.Option(help="The training preset to preview: light (what augment and finetune use by default) | notebook (the Keras ImageDataGenerator settings) | none.")] = "light",
     backbone: Annotated[str, typer.Option(help="Resize and crop as this backbone sees images, before augmenting.")] = DEFAULT_BACKBONE,
     seed: Annotated[int, typer.Option(help="Seed of the first variant.")] = 0,
     save_prefix: Annotated[Optional[str], typer.Option(help="Also write the variants as PREFIX_<i>_<seed>.<format>.")] = None,
     save_format: Annotated[str, typer.Option(help="Format of the saved variants: jpeg | png.")] = "jpeg",
 ):
-    """Preview the training augmentation (the notebooks' settings): a grid of the original and N variants."""
+    """Preview the augmentation training uses (--augment, as `train --augment`): a grid of the original and N variants."""
     from PIL import Image
 
     from transferlab.augment import AugmentConfig
-    from transferlab.previews import preview_grid, save_augmented
+    from transferlab.previews import preview_grid, preview_source, save_augmented
     from transferlab.backbones import get_spec, preprocess
-    from transferlab.decoding import open_image
-    from transferlab.layouts import image_files
 
-    path = image_files([source])[0]
-    image = Image.fromarray(preprocess(open_image(path), get_spec(backbone)))
-    config = AugmentConfig()
+    config = AugmentConfig.preset(augment)  # before any image is read: an unknown preset is a clear error
+    path, decoded = preview_source(source)
+    image = Image.fromarray(preprocess(decoded, get_spec(backbone)))
     grid = out_dir / f"{path.stem}-augmented.png"
     preview_grid(image, config, n=n, seed=seed, path=grid)
     saved = save_augmented(image, config, n, out_dir, prefix=save_prefix, format=save_format, seed=seed) if save_prefix else []
     if state.json:
-        emit_json({"grid": str(grid), "saved": [str(p) for p in saved]})
+        emit_json({"grid": str(grid), "augment": augment, "saved": [str(p) for p in saved]})
     elif not state.quiet:
-        out.print(f"wrote {grid}" + (f" and {len(saved)} augmented images in {out_dir}" if saved else ""))
+        out.print(f"wrote {grid} ({augment} augmentation)" + (f" and {len(saved)} augmented images in {out_dir}" if saved else ""))
 
 
 def main() -> None:

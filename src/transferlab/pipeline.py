@@ -7,10 +7,12 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 
 from transferlab.augment import AugmentConfig
 from transferlab.classifier import Classifier
+from transferlab.confidence import fit_confidence, reference_rows
 from transferlab.data import load_dataset
 from transferlab.errors import TransferlabError
 from transferlab.extractors import backbone_names
@@ -29,6 +31,7 @@ from transferlab.options import (
     split_fractions,
 )
 from transferlab.report import write_report
+from transferlab.run_console import after_training
 from transferlab.runs import TestPredictions, check_destination, staged, unique_run_dir, write_run
 from transferlab.strategies import StrategyResult, run_strategy
 from transferlab.strategies.base import runs_end_to_end
@@ -142,8 +145,10 @@ def train(
     )
     console.print(dataset.summary_table())
     result = run_strategy(strategy, dataset, options)
-    test = predict_test(result, tta)
+    fit_confidence_check(result.classifier, result.split, seed)
+    test, test_features = predict_test(result, tta)
     metrics = run_metrics(result, test, tta, time.perf_counter() - started)
+    metrics.update(confidence_metrics(result.classifier, test, test_features))
     config = {
         "data": str(Path(data).resolve()),
         "strategy": strategy,
@@ -162,7 +167,7 @@ def train(
         write_report(staging, location=run_dir)
     classifier = result.classifier
     classifier.run_dir, classifier.metrics, classifier.history = run_dir, metrics, result.history
-    console.print(run_summary(metrics, run_dir))
+    console.print(after_training(metrics, result.history.epochs, run_dir), soft_wrap=True)  # paths stay whole
     return classifier
 
 
@@ -176,10 +181,34 @@ def check_backbone(strategy: str, options: TrainOptions) -> None:
         )
 
 
-def predict_test(result: StrategyResult, tta: int) -> TestPredictions:
-    """The test split's probabilities, once: metrics, top losses and the report all read these."""
+def fit_confidence_check(classifier: Classifier, split, seed: int) -> None:
+    """Fit the low-confidence / out-of-distribution check (transferlab.confidence) on the trained model's
+    features: at most MAX_REFERENCE training images as neighbours, thresholds from the validation images.
+    Features of the unchanged backbone come from the cache; after fine-tuning they are computed once more."""
+    rows = reference_rows(split.train.labels, seed=seed)
+    train = classifier.extractor.extract([split.train.paths[i] for i in rows], description="features: confidence")
+    val = classifier.extractor.extract(split.validation.paths, description="features: confidence (validation)")
+    classifier.confidence = fit_confidence(
+        train.features, split.train.labels[rows][train.kept], val.features,
+        classifier.probabilities_from_features(val.features), seed=seed,
+    )
+
+
+def confidence_metrics(classifier: Classifier, test: TestPredictions, features: np.ndarray) -> dict:
+    """The share of validation and test images the fitted check flags (a measure of its false alarms)."""
+    check = classifier.confidence
+    if check is None:
+        return {}
+    reasons = check.assess(features, test.probabilities)
+    return {"low_confidence": {**check.to_json(),
+                               "test_flagged": sum(r is not None for r in reasons) / max(1, len(reasons))}}
+
+
+def predict_test(result: StrategyResult, tta: int) -> tuple[TestPredictions, np.ndarray]:
+    """The test split's probabilities, once: metrics, top losses and the report all read these; and the test
+    images' features (view 0), which the confidence check measures."""
     test = result.split.test
-    views, kept, failed = result.classifier.view_probabilities(test.paths, tta)
+    views, kept, failed, features = result.classifier.view_outputs(test.paths, tta)
     return TestPredictions(
         paths=[path for path, ok in zip(test.paths, kept) if ok],
         labels=test.labels[kept],
@@ -187,7 +216,7 @@ def predict_test(result: StrategyResult, tta: int) -> TestPredictions:
         failed=failed,
         classes=result.split.classes,
         root=result.split.root,
-    )
+    ), features
 
 
 def run_metrics(result: StrategyResult, test: TestPredictions, tta: int, seconds: float) -> dict:
@@ -204,6 +233,7 @@ def run_metrics(result: StrategyResult, test: TestPredictions, tta: int, seconds
         "best_epoch": history.best_epoch,
         "epochs_run": len(history.epochs),
         "stopped_early": history.stopped_early,
+        "stop_reason": history.stop_reason,
         "test_is_validation": split.test_is_validation,
         "n_classes": len(split.classes),
         "n_train": len(split.train),
@@ -228,22 +258,3 @@ def tta_effect(test: TestPredictions) -> dict:
     with_tta = float((test.probabilities.argmax(1) == test.labels).mean())
     without = float((test.views[0].argmax(1) == test.labels).mean())
     return {"test_accuracy_no_tta": without, "tta_helped": with_tta > without}
-
-
-def tta_line(metrics: dict) -> str:
-    if "test_accuracy_no_tta" not in metrics:
-        return ""
-    verdict = "helped" if metrics["tta_helped"] else "did not help"
-    return f"TTA over {metrics['tta']} views {verdict}: {metrics['test_accuracy_no_tta']:.1%} without it\n"
-
-
-def run_summary(metrics: dict, run_dir: Path) -> str:
-    top5 = f", top-5 {metrics['top5_accuracy']:.1%}" if metrics["top5_accuracy"] is not None else ""
-    where = "validation (no test split)" if metrics["test_is_validation"] else "test"
-    return (
-        f"[bold green]{where} accuracy {metrics['test_accuracy']:.1%}[/]{top5} on {metrics['n_test']} images; "
-        f"{metrics['total_seconds']:.1f} s total (features {metrics['extract_seconds']:.1f} s, "
-        f"training {metrics['train_seconds']:.1f} s)\n"
-        f"{tta_line(metrics)}"
-        f"run folder: {run_dir}  (plots: {run_dir / 'accuracy.png'}, {run_dir / 'loss.png'})"
-    )

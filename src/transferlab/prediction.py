@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -31,43 +31,60 @@ PROGRESS_THRESHOLD = 2 * PROGRESS_CHUNK  # fewer images finish before a bar woul
 
 @dataclass
 class Prediction:
-    """Top-k (label, probability) for one image, or the reason it could not be read."""
+    """Top-k (label, probability) for one image, or the reason it could not be read.
+
+    `low_confidence`: True when the image is far from the training images or its top probability is unusually
+    low (`low_confidence_reason` says which; see transferlab.confidence), False when it passed that check, None
+    when the model has no fitted check (run folders from before it existed).
+    """
 
     source: str
     top: list[tuple[str, float]]
     error: str | None = None
+    low_confidence: bool | None = None
+    low_confidence_reason: str | None = None
 
     @property
     def label(self) -> str | None:
         return self.top[0][0] if self.top else None
 
+    def flagged(self, reason: str | None) -> Prediction:
+        """This prediction, checked: low confidence for `reason`, or confident when it is None."""
+        return replace(self, low_confidence=reason is not None, low_confidence_reason=reason)
+
+    def to_dict(self) -> dict:
+        """The JSON record of `transferlab predict --format json`."""
+        return {"image": self.source, "top": [{"label": label, "probability": p} for label, p in self.top],
+                "error": self.error, "low_confidence": self.low_confidence,
+                "low_confidence_reason": self.low_confidence_reason}
+
     @staticmethod
     def table(predictions: Sequence[Prediction]) -> Table:
         """One row per image: the top class, its probability, the next ones (or why the image was skipped)."""
-        table = Table("image", "prediction", "probability", "next")
+        checked = any(p.low_confidence is not None for p in predictions)
+        table = Table("image", "prediction", "probability", "next", *(["check"] if checked else []))
         for p in predictions:
             if p.error:
-                table.add_row(p.source, f"[red]skipped: {p.error}[/]", "", "")
+                table.add_row(p.source, f"[red]skipped: {p.error}[/]", "", "", *([""] if checked else []))
                 continue
             label, prob = p.top[0]
             rest = ", ".join(f"{name} {share:.1%}" for name, share in p.top[1:])
-            table.add_row(p.source, label, f"{prob:.1%}", rest)
+            table.add_row(p.source, label, f"{prob:.1%}", rest, *([check_cell(p)] if checked else []))
         return table
 
     @staticmethod
     def write(predictions: Sequence[Prediction], stream: TextIO, output_format: str) -> None:
         """As JSON (one object per image) or CSV (one row per rank, and one per failed image)."""
         if output_format == "json":
-            rows = [{"image": p.source, "top": [{"label": label, "probability": prob} for label, prob in p.top],
-                     "error": p.error} for p in predictions]
-            stream.write(json.dumps(rows, indent=2) + "\n")
+            stream.write(json.dumps([p.to_dict() for p in predictions], indent=2) + "\n")
             return
         writer = csv.writer(stream)
-        writer.writerow(["image", "rank", "label", "probability", "error"])
+        writer.writerow(["image", "rank", "label", "probability", "error", "low_confidence", "low_confidence_reason"])
         for p in predictions:
-            writer.writerows([p.source, rank, label, f"{prob:.6f}", ""] for rank, (label, prob) in enumerate(p.top, 1))
+            flag = ["", ""] if p.low_confidence is None else [str(p.low_confidence).lower(), p.low_confidence_reason or ""]
+            writer.writerows([p.source, rank, label, f"{prob:.6f}", "", *flag] for rank, (label, prob) in enumerate(p.top, 1))
             if p.error:
-                writer.writerow([p.source, "", "", "", p.error])
+                writer.writerow([p.source, "", "", "", p.error, "", ""])
 
 
 @dataclass(frozen=True)
@@ -181,8 +198,20 @@ def checked_probabilities(probabilities: np.ndarray, failed: dict[str, str], ret
 
 
 def predictions_of(inputs: Sequence[ImageInput], probabilities: np.ndarray, kept: np.ndarray, failed: dict[str, str],
-                   top_k) -> list[Prediction]:
-    """One Prediction per input, in order: `top_k(row)` for the usable ones, the reason for the others."""
-    rows = iter(probabilities)
-    return [Prediction(item.name, top_k(next(rows))) if ok else Prediction(item.name, [], failed.get(item.name, "could not decode"))
-            for item, ok in zip(inputs, kept)]
+                   top_k, doubts: Sequence[str | None] | None = None) -> list[Prediction]:
+    """One Prediction per input, in order: `top_k(row)` for the usable ones (flagged by `doubts`, one reason or
+    None per usable input, when the model has a confidence check), the reason for the others."""
+    rows, reasons = iter(probabilities), iter(doubts or [])
+    predictions = []
+    for item, ok in zip(inputs, kept):
+        if not ok:
+            predictions.append(Prediction(item.name, [], failed.get(item.name, "could not decode")))
+            continue
+        prediction = Prediction(item.name, top_k(next(rows)))
+        predictions.append(prediction.flagged(next(reasons)) if doubts is not None else prediction)
+    return predictions
+
+def check_cell(prediction: Prediction) -> str:
+    if prediction.low_confidence:
+        return f"[yellow]low confidence[/]\n{prediction.low_confidence_reason}"
+    return "" if prediction.low_confidence is None else "ok"

@@ -10,11 +10,32 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from transferlab.augment import AugmentConfig, FeaturewiseStandardizer, augment_image
+from transferlab.decoding import ImageDecodeError, open_image
 from transferlab.errors import TransferlabError
+from transferlab.layouts import image_files
 
 # Preview tiles are shrunk to fit this box (never enlarged) and get a label strip of this height beneath.
 PREVIEW_TILE = 256
 PREVIEW_LABEL_HEIGHT = 16
+# files that mark a run or compare folder: its first "image" would be a plot (accuracy.png), not a photo
+RUN_MARKERS = ("model.json", "metrics.json", "history.csv", "compare.csv")
+
+
+def preview_source(source: Path) -> tuple[Path, Image.Image]:
+    """The photo to preview: `source` itself, or the first image of a folder of photos, decoded as training
+    decodes it. A run folder or a file that is not an image is a clear error rather than a preview of a plot."""
+    source = Path(source)
+    if source.is_dir() and any((source / marker).is_file() for marker in RUN_MARKERS):
+        raise TransferlabError(
+            f"{source} is a run folder, not a photo: augment-preview would augment its plots",
+            hint="pass one of your training images, or the folder that holds them",
+        )
+    path = image_files([source])[0]
+    try:
+        return path, open_image(path)
+    except ImageDecodeError as exc:
+        raise TransferlabError(f"cannot preview {path}: {exc.message}",
+                               hint=exc.hint or "pass a JPEG, PNG or other image file, or a folder of them") from None
 
 
 def preview_grid(

@@ -22,7 +22,7 @@ from jinja2 import Environment, PackageLoader
 from transferlab.decoding import ImageDecodeError, open_image
 from transferlab.errors import TransferlabError
 from transferlab.files import atomic_write_bytes
-from transferlab.metrics import most_confused_pairs
+from transferlab.metrics import most_confused_pairs, most_confused_submatrix
 from transferlab.runs import SUMMARY, TEST_PREDICTIONS
 from transferlab.summary import Summary
 
@@ -33,6 +33,8 @@ MAX_SAMPLE_CLASSES = 40
 MAX_TOP_LOSSES = 16
 MAX_SKIPPED_ROWS = 200
 THUMBNAIL_PX = 128
+MANY_CLASSES = 30  # above this, the full confusion matrix is an overview and its most confused part is shown
+CONFUSED_CLASSES = 20  # classes in that part
 
 
 def write_report(directory: str | Path, location: Path | None = None) -> Path:
@@ -68,10 +70,26 @@ def run_context(run: Path, location: Path | None = None) -> dict:
         "test": test,
         "confusion_png": _png_uri(run / "confusion_matrix.png"),
         "confused_pairs": most_confused_pairs(test["confusion_matrix"], classes),
+        "confused_part": confused_part(test["confusion_matrix"], classes) if len(classes) > MANY_CLASSES else None,
         "top_losses": top_losses(run, data_root, test_is_validation=metrics.get("test_is_validation", False)),
         "summary": stored_summary(run),
         "timings": timings(metrics),
     }
+
+
+def confused_part(confusion: list[list[int]], classes: list[str]) -> dict:
+    """The most confused classes' sub-matrix as table rows: counts in the cells, errors shaded by their count."""
+    part = most_confused_submatrix(confusion, classes, CONFUSED_CLASSES)
+    names, top = part["classes"], max(part["max_error"], 1)
+    part["rows"] = [
+        {"name": name, "cells": [
+            {"count": count, "predicted": names[j], "diagonal": i == j,
+             "shade": f"{0.15 + 0.6 * count / top:.2f}" if count and i != j else None}
+            for j, count in enumerate(row)
+        ]}
+        for i, (name, row) in enumerate(zip(names, part["matrix"]))
+    ]
+    return part
 
 
 def key_numbers(metrics: dict) -> list[tuple[str, str]]:
@@ -164,7 +182,8 @@ def timings(metrics: dict) -> list[tuple[str, str]]:
         rows.append(("feature extraction speed", f"{metrics['images_per_second']:.1f} images/s"))
     if metrics.get("epochs_run") is not None:
         stopped = ", stopped early" if metrics.get("stopped_early") else ""
-        rows.append(("epochs", f"{metrics['epochs_run']} run, best {metrics.get('best_epoch')}{stopped}"))
+        why = metrics.get("stop_reason") or f"best {metrics.get('best_epoch')}{stopped}"  # older runs: no reason
+        rows.append(("epochs", f"{metrics['epochs_run']} run: {why}"))
     return rows
 
 

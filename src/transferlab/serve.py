@@ -132,6 +132,9 @@ def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
             "width": size[0],
             "height": size[1],
             "top": [{"label": label, "probability": probability} for label, probability in prediction.top],
+            # true: far from the training images or unusually unsure (see transferlab.confidence); null: not checked
+            "low_confidence": prediction.low_confidence,
+            "low_confidence_reason": prediction.low_confidence_reason,
             "seconds": round(time.perf_counter() - started, 4),
         }
 

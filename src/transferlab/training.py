@@ -34,6 +34,10 @@ class History:
     best_epoch: int = 0
     stopped_early: bool = False
     seconds: float = 0.0
+    planned_epochs: int = 0
+    patience: int | None = None
+    stop_reason: str = ""  # where and why training stopped (describe_stop), for the console and the report
+
 
     def column(self, name: str) -> list[float]:
         return [row[name] for row in self.epochs]
@@ -180,7 +184,21 @@ def fit(
         module.load_state_dict(best_state)
     module.cpu().eval()
     history.seconds = time.perf_counter() - start
+    history.planned_epochs, history.patience = config.epochs, config.patience
+    history.stop_reason = describe_stop(history)
     return history
+
+
+def describe_stop(history: History, offset: int = 0) -> str:
+    """"stopped early at epoch 17 (no val_loss improvement for 8 epochs), best epoch 9 kept" or "ran all 40
+    epochs, best epoch 38 kept": the best weights are restored either way, so say which epoch they come from.
+    `offset` numbers the epochs after an earlier phase's, as a combined history shows them."""
+    if history.stopped_early:
+        where = (f"stopped early at epoch {offset + len(history.epochs)} "
+                 f"(no val_loss improvement for {history.patience} epochs)")
+    else:
+        where = f"ran all {history.planned_epochs} epochs"
+    return f"{where}, best epoch {offset + history.best_epoch} kept"
 
 
 def _train_one_epoch(

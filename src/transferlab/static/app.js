@@ -48,6 +48,13 @@ function showResults(top) {
   }));
 }
 
+// A model answers with one of its classes even for a photo unlike any it was trained on: say so beside the bars.
+function showDoubt(result) {
+  const doubt = el("doubt");
+  doubt.hidden = !result.low_confidence;
+  doubt.textContent = result.low_confidence ? `Low confidence: ${result.low_confidence_reason}. This image may not belong to any of the classes.` : "";
+}
+
 async function errorMessage(response) {
   try {
     const body = await response.json();
@@ -59,6 +66,7 @@ async function errorMessage(response) {
 
 async function classify(file) {
   el("results").replaceChildren();
+  el("doubt").hidden = true;
   const preview = el("preview");
   if (preview.src) URL.revokeObjectURL(preview.src);
   preview.src = URL.createObjectURL(file);
@@ -79,6 +87,7 @@ async function classify(file) {
     const result = await response.json();
     showStatus(`${result.filename} (${result.width}×${result.height}) in ${(1000 * result.seconds).toFixed(0)} ms`);
     showResults(result.top);
+    showDoubt(result);
   } catch (error) {
     showStatus(`request failed: ${error}`, true);
   }

@@ -34,7 +34,7 @@ from transferlab.options import FitConfig
 from transferlab.strategies.augment import augment_config, fit_augmented_head, train_head_on_views
 from transferlab.strategies.base import Trained, TrainOptions, make_extractor, runs_end_to_end, tensors, training_device
 from transferlab.strategies.inputs import CHANNELS_LAST, ImageBatches, decode_images, extract_views
-from transferlab.training import BatchTransform, History, fit
+from transferlab.training import BatchTransform, History, describe_stop, fit
 from transferlab.trunk import Trunk, split_backbone
 
 FINETUNE_OPTIMIZER = "rmsprop"  # the notebooks' choice for fine-tuning
@@ -270,6 +270,7 @@ class Phases:
             best_epoch=offset + self.second.best_epoch if self.improved else self.first.best_epoch,
             stopped_early=self.second.stopped_early,
             seconds=self.first.seconds + self.second.seconds,
+            stop_reason=f"head: {self.first.stop_reason}; fine-tuning: {describe_stop(self.second, offset)}",
         )
 
 
