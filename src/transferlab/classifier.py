@@ -193,6 +193,7 @@ class Classifier:
             "normalization": [list(self.extractor.normalization[0]), list(self.extractor.normalization[1])]
             if self.extractor.normalization
             else None,
+            "image_size": self.extractor.image_size,
             "preprocessing": self.extractor.preprocessing(),
         }
         atomic_write_bytes(directory / "model.json", json.dumps(description, indent=2).encode())
@@ -223,6 +224,7 @@ class Classifier:
             pretrained=description.get("pretrained", True),
             backbone_state=backbone_state or None,
             normalization=description.get("normalization"),
+            image_size=description.get("image_size"),
             cache_dir=cache_dir,
             quiet=True,
         )
