@@ -101,8 +101,9 @@ class AugmentConfig:
     @classmethod
     def preset(cls, name: str) -> AugmentConfig:
         """A named configuration: "notebook" (the notebooks' ImageDataGenerator, the class defaults),
-        "light" (flips, small crops and shifts) or "none"."""
-        presets = {"notebook": cls, "light": cls.light, "none": cls.none}
+        "light" (flips, small crops and shifts), "light-noflip" (the same without flips: digits, text, anything
+        a mirror changes) or "none"."""
+        presets = {"notebook": cls, "light": cls.light, "light-noflip": cls.light_noflip, "none": cls.none}
         if name not in presets:
             raise TransferlabError(f"unknown augmentation {name!r}", hint=f"choose one of: {', '.join(presets)}")
         return presets[name]()
@@ -131,6 +132,10 @@ class AugmentConfig:
             zoom_range=(0.9, 1.0),
             horizontal_flip=True,
         )
+
+    @classmethod
+    def light_noflip(cls) -> AugmentConfig:
+        return dataclasses.replace(cls.light(), horizontal_flip=False)
 
 
 @dataclass(frozen=True)

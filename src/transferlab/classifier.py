@@ -267,6 +267,7 @@ class Classifier:
             "normalization": [list(self.extractor.normalization[0]), list(self.extractor.normalization[1])]
             if self.extractor.normalization
             else None,
+            "image_size": self.extractor.image_size,
             "preprocessing": self.extractor.preprocessing(),
             "confidence": self.confidence.to_json() if self.confidence is not None else None,
         }
@@ -294,6 +295,7 @@ class Classifier:
             pretrained=description.get("pretrained", True),
             backbone_state=backbone_state or None,
             normalization=description.get("normalization"),
+            image_size=description.get("image_size"),
             cache_dir=cache_dir,
             quiet=True,
         )

@@ -72,6 +72,7 @@ class CombinedExtractor:
         self.parts = parts
         self.name = SEPARATOR.join(part.name for part in parts)
         self.cache_dir = parts[0].cache_dir
+        self.image_size = parts[0].image_size
 
     @property
     def key(self) -> str:

@@ -8,6 +8,7 @@ the batch in flight and a later run (another head, another strategy) reuses the 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -27,7 +28,7 @@ from transferlab.decoding import ImageDecodeError, open_image
 from transferlab.errors import TransferlabError
 from transferlab.feature_cache import FeatureCache
 from transferlab.files import memoized_file_digest
-from transferlab.options import DEFAULT_BACKBONE
+from transferlab.options import DEFAULT_BACKBONE, MIN_IMAGE_SIZE
 from transferlab.progress import make_progress
 from transferlab.runtimes import Runtime, TrunkSource, make_runtime, resolve_device, resolve_runtime
 from transferlab.trunk import Trunk, split_backbone, stage_count
@@ -74,14 +75,21 @@ class FeatureExtractor:
         quiet: bool = False,
         until: str | None = None,
         normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+        image_size: int | None = None,
     ):
         """`until` names a block (see `split_backbone`): the extractor then returns the unpooled activations
         entering it, flattened to [n, c*h*w] and stored as float16 (they are large; fine-tuning caches them).
         `normalization` (mean, std per channel, for pixels scaled to 0..1) replaces the backbone's own: a network
-        trained from scratch with featurewise centering / std normalisation fitted them on its training images."""
+        trained from scratch with featurewise centering / std normalisation fitted them on its training images.
+        `image_size` replaces the backbone's input size (its resize size scales with it): small source images
+        such as 64 px digits gain nothing from 224 px, and fine-tuning end to end costs the square of the size."""
         if batch_size < 1:
             raise TransferlabError(f"batch size must be >= 1, got {batch_size}")
-        self.spec = backbones.get_spec(backbone)
+        if image_size is not None and image_size < MIN_IMAGE_SIZE:
+            raise TransferlabError(f"image size must be >= {MIN_IMAGE_SIZE} pixels, got {image_size}")
+        spec = backbones.get_spec(backbone)
+        self.spec = dataclasses.replace(spec, input_size=image_size) if image_size else spec
+        self.image_size = image_size
         self.layer = layer
         self.until = until
         self.normalization = (tuple(normalization[0]), tuple(normalization[1])) if normalization else None

@@ -21,6 +21,9 @@ STRATEGY_NAMES = ("extract", "augment", "finetune", "scratch")
 COMPARE_STRATEGIES = ("scratch", "extract", "augment", "finetune")
 DEFAULT_SPLIT = (0.7, 0.15, 0.15)
 OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
+SCHEDULES = ("constant", "one-cycle")
+MIN_IMAGE_SIZE = 32  # EfficientNet and ResNet downsample 32x: smaller inputs leave no spatial extent
+BATCHNORM_MODES = ("frozen", "train")
 HEADS = ("mlp", "linear")
 
 # A dense head on cached features: batch 256 at Adam 1e-3 matched batch 32 at 3e-4 on Caltech-101/97 (test
@@ -205,6 +208,8 @@ class FitConfig:
     class_weight: str | None = None  # None or "balanced"
     patience: int | None = 8  # epochs without a better validation loss before stopping; None: never stop
     seed: int = 0
+    schedule: str = "constant"  # or "one-cycle": warm-up then cosine decay of the learning rate, per batch
+    label_smoothing: float = 0.0
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -219,6 +224,10 @@ class FitConfig:
             raise TransferlabError(f"unknown class weight {self.class_weight!r}", hint="use 'balanced' or leave it out")
         if self.patience is not None and self.patience < 1:
             raise TransferlabError(f"patience must be >= 1, got {self.patience}")
+        if self.schedule not in SCHEDULES:
+            raise TransferlabError(f"unknown schedule {self.schedule!r}", hint=f"choose one of: {', '.join(SCHEDULES)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise TransferlabError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -243,13 +252,16 @@ class TrainOptions:
     log_epochs: bool = False  # one line per epoch instead (verbose=2)
     views: int = 3  # augmented views per training image (augment, finetune); more cost ~50 s each on Caltech
     unfreeze: str = "1"  # top blocks to fine-tune: a number or "all"
-    finetune_lr: float = 1e-5
+    finetune_lr: float | None = None  # None: the fine-tuning path's own (see strategies.finetune)
     finetune_epochs: int = 10
     augment: Any = None  # an AugmentConfig; None: the strategy's default
     # augment/finetune: augment afresh every batch and run the frozen base on the fly (True), or train from
     # cached features of K views (False); None: end to end on a GPU, cached on a CPU.
     end_to_end: bool | None = None
     recipe: str | None = None  # scratch: the ScratchRecipe whose settings filled the options not given
+    image_size: int | None = None  # the network's input size; None: the backbone's own
+    # whole-network fine-tuning: BatchNorm statistics kept from ImageNet ("frozen") or re-estimated ("train")
+    batchnorm: str = "frozen"
 
     def __post_init__(self):
         self.unfreeze = str(self.unfreeze)
@@ -261,12 +273,16 @@ class TrainOptions:
         _at_least("finetune epochs", self.finetune_epochs, 1)
         if not 0 <= self.dropout < 1:
             raise TransferlabError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not self.finetune_lr > 0:
+        if self.finetune_lr is not None and not self.finetune_lr > 0:
             raise TransferlabError(f"finetune learning rate must be > 0, got {self.finetune_lr}")
         if self.unfreeze != "all" and not (self.unfreeze.isdigit() and int(self.unfreeze) >= 1):
             raise TransferlabError(
                 f"--unfreeze must be a number of top blocks or 'all', got {self.unfreeze!r}", hint="e.g. --unfreeze 1"
             )
+        if self.image_size is not None and self.image_size < MIN_IMAGE_SIZE:
+            raise TransferlabError(f"image size must be >= {MIN_IMAGE_SIZE} pixels, got {self.image_size}")
+        if self.batchnorm not in BATCHNORM_MODES:
+            raise TransferlabError(f"unknown batchnorm mode {self.batchnorm!r}", hint=f"choose one of: {', '.join(BATCHNORM_MODES)}")
         check_device(self.device)
         check_runtime(self.runtime)
 

@@ -70,11 +70,13 @@ def train(
     cache_dir: str | Path | None = None,
     views: int = 3,
     unfreeze: str | int = 1,
-    finetune_lr: float = 1e-5,
+    finetune_lr: float | None = None,
     finetune_epochs: int = 10,
     augment: AugmentConfig | str | None = None,
     end_to_end: bool | None = None,
     recipe: str | None = None,
+    image_size: int | None = None,
+    batchnorm: str = "frozen",
     tta: int = 1,
     quiet: bool = False,
     verbose: int = 1,
@@ -92,7 +94,11 @@ def train(
     AugmentConfig or a preset name ("notebook", "light", "none"); None means light views for augment and
     finetune, the recipe's preset for scratch. `end_to_end` (augment, finetune): True augments afresh in
     every batch and runs the frozen base on the fly, False trains from cached features of `views` views;
-    None picks end to end on a GPU, cached on a CPU. `runtime` runs the frozen trunk: "auto" (ONNX Runtime on a
+    None picks end to end on a GPU, cached on a CPU. `unfreeze="all"` fine-tunes the whole network end to end
+    (AdamW, one-cycle, label smoothing, discriminative learning rates; `finetune_lr=None` means 1e-3 there and
+    RMSprop 1e-5 for the cached top block), with BatchNorm statistics `batchnorm="frozen"` or re-estimated
+    ("train"). `image_size` replaces the backbone's input size everywhere (training, prediction, export).
+    `runtime` runs the frozen trunk: "auto" (ONNX Runtime on a
     CPU, PyTorch on CUDA), "onnx", "torch" or a name registered with `transferlab.runtimes.register_runtime`.
     `verbose` as in Keras: 0 silent (as `quiet`), 1 progress bars, 2 one line per epoch and no bars (logs, CI).
     """
@@ -134,6 +140,8 @@ def train(
         augment=AugmentConfig.preset(augment) if isinstance(augment, str) else augment,
         end_to_end=end_to_end,
         recipe=(recipe or "default") if strategy == "scratch" else None,
+        image_size=image_size,
+        batchnorm=batchnorm,
     )
     check_featurewise(strategy, options.augment)
     check_backbone(strategy, options)  # before reading any image
@@ -178,6 +186,11 @@ def check_backbone(strategy: str, options: TrainOptions) -> None:
             f"strategy {strategy!r}{' end to end' if strategy == 'augment' else ''} takes one backbone, "
             f"not the combination {options.backbone}",
             hint="combine backbones with --strategy extract, or augment with cached views (--cached)",
+        )
+    if strategy == "scratch" and options.image_size is not None:
+        raise TransferlabError(
+            "--image-size does not apply to --strategy scratch: its networks are built for one input size",
+            hint="choose the size with the backbone: small_cnn (128 px) or small_cnn_224",
         )
 
 

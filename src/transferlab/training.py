@@ -10,7 +10,7 @@ import copy
 import math
 import csv
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,12 +108,15 @@ def fit(
     quiet: bool = False,
     log_epochs: bool = False,
     description: str = "training",
+    lr_scales: Sequence[tuple[list[nn.Parameter], float]] | None = None,
 ) -> History:
     """Train `module` in place on (inputs, labels) tensors; returns the history, best weights restored.
 
     The module trains on `device` and comes back on the CPU; inputs stay where they are and go to `device`
     a batch at a time (after `batch_transform`, which may already put them there). `quiet` hides the
-    progress bar; `log_epochs` prints one line per epoch instead (Keras' verbose=2).
+    progress bar; `log_epochs` prints one line per epoch instead (Keras' verbose=2). `lr_scales` gives
+    parameter groups their own fraction of `config.lr` (discriminative learning rates); by default every
+    parameter that requires a gradient trains at `config.lr`.
     """
     torch.manual_seed(config.seed)
     module.to(device)
@@ -121,10 +124,16 @@ def fit(
     x_train, y_train = train
     x_val, y_val = val
     weight = class_weights(y_train.numpy(), n_classes, config.class_weight)
-    loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device))
+    loss_fn = nn.CrossEntropyLoss(
+        weight=None if weight is None else weight.to(device), label_smoothing=config.label_smoothing
+    )
     eval_loss_fn = nn.CrossEntropyLoss()
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = make_optimizer(config.optimizer, params, config.lr, config.weight_decay)
+    groups = lr_scales or [([p for p in module.parameters() if p.requires_grad], 1.0)]
+    optimizer = make_optimizer(
+        config.optimizer, [{"params": ps, "lr": config.lr * scale} for ps, scale in groups], config.lr, config.weight_decay
+    )
+    batches = -(-len(x_train) // config.batch_size)
+    scheduler = make_scheduler(optimizer, config, batches)
     history = History()
     best_loss, best_state, waited = float("inf"), None, 0
     start = time.perf_counter()
@@ -138,14 +147,13 @@ def fit(
         disable=quiet,
     ) as progress:
         # the bar moves per batch: an end-to-end epoch on a CPU takes minutes
-        batches = -(-len(x_train) // config.batch_size)
         task = progress.add_task(description, total=config.epochs * batches, epoch=1, stats="")
         for epoch in range(1, config.epochs + 1):
             epoch_start = time.perf_counter()
             progress.update(task, epoch=epoch)
             loss, accuracy = _train_one_epoch(
                 module, x_train, y_train, config.batch_size, optimizer, loss_fn, generator,
-                batch_transform, keep_batchnorm_frozen, device, on_batch=lambda: progress.advance(task),
+                batch_transform, keep_batchnorm_frozen, device, on_batch=lambda: after_batch(progress, task, scheduler),
             )
             if not math.isfinite(loss):
                 raise TransferlabError(
@@ -199,6 +207,27 @@ def describe_stop(history: History, offset: int = 0) -> str:
     else:
         where = f"ran all {history.planned_epochs} epochs"
     return f"{where}, best epoch {offset + history.best_epoch} kept"
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: FitConfig, batches: int):
+    """None for a constant learning rate; "one-cycle": a linear warm-up over the first 20% of the steps to each
+    group's learning rate, then cosine decay (fastai's fit_one_cycle, the usual recipe for short fine-tuning)."""
+    if config.schedule == "constant":
+        return None
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=[group["lr"] for group in optimizer.param_groups],
+        total_steps=config.epochs * batches,
+        pct_start=0.2,
+        anneal_strategy="cos",
+        cycle_momentum=False,
+    )
+
+
+def after_batch(progress: Progress, task, scheduler) -> None:
+    if scheduler is not None:
+        scheduler.step()
+    progress.advance(task)
 
 
 def _train_one_epoch(

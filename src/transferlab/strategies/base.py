@@ -87,6 +87,7 @@ def make_extractor(options: TrainOptions, **overrides) -> FeatureExtractor | Com
         batch_size=options.extract_batch_size,
         cache_dir=options.cache_dir,
         quiet=options.quiet,
+        image_size=options.image_size,
         **overrides,
     )
 

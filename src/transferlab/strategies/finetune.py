@@ -37,8 +37,18 @@ from transferlab.strategies.inputs import CHANNELS_LAST, ImageBatches, decode_im
 from transferlab.training import BatchTransform, History, describe_stop, fit
 from transferlab.trunk import Trunk, split_backbone
 
-FINETUNE_OPTIMIZER = "rmsprop"  # the notebooks' choice for fine-tuning
+FINETUNE_OPTIMIZER = "rmsprop"  # the notebooks' choice for fine-tuning the top block from cached activations
+FINETUNE_LR = 1e-5
 FINETUNE_BATCH_SIZE = 32  # phase 2 trains convolutional blocks: small batches, as the notebooks
+# End to end (the whole network, or the top blocks on a GPU): the recipe that makes short fine-tuning work
+# (fastai's fine_tune, timm's fine-tuning defaults): AdamW with weight decay, one-cycle warm-up then cosine
+# decay, label smoothing, and discriminative learning rates from the top block's lr down to a tenth of it
+# for the earliest block.
+END_TO_END_OPTIMIZER = "adamw"
+END_TO_END_LR = 1e-3
+END_TO_END_WEIGHT_DECAY = 1e-2
+END_TO_END_LABEL_SMOOTHING = 0.1
+EARLIEST_BLOCK_LR_FRACTION = 0.1
 _POOL_BATCH = 256
 
 
@@ -108,14 +118,32 @@ def cached_tail(model: torch.nn.Module, boundary: str, mean, std, size: int) -> 
 
 
 # -- training ---------------------------------------------------------------------------------------
-def finetune_config(options: TrainOptions) -> FitConfig:
+def finetune_config(options: TrainOptions, end_to_end: bool) -> FitConfig:
+    """Phase 2's training: the notebooks' RMSprop on cached activations, the end-to-end recipe otherwise."""
+    phase2 = dataclasses.replace(options.fit, epochs=options.finetune_epochs, batch_size=FINETUNE_BATCH_SIZE)
+    if not end_to_end:
+        return dataclasses.replace(phase2, optimizer=FINETUNE_OPTIMIZER, lr=options.finetune_lr or FINETUNE_LR)
     return dataclasses.replace(
-        options.fit,
-        epochs=options.finetune_epochs,
-        lr=options.finetune_lr,
-        optimizer=FINETUNE_OPTIMIZER,
-        batch_size=FINETUNE_BATCH_SIZE,
+        phase2,
+        optimizer=END_TO_END_OPTIMIZER,
+        lr=options.finetune_lr or END_TO_END_LR,
+        weight_decay=END_TO_END_WEIGHT_DECAY,
+        schedule="one-cycle",
+        label_smoothing=END_TO_END_LABEL_SMOOTHING,
     )
+
+
+def discriminative_lr_scales(
+    model: torch.nn.Module, groups: list[list[str]], head: torch.nn.Module
+) -> list[tuple[list[torch.nn.Parameter], float]]:
+    """Each unfrozen block's share of the learning rate: 1 for the head and the top block, falling
+    geometrically to EARLIEST_BLOCK_LR_FRACTION for the earliest unfrozen one (early features are generic and
+    need the least change)."""
+    parameters = dict(model.named_parameters())
+    steps = max(len(groups) - 1, 1)
+    scales = [([parameters[name] for name in names], EARLIEST_BLOCK_LR_FRACTION ** ((len(groups) - 1 - i) / steps))
+              for i, names in enumerate(groups)]
+    return [*scales, (list(head.parameters()), 1.0)]
 
 
 def train(split: DatasetSplit, options: TrainOptions) -> Trained:
@@ -125,14 +153,13 @@ def train(split: DatasetSplit, options: TrainOptions) -> Trained:
         )
     model = create_backbone(options.backbone, weights=options.weights, cache_dir=options.cache_dir)
     groups = unfrozen_groups(model, options.unfreeze)
-    keys = unfrozen_state_keys(model, groups)
     if len(groups) < len(block_groups(model)) and not runs_end_to_end(options):
         boundary = boundary_of(model, groups[0][0])
         spec = get_spec(options.backbone)
-        tail = cached_tail(model, boundary, spec.mean, spec.std, spec.input_size)
+        tail = cached_tail(model, boundary, spec.mean, spec.std, options.image_size or spec.input_size)
         if tail is not None:
-            return train_cached(split, options, boundary, tail, keys)
-    return train_end_to_end(split, options, model, keys)
+            return train_cached(split, options, boundary, tail, unfrozen_state_keys(model, groups))
+    return train_end_to_end(split, options, model, groups)
 
 
 def train_cached(
@@ -157,7 +184,8 @@ def train_cached(
     )
     first_head = copy.deepcopy(head)
     second = fine_tune(
-        torch.nn.Sequential(tail, head), split, val_inputs, RandomView(activations), options, "fine-tuning (cached)"
+        torch.nn.Sequential(tail, head), split, val_inputs, RandomView(activations), options, "fine-tuning (cached)",
+        config=finetune_config(options, end_to_end=False), keep_batchnorm_frozen=True,
     )
     state = tail.tail.state_dict()
     return finetune_result(
@@ -169,7 +197,7 @@ def train_cached(
 
 
 def train_end_to_end(
-    split: DatasetSplit, options: TrainOptions, model: torch.nn.Module, keys: list[str]
+    split: DatasetSplit, options: TrainOptions, model: torch.nn.Module, groups: list[list[str]]
 ) -> Trained:
     """Phase 1 as the augment strategy's head; phase 2 runs the whole network on images augmented on the fly."""
     extractor = make_extractor(options)
@@ -178,7 +206,7 @@ def train_end_to_end(
     if train_images is None:
         train_images, _ = decode_images(extractor, split.train.paths, "decoding: train", options.quiet)
     val_images, _ = decode_images(extractor, split.validation.paths, "decoding: validation", options.quiet)
-    trainable = set(keys)
+    trainable = {name for names in groups for name in names}
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name in trainable)
     first_head = copy.deepcopy(fitted.head)
@@ -191,8 +219,12 @@ def train_end_to_end(
         ImageBatches(train_images, augment_config(options)),
         options,
         "fine-tuning (end to end)",
+        config=finetune_config(options, end_to_end=True),
+        keep_batchnorm_frozen=options.batchnorm == "frozen",
+        lr_scales=discriminative_lr_scales(model, groups, fitted.head),
     )
     state = model.state_dict()
+    keys = unfrozen_state_keys(model, groups)
     return finetune_result(
         split,
         options,
@@ -209,16 +241,21 @@ def fine_tune(
     batch_transform: BatchTransform,
     options: TrainOptions,
     description: str,
+    *,
+    config: FitConfig,
+    keep_batchnorm_frozen: bool,
+    lr_scales: list[tuple[list[torch.nn.Parameter], float]] | None = None,
 ) -> History:
     """Phase 2: the training inputs are image indices that `batch_transform` turns into augmented inputs."""
     return fit(
         network,
         (torch.arange(len(split.train)), torch.from_numpy(split.train.labels)),
         val,
-        finetune_config(options),
+        config,
         n_classes=len(split.classes),
         batch_transform=batch_transform,
-        keep_batchnorm_frozen=True,
+        keep_batchnorm_frozen=keep_batchnorm_frozen,
+        lr_scales=lr_scales,
         device=training_device(options),
         quiet=options.quiet,
         log_epochs=options.log_epochs,
@@ -302,6 +339,7 @@ def finetune_result(
             "views": options.views,
             "unfreeze": options.unfreeze,
             "finetune_lr": options.finetune_lr,
+            "batchnorm": options.batchnorm,
             "phase1_epochs": len(phases.first.epochs),
             "finetune_improved": phases.improved,
             **extra,
