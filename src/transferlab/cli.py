@@ -37,6 +37,9 @@ EndToEndOption = Annotated[Optional[bool], typer.Option(
     help="augment, finetune: augment every batch afresh through the network, or train from cached views "
     "(default: end to end on a GPU, cached on a CPU).",
 )]
+# --engine ray (transferlab.engines): Ray is imported only when it is chosen
+EngineOption = Annotated[str, typer.Option(help="local | ray (frozen features computed on a Ray cluster, into the same cache).")]
+RayAddressOption = Annotated[Optional[str], typer.Option(help="Ray cluster: auto | HOST:PORT (default: start a local Ray instance).")]
 RecipeOption = Annotated[Optional[str], typer.Option(
     help="scratch: default | lesson (the transfer-learning lesson's baseline: 224 px, batch 128, Adam 1e-3, 10 epochs, "
     "no augmentation); --epochs, --batch-size, --lr, --augment, --backbone override its settings.",
@@ -132,6 +135,8 @@ def train(
     finetune_lr: Annotated[float, typer.Option(help="Learning rate of the fine-tuning phase (RMSprop).")] = 1e-5,
     end_to_end: EndToEndOption = None,
     tta: Annotated[int, typer.Option(help="Test-time augmentation views for the evaluation (1: off).")] = 1,
+    engine: EngineOption = "local",
+    ray_address: RayAddressOption = None,
 ):
     """Train and evaluate a classifier; write a run folder with metrics, model and plots."""
     from transferlab.api import train as train_api
@@ -165,6 +170,7 @@ def train(
         finetune_lr=finetune_lr,
         end_to_end=end_to_end,
         tta=tta,
+        **({"engine": engine, "ray_address": ray_address} if engine != "local" else {}),
         quiet=state.quiet,
     )
     if state.json:
@@ -207,6 +213,27 @@ def predict(
                 writer.writerow([p.source, "", "", "", p.error])
     else:
         out.print(Prediction.table(predictions))
+
+
+@app.command()
+def embed(
+    data: Annotated[Path, typer.Argument(help="Image folder, as for `transferlab train`.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Parquet file: path, label, split, feature.")] = Path("features.parquet"),
+    backbone: Annotated[str, typer.Option(help="Frozen backbone (see `transferlab backbones`).")] = DEFAULT_BACKBONE,
+    split: SplitOption = "0.7,0.15,0.15",
+    seed: Annotated[int, typer.Option(help="Seed for the split (as train's).")] = 0,
+    engine: EngineOption = "local",
+    ray_address: RayAddressOption = None,
+):
+    """Write every image's frozen features to a parquet file (unreadable files: OUT's .skipped.csv)."""
+    from transferlab.embed import embed as embed_api
+
+    result = embed_api(data, out_file, backbone=backbone, split=split_fractions(split), seed=seed, engine=engine,
+                       ray_address=ray_address, quiet=state.quiet)
+    if state.json:
+        emit_json({"out": str(result.out), "rows": result.rows, "dim": result.dim, "skipped": result.skipped})
+    elif not state.quiet:
+        out.print(f"wrote {result.rows} feature vectors of {result.dim} to {result.out} ({result.skipped} skipped: {result.skipped_csv})")
 
 
 @app.command()

@@ -12,6 +12,7 @@ from rich.console import Console
 from transferlab.augment import AugmentConfig
 from transferlab.classifier import Classifier
 from transferlab.data import load_dataset
+from transferlab.engines import check_engine, precompute_split
 from transferlab.errors import TransferlabError
 from transferlab.extractors import backbone_names
 from transferlab.metrics import evaluate_probabilities
@@ -73,6 +74,8 @@ def train(
     end_to_end: bool | None = None,
     recipe: str | None = None,
     tta: int = 1,
+    engine: str = "local",
+    ray_address: str | None = None,
     quiet: bool = False,
     verbose: int = 1,
     console: Console | None = None,
@@ -91,6 +94,8 @@ def train(
     every batch and runs the frozen base on the fly, False trains from cached features of `views` views;
     None picks end to end on a GPU, cached on a CPU. `runtime` runs the frozen trunk: "auto" (ONNX Runtime on a
     CPU, PyTorch on CUDA), "onnx", "torch" or a name registered with `transferlab.runtimes.register_runtime`.
+    `engine="ray"` computes the frozen features on a Ray cluster (`ray_address`: "auto", "HOST:PORT", or None
+    for a local Ray instance) into the same cache, before training here (see `transferlab.engines`).
     `verbose` as in Keras: 0 silent (as `quiet`), 1 progress bars, 2 one line per epoch and no bars (logs, CI).
     """
     started = time.perf_counter()
@@ -134,6 +139,7 @@ def train(
     )
     check_featurewise(strategy, options.augment)
     check_backbone(strategy, options)  # before reading any image
+    check_engine(engine, strategy, runs_end_to_end(options))
     run_dir = unique_run_dir(out, data, strategy)
     check_destination(run_dir, overwrite)
     dataset = load_dataset(
@@ -141,6 +147,7 @@ def train(
         split_csv=split_csv,
     )
     console.print(dataset.summary_table())
+    precompute_split(engine, strategy, dataset, options, address=ray_address)
     result = run_strategy(strategy, dataset, options)
     test = predict_test(result, tta)
     metrics = run_metrics(result, test, tta, time.perf_counter() - started)

@@ -1,0 +1,63 @@
+"""Engines: where features are computed. "local" (the default) runs them in this process; "ray" computes them
+on a Ray cluster into the same feature cache first (`transferlab.ray_engine`), after which the local code
+reads them as cache hits, so training, evaluation, skipped.csv and the run folder are the local engine's own.
+Ray is imported only here, and only when it is chosen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from transferlab.augment import AugmentConfig
+from transferlab.data import DatasetSplit
+from transferlab.errors import TransferlabError
+from transferlab.extractors import CombinedExtractor
+from transferlab.features import FeatureExtractor
+from transferlab.options import TrainOptions
+from transferlab.strategies.augment import augment_config
+from transferlab.strategies.base import make_extractor, runs_end_to_end
+
+ENGINES = ("local", "ray")
+RAY_STRATEGIES = ("extract", "augment")  # those whose frozen features the cluster computes
+
+
+def check_engine(engine: str, strategy: str | None = None, end_to_end: bool = False) -> str:
+    if engine not in ENGINES:
+        raise TransferlabError(f"unknown engine {engine!r}", hint="use --engine local or --engine ray")
+    if engine == "ray" and strategy is not None and (strategy not in RAY_STRATEGIES or end_to_end):
+        raise TransferlabError(
+            f"--engine ray computes frozen features: strategy {strategy!r}{' end to end' if end_to_end else ''} "
+            "does not use them",
+            hint="use --strategy extract or augment (with --cached), or --engine local",
+        )
+    return engine
+
+
+def precompute(engine: str, extractor: FeatureExtractor | CombinedExtractor, paths: Sequence[Path], *,
+               address: str | None = None, quiet: bool = False, augment: AugmentConfig | None = None,
+               view: int = 0) -> None:
+    """With the Ray engine, compute the features of `paths` not yet cached on the cluster (each backbone of a
+    combination on its own, as locally); with the local engine, nothing (extraction computes them itself)."""
+    if check_engine(engine) == "local" or not paths:
+        return
+    from transferlab import ray_engine
+
+    ray_engine.connect(address, quiet)
+    for part in getattr(extractor, "parts", [extractor]):
+        ray_engine.extract_to_cache(part, paths, augment=augment, view=view)
+
+
+def precompute_split(engine: str, strategy: str, split: DatasetSplit, options: TrainOptions, *,
+                     address: str | None = None) -> None:
+    """The features `strategy` will read from the cache: every split unaugmented, plus the augment strategy's
+    views of the training images."""
+    if check_engine(engine, strategy, runs_end_to_end(options)) == "local":
+        return
+    extractor = make_extractor(options)
+    paths = list(dict.fromkeys(path for subset in split.subsets().values() for path in subset.paths))
+    precompute(engine, extractor, paths, address=address, quiet=options.quiet)
+    if strategy == "augment":
+        for view in range(1, options.views + 1):
+            precompute(engine, extractor, split.train.paths, address=address, quiet=options.quiet,
+                       augment=augment_config(options), view=view)
