@@ -185,10 +185,22 @@ def predict(
     output_format: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
     tta: Annotated[int, typer.Option(help="Average over the original and N-1 augmented views.")] = 1,
     runtime: Annotated[str, typer.Option(help="torch (the run's PyTorch model) | onnx (the exported RUN/model.onnx, or RUN given as an .onnx file, torch-free) | auto (torch, or onnx when torch is missing).")] = "auto",
+    engine: EngineOption = "local",
+    ray_address: RayAddressOption = None,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="--engine ray: predictions.parquet or .csv, one row per image, resumable.")] = None,
 ):
     """Predict the classes of images with a trained run."""
     if top_k < 1:
         raise TransferlabError(f"--top-k must be at least 1, got {top_k}")
+    if engine != "local" or out_file is not None:
+        from transferlab.engines import bulk_predict
+
+        written = bulk_predict(engine, run, image_files(images), out_file, top_k=top_k, tta=tta, address=ray_address, quiet=state.quiet)
+        if state.json:
+            emit_json({"out": str(written)})
+        elif not state.quiet:
+            out.print(f"wrote {written}")
+        return
     if output_format not in ("table", "csv", "json"):
         raise TransferlabError(f"unknown format {output_format!r}", hint="use table, csv or json")
     if prediction_runtime(run, runtime) == "onnx":

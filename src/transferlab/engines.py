@@ -61,3 +61,17 @@ def precompute_split(engine: str, strategy: str, split: DatasetSplit, options: T
         for view in range(1, options.views + 1):
             precompute(engine, extractor, split.train.paths, address=address, quiet=options.quiet,
                        augment=augment_config(options), view=view)
+
+
+def bulk_predict(engine: str, run: Path, images: Sequence[Path], out: Path | None, *, top_k: int, tta: int = 1,
+                 address: str | None = None, quiet: bool = False) -> Path:
+    """`predict --engine ray --out FILE` (`transferlab.bulk_predict`); the local engine prints predictions."""
+    if check_engine(engine) != "ray" or out is None:
+        raise TransferlabError("--out and --engine ray go together: bulk prediction runs on a Ray cluster",
+                               hint="add --engine ray --out predictions.parquet, or drop --out")
+    if tta != 1:
+        raise TransferlabError("--tta is not available with --engine ray", hint="use --engine local for TTA")
+    from transferlab.bulk_predict import check_out, predict_folder
+
+    check_out(out)
+    return predict_folder(run, images, out, top_k=top_k, address=address, quiet=quiet)
