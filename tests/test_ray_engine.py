@@ -78,24 +78,17 @@ def test_ray_features_equal_local_features_under_the_same_cache_keys(cluster, ph
     from transferlab import ray_engine
 
     paths = every_path(photos)
+    FeatureExtractor(cache_dir=tmp_path / "ray", quiet=True).extract(paths[:10])  # cached by a local run before
     on_ray = FeatureExtractor(cache_dir=tmp_path / "ray", quiet=True)
     done = ray_engine.extract_to_cache(on_ray, paths)
-    assert done.computed == len(paths) - 1 and done.failed == {photos / BROKEN: "truncated image"}
+    assert (done.cache_hits, done.computed) == (10, len(paths) - 11)  # what a local run cached is not sent
+    assert done.failed == {photos / BROKEN: "truncated image"}
     afterwards = FeatureExtractor(cache_dir=tmp_path / "ray", quiet=True).extract(paths)  # a local run afterwards
     assert afterwards.cache_hits == len(paths) - 1  # extracts nothing but the broken file (and fails on it again)
     assert afterwards.failed == done.failed
     local = FeatureExtractor(cache_dir=tmp_path / "local", quiet=True).extract(paths)
     np.testing.assert_allclose(afterwards.features, local.features, atol=1e-4)
     assert ray_engine.extract_to_cache(on_ray, paths).computed == 0  # cached keys are never sent again
-
-
-def test_ray_extraction_skips_what_a_local_run_cached(cluster, photos, tmp_path):
-    from transferlab import ray_engine
-
-    paths = every_path(photos)
-    FeatureExtractor(cache_dir=tmp_path, quiet=True).extract(paths[:10])
-    done = ray_engine.extract_to_cache(FeatureExtractor(cache_dir=tmp_path, quiet=True), paths)
-    assert (done.cache_hits, done.computed) == (10, len(paths) - 11)
 
 
 def test_a_lost_worker_node_still_gives_identical_features(cluster, photos, tmp_path):
