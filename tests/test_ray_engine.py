@@ -30,21 +30,6 @@ BROKEN = "ants/broken.jpg"  # passes the cheap header check, fails to decode
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    try:
-        worker = cluster.add_node(num_cpus=1)
-        ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-        cluster.wait_for_nodes()
-        yield cluster, [worker]
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-
-
-@pytest.fixture(scope="module")
 def photos(shared, tmp_path_factory) -> Path:
     """ants/ and bees/, PER_CLASS real photos each (links to ../shared), plus one truncated JPEG."""
     source = shared / "datasets" / "hymenoptera" / "train"
@@ -192,7 +177,7 @@ def test_unknown_engine_is_one_clear_error(photos):
 
 def test_ray_engine_refuses_strategies_without_frozen_features(photos):
     with pytest.raises(TransferlabError, match="does not use them"):
-        transferlab.train(photos, strategy="scratch", engine="ray")
+        transferlab.train(photos, strategy="augment", end_to_end=True, engine="ray")
 
 
 def test_bulk_prediction_refuses_an_output_that_is_neither_parquet_nor_csv(trained, photos, tmp_path):

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import csv
-import json
 import sys
 import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from transferlab.cli_common import (
+    EndToEndOption, EngineOption, ExcludeOption, IncludeOption, MaxPerClassOption, RayAddressOption, RecipeOption,
+    SplitOption, WorkersOption, comma_list, emit_json, engine_keywords, err, out, state,
+)
+from transferlab.cli_engine import embed, predict_in_bulk
 from transferlab.errors import TransferlabError
 from transferlab.layouts import image_files
 from transferlab.prediction import Prediction
@@ -24,37 +27,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console()
-err = Console(stderr=True)
-
-# shared by train and compare
-IncludeOption = Annotated[Optional[str], typer.Option(help="Only these classes, comma-separated.")]
-ExcludeOption = Annotated[Optional[str], typer.Option(help="Leave out these classes, comma-separated.")]
-SplitOption = Annotated[str, typer.Option(help="train,validation,test fractions for a folder of classes.")]
-MaxPerClassOption = Annotated[Optional[int], typer.Option(help="Cap the number of images per class.")]
-EndToEndOption = Annotated[Optional[bool], typer.Option(
-    "--end-to-end/--cached",
-    help="augment, finetune: augment every batch afresh through the network, or train from cached views "
-    "(default: end to end on a GPU, cached on a CPU).",
-)]
-# --engine ray (transferlab.engines): Ray is imported only when it is chosen
-EngineOption = Annotated[str, typer.Option(help="local | ray (frozen features computed on a Ray cluster, into the same cache).")]
-RayAddressOption = Annotated[Optional[str], typer.Option(help="Ray cluster: auto | HOST:PORT (default: start a local Ray instance).")]
-RecipeOption = Annotated[Optional[str], typer.Option(
-    help="scratch: default | lesson (the transfer-learning lesson's baseline: 224 px, batch 128, Adam 1e-3, 10 epochs, "
-    "no augmentation); --epochs, --batch-size, --lr, --augment, --backbone override its settings.",
-)]
-
-
-class State:
-    quiet = False
-    json = False
-    debug = False
-
-
-state = State()
-
-
 def print_version() -> None:
     from transferlab import __version__
 
@@ -75,10 +47,6 @@ def global_options(
         warnings.filterwarnings("ignore")
 
 
-def comma_list(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
-
-
 def data_selection(include: str | None, exclude: str | None, split: str, max_per_class: int | None) -> dict:
     """The data flags `train` and `compare` share, parsed into API keywords."""
     return {
@@ -96,10 +64,6 @@ def parse_layer(value: str | None) -> int | None:
         return int(value)
     except ValueError:
         raise TransferlabError(f"--layer must be a stage index, got {value!r}", hint="e.g. --layer -2 (the stage before the last)") from None
-
-
-def emit_json(value) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
 
 
 @app.command()
@@ -137,6 +101,7 @@ def train(
     tta: Annotated[int, typer.Option(help="Test-time augmentation views for the evaluation (1: off).")] = 1,
     engine: EngineOption = "local",
     ray_address: RayAddressOption = None,
+    workers: WorkersOption = None,
 ):
     """Train and evaluate a classifier; write a run folder with metrics, model and plots."""
     from transferlab.api import train as train_api
@@ -170,7 +135,7 @@ def train(
         finetune_lr=finetune_lr,
         end_to_end=end_to_end,
         tta=tta,
-        **({"engine": engine, "ray_address": ray_address} if engine != "local" else {}),
+        **engine_keywords(engine, ray_address, workers),
         quiet=state.quiet,
     )
     if state.json:
@@ -193,14 +158,7 @@ def predict(
     if top_k < 1:
         raise TransferlabError(f"--top-k must be at least 1, got {top_k}")
     if engine != "local" or out_file is not None:
-        from transferlab.engines import bulk_predict
-
-        written = bulk_predict(engine, run, image_files(images), out_file, top_k=top_k, tta=tta, address=ray_address, quiet=state.quiet)
-        if state.json:
-            emit_json({"out": str(written)})
-        elif not state.quiet:
-            out.print(f"wrote {written}")
-        return
+        return predict_in_bulk(engine, run, image_files(images), out_file, top_k=top_k, tta=tta, ray_address=ray_address)
     if output_format not in ("table", "csv", "json"):
         raise TransferlabError(f"unknown format {output_format!r}", hint="use table, csv or json")
     if prediction_runtime(run, runtime) == "onnx":
@@ -227,25 +185,7 @@ def predict(
         out.print(Prediction.table(predictions))
 
 
-@app.command()
-def embed(
-    data: Annotated[Path, typer.Argument(help="Image folder, as for `transferlab train`.")],
-    out_file: Annotated[Path, typer.Option("--out", help="Parquet file: path, label, split, feature.")] = Path("features.parquet"),
-    backbone: Annotated[str, typer.Option(help="Frozen backbone (see `transferlab backbones`).")] = DEFAULT_BACKBONE,
-    split: SplitOption = "0.7,0.15,0.15",
-    seed: Annotated[int, typer.Option(help="Seed for the split (as train's).")] = 0,
-    engine: EngineOption = "local",
-    ray_address: RayAddressOption = None,
-):
-    """Write every image's frozen features to a parquet file (unreadable files: OUT's .skipped.csv)."""
-    from transferlab.embed import embed as embed_api
-
-    result = embed_api(data, out_file, backbone=backbone, split=split_fractions(split), seed=seed, engine=engine,
-                       ray_address=ray_address, quiet=state.quiet)
-    if state.json:
-        emit_json({"out": str(result.out), "rows": result.rows, "dim": result.dim, "skipped": result.skipped})
-    elif not state.quiet:
-        out.print(f"wrote {result.rows} feature vectors of {result.dim} to {result.out} ({result.skipped} skipped: {result.skipped_csv})")
+app.command()(embed)
 
 
 @app.command()
@@ -400,6 +340,8 @@ def compare(
     end_to_end: EndToEndOption = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     tta: Annotated[int, typer.Option(help="Test-time augmentation views for the evaluations (1: off).")] = 1,
+    engine: EngineOption = "local",
+    ray_address: RayAddressOption = None,
 ):
     """Train several strategies on the same split; write compare.csv, compare.md, plots and every run folder."""
     from transferlab.api import compare as compare_api
@@ -421,6 +363,7 @@ def compare(
         unfreeze=unfreeze,
         device=device,
         tta=tta,
+        **engine_keywords(engine, ray_address),
         quiet=state.quiet,
         **{key: value for key, value in optional.items() if value is not None},
     )

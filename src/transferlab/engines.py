@@ -1,6 +1,7 @@
-"""Engines: where features are computed. "local" (the default) runs them in this process; "ray" computes them
-on a Ray cluster into the same feature cache first (`transferlab.ray_engine`), after which the local code
-reads them as cache hits, so training, evaluation, skipped.csv and the run folder are the local engine's own.
+"""Engines: where the work runs. "local" (the default) runs everything in this process. "ray" computes frozen
+features on a Ray cluster into the same feature cache first (`transferlab.ray_engine`), after which the local
+code reads them as cache hits, so training, evaluation, skipped.csv and the run folder are the local engine's
+own; it trains fine-tuning (end to end) and scratch data-parallel on Ray Train (`transferlab.ray_train`).
 Ray is imported only here, and only when it is chosen.
 """
 
@@ -15,23 +16,49 @@ from transferlab.errors import TransferlabError
 from transferlab.extractors import CombinedExtractor
 from transferlab.features import FeatureExtractor
 from transferlab.options import TrainOptions
+from transferlab.strategies import StrategyResult, run_strategy
 from transferlab.strategies.augment import augment_config
-from transferlab.strategies.base import make_extractor, runs_end_to_end
+from transferlab.strategies.base import build_result, make_extractor, runs_end_to_end
 
 ENGINES = ("local", "ray")
 RAY_STRATEGIES = ("extract", "augment")  # those whose frozen features the cluster computes
+RAY_TRAINED = ("finetune", "scratch")  # trained data-parallel on Ray Train (finetune end to end)
 
 
-def check_engine(engine: str, strategy: str | None = None, end_to_end: bool = False) -> str:
+def check_engine(engine: str, strategy: str | None = None, end_to_end: bool = False, workers: int | None = None) -> str:
     if engine not in ENGINES:
         raise TransferlabError(f"unknown engine {engine!r}", hint="use --engine local or --engine ray")
-    if engine == "ray" and strategy is not None and (strategy not in RAY_STRATEGIES or end_to_end):
+    if workers is not None and (engine != "ray" or strategy not in RAY_TRAINED or workers < 1):
+        raise TransferlabError("--workers (at least 1) is for data-parallel training: --engine ray with "
+                               "--strategy finetune --end-to-end or scratch", hint="drop --workers")
+    if engine == "ray" and strategy == "finetune" and not end_to_end:
+        raise TransferlabError("--engine ray fine-tunes end to end (on Ray Train workers)", hint="add --end-to-end")
+    if engine == "ray" and strategy is not None and strategy not in RAY_TRAINED and (strategy not in RAY_STRATEGIES or end_to_end):
         raise TransferlabError(
             f"--engine ray computes frozen features: strategy {strategy!r}{' end to end' if end_to_end else ''} "
             "does not use them",
-            hint="use --strategy extract or augment (with --cached), or --engine local",
+            hint="use --strategy extract or augment (with --cached), finetune --end-to-end or scratch, or --engine local",
         )
     return engine
+
+
+def checkpoint_folder(run_dir: Path) -> Path:
+    """Where data-parallel training checkpoints a run (beside its folder): a rerun resumes from there."""
+    return run_dir.parent / f".{run_dir.name}.ray-train"
+
+
+def train_strategy(engine: str, strategy: str, split: DatasetSplit, options: TrainOptions, *, run_dir: Path,
+                   address: str | None = None, workers: int | None = None) -> StrategyResult:
+    """The strategy's result: trained here (after the Ray engine has put its frozen features in the cache), or
+    data-parallel on Ray Train."""
+    if engine == "ray" and strategy in RAY_TRAINED:
+        from transferlab import ray_engine, ray_train
+
+        ray_engine.connect(address, options.quiet)
+        trained = ray_train.train(strategy, split, options, workers=workers, checkpoints=checkpoint_folder(run_dir))
+        return build_result(strategy, trained)
+    precompute_split(engine, strategy, split, options, address=address)
+    return run_strategy(strategy, split, options)
 
 
 def precompute(engine: str, extractor: FeatureExtractor | CombinedExtractor, paths: Sequence[Path], *,
