@@ -20,8 +20,8 @@ from transferlab.errors import TransferlabError
 
 pytestmark = [pytest.mark.ray, pytest.mark.integration]
 ray = pytest.importorskip("ray")
-PER_CLASS = 12
-TINY = {"split": (0.5, 0.25, 0.25), "epochs": 3, "finetune_epochs": 2, "end_to_end": True, "quiet": True}
+PER_CLASS = 8
+TINY = {"split": (0.5, 0.25, 0.25), "epochs": 2, "finetune_epochs": 1, "end_to_end": True, "quiet": True}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_two_worker_ddp_finetuning_writes_a_loadable_run_scoring_as_the_single_p
     assert {"model.safetensors", "model.json", "report.html", "history.csv"} <= {p.name for p in run.iterdir()}
     loaded = transferlab.load(run)
     images = sorted(photos.rglob("*.jpg"))[:4]
-    np.testing.assert_allclose(loaded.predict_proba(images), on_ray.predict_proba(images), atol=1e-5)
+    np.testing.assert_allclose(loaded.predict_proba(images)[0], on_ray.predict_proba(images)[0], atol=1e-5)
     assert not (tmp_path / ".ray.ray-train").exists()  # checkpoints go once the run is written
 
 
@@ -71,11 +71,12 @@ def test_a_rerun_resumes_from_the_last_checkpoint(cluster, photos, tmp_path):
         network = torch.nn.Sequential(trunk, torch.nn.LazyLinear(2))
         network(torch.zeros((1, 3, 128, 128), dtype=torch.uint8))  # materialise the lazy layer
         fit = FitConfig(epochs=epochs, batch_size=8, lr=1e-3, optimizer="adam", patience=None, seed=0)
-        return ray_train.Job(network, portable(decoder), (paths[::2], labels[::2]), (paths[1::2], labels[1::2]), None, fit, 2)
+        return ray_train.Job(network, portable(decoder), (paths[::2], labels[::2]), (paths[1::2], labels[1::2]), None, 2,
+                             [ray_train.Phase(fit)])
 
     placement = ray_train.Placement(2, tmp_path / "checkpoints", use_gpu=False)
-    first = placement.train("scratch", job(2))["history"]
-    resumed = placement.train("scratch", job(3))["history"]  # as if the first attempt had died after epoch 2
+    (first,), _ = placement.train(job(2))
+    (resumed,), _ = placement.train(job(3))  # as if the first attempt had died after epoch 2
     assert [row["epoch"] for row in resumed.epochs] == [1, 2, 3]
     assert resumed.epochs[:2] == first.epochs  # epochs 1-2 come from the checkpoint, not trained again
 

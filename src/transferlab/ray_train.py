@@ -19,6 +19,7 @@ This module imports Ray; nothing imports it unless `--engine ray` was chosen.
 from __future__ import annotations
 
 import copy
+import gc
 import hashlib
 import json
 import math
@@ -57,17 +58,27 @@ CHECKPOINT = "state.pt"
 
 # -- what the workers run ----------------------------------------------------------------------------
 @dataclass
-class Job:
-    """One distributed fit, as every worker receives it."""
+class Phase:
+    """One training phase. `unfreeze`: the backbone's parameter names that train from this phase on, the trunk
+    taken out of its FrozenBase (fine-tuning's phase 2); None keeps the previous phase's network."""
 
-    network: nn.Module  # on the CPU; the parameters that train require a gradient
+    config: FitConfig
+    keep_batchnorm_frozen: bool = False
+    unfreeze: tuple[str, ...] | None = None
+
+
+@dataclass
+class Job:
+    """One distributed training, as every worker receives it: its phases run in one worker group, on images
+    each worker decodes once."""
+
+    network: nn.Module  # on the CPU; the parameters that train in phase 1 require a gradient
     decoder: FeatureExtractor  # reads and preprocesses images as the local engine does (no network inside)
     train: tuple[list[str], np.ndarray]
     validation: tuple[list[str], np.ndarray]
     augment: AugmentConfig | None
-    config: FitConfig
     n_classes: int
-    keep_batchnorm_frozen: bool = False
+    phases: list[Phase]
 
 
 @dataclass
@@ -97,6 +108,12 @@ class Tracker:
     def done(self, epochs: int) -> bool:
         return self.diverged or self.stopped_early or len(self.epochs) >= epochs
 
+    def column(self, name: str) -> list[float]:
+        return [row[name] for row in self.epochs]
+
+    def history(self, seconds: float) -> History:
+        return History(epochs=self.epochs, best_epoch=self.best_epoch, stopped_early=self.stopped_early, seconds=seconds)
+
 
 class FrozenBase(nn.Module):
     """The pretrained base as phase 1 sees it: inference mode and no gradients, whatever mode the loop sets."""
@@ -113,39 +130,88 @@ class FrozenBase(nn.Module):
             return self.trunk(images)
 
 
+def advanced(network: nn.Module, finished: Tracker, phase: Phase) -> nn.Module:
+    """The next phase's network: the finished phase's best weights, changed as `phase` says."""
+    network.load_state_dict(finished.best_state)
+    if phase.unfreeze is None:
+        return network
+    trunk, head = network[0].trunk, network[1]
+    trainable = set(phase.unfreeze)
+    for name, parameter in trunk.model.named_parameters():
+        parameter.requires_grad_(name in trainable)
+    return nn.Sequential(trunk, head)
+
+
+@dataclass
+class Shard:
+    """One worker's images, decoded once for every phase."""
+
+    images: torch.Tensor
+    labels: np.ndarray
+    val_images: torch.Tensor
+    val_labels: np.ndarray
+    failed: dict[str, str]  # every worker's failures (gathered)
+
+
 def worker_loop(settings: dict) -> None:
-    """Ray Train's per-worker function: read this worker's shard, train its replica, checkpoint every epoch."""
+    """Ray Train's per-worker function: read this worker's shard, then train the phases not yet done."""
     job: Job = ray.get(settings["job"])
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    torch.manual_seed(job.config.seed + rank)
+    rank = ray.train.get_context().get_world_rank()
+    world = ray.train.get_context().get_world_size()
     images, labels, failed = read_shard(job.decoder, *job.train, rank, world)
     val_images, val_labels, val_failed = read_shard(job.decoder, *job.validation, rank, world)
-    failed = gathered({**failed, **val_failed})
     if len(images) == 0:
         raise TransferlabError(f"worker {rank} has no training image: fewer images than workers")
-    steps = int(reduced([len(images)], device, dist.ReduceOp.MAX)[0])
-    indices = torch.arange(steps) % len(images)  # equal-length shards: every worker takes the same steps
-    network = ray.train.torch.prepare_model(job.network.to(memory_format=CHANNELS_LAST))
-    module = getattr(network, "module", network)  # DDP's wrapped module (one worker: no wrapper)
-    optimizer = make_optimizer(job.config.optimizer, [p for p in network.parameters() if p.requires_grad],
-                               job.config.lr, job.config.weight_decay)
-    weight = class_weights(job.train[1], job.n_classes, job.config.class_weight)
+    shard = Shard(images, labels, val_images, val_labels, gathered({**failed, **val_failed}))
+    saved = resumed()
+    done: list[Tracker] = saved["done"] if saved else []
+    network = job.network
+    for finished, phase in zip(done, job.phases[1:]):
+        network = advanced(network, finished, phase)
+    for number in range(len(done), len(job.phases)):
+        tracker = train_phase(job, number, network, shard, done, saved if saved and saved["phase"] == number else None)
+        if tracker.diverged:
+            return
+        done.append(tracker)
+        gc.collect()  # the finished phase's DDP wrapper goes, with the gradient hooks it put on the head
+        if number + 1 < len(job.phases):
+            network = advanced(network, tracker, job.phases[number + 1])
+
+
+def train_phase(job: Job, number: int, network: nn.Module, shard: Shard, done: list[Tracker],
+                saved: dict | None) -> Tracker:
+    """One phase on this worker's DDP replica; checkpoints after every epoch."""
+    phase, device = job.phases[number], ray.train.torch.get_device()
+    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
+    torch.manual_seed(phase.config.seed + rank)
+    steps = int(reduced([len(shard.images)], device, dist.ReduceOp.MAX)[0])
+    indices = torch.arange(steps) % len(shard.images)  # equal-length shards: every worker takes the same steps
+    replica = ray.train.torch.prepare_model(network.to(memory_format=CHANNELS_LAST))
+    module = getattr(replica, "module", replica)  # DDP's wrapped module (one worker: no wrapper)
+    optimizer = make_optimizer(phase.config.optimizer, [p for p in replica.parameters() if p.requires_grad],
+                               phase.config.lr, phase.config.weight_decay)
+    weight = class_weights(job.train[1], job.n_classes, phase.config.class_weight)
     loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device))
-    tracker = resumed(module, optimizer) or Tracker(job.config.patience)
-    batches, batch_size = ImageBatches(images, job.augment), -(-job.config.batch_size // world)
-    while not tracker.done(job.config.epochs):
+    tracker = Tracker(phase.config.patience)
+    if saved is not None:
+        module.load_state_dict(saved["network"])
+        optimizer.load_state_dict(saved["optimizer"])
+        tracker = saved["tracker"]
+    batches, batch_size = ImageBatches(shard.images, job.augment), -(-phase.config.batch_size // world)
+    while not tracker.done(phase.config.epochs):
         epoch, started = len(tracker.epochs) + 1, time.perf_counter()
-        # seeded by epoch and rank, so a resumed run shuffles and augments as an uninterrupted one
-        generator = torch.Generator().manual_seed(job.config.seed + 7919 * rank + 104729 * epoch)
-        loss, accuracy = _train_one_epoch(network, indices, torch.from_numpy(labels)[indices], batch_size, optimizer,
-                                          loss_fn, generator, batches, job.keep_batchnorm_frozen, device, lambda: None)
+        # seeded by phase, epoch and rank, so a resumed run shuffles and augments as an uninterrupted one
+        generator = torch.Generator().manual_seed(phase.config.seed + 7919 * rank + 104729 * epoch + 15485863 * number)
+        loss, accuracy = _train_one_epoch(replica, indices, torch.from_numpy(shard.labels)[indices], batch_size,
+                                          optimizer, loss_fn, generator, batches, phase.keep_batchnorm_frozen, device,
+                                          lambda: None)
         loss, accuracy = (value / world for value in reduced([loss, accuracy], device))
-        val_loss, val_accuracy = evaluate(module, val_images, val_labels, device)
+        val_loss, val_accuracy = evaluate(module, shard.val_images, shard.val_labels, device)
         tracker.record({"epoch": epoch, "loss": loss, "accuracy": accuracy, "val_loss": val_loss,
                         "val_accuracy": val_accuracy, "seconds": time.perf_counter() - started}, module)
-        report(tracker, module, optimizer, failed, rank)
+        report({"phase": number, "done": done, "tracker": tracker, "network": module.state_dict(),
+                "optimizer": optimizer.state_dict(), "failed": shard.failed}, rank)
+    return tracker
 
 
 def read_shard(decoder: FeatureExtractor, paths: list[str], labels: np.ndarray, rank: int, world: int):
@@ -184,27 +250,21 @@ def evaluate(module: nn.Module, images: torch.Tensor, labels: np.ndarray, device
     return loss / max(count, 1), correct / max(count, 1)
 
 
-def report(tracker: Tracker, module: nn.Module, optimizer, failed: dict[str, str], rank: int) -> None:
+def report(state: dict, rank: int) -> None:
     """Every worker reports the epoch; rank 0 attaches the checkpoint (all ranks hold the same weights)."""
-    metrics = {key: value for key, value in tracker.epochs[-1].items()}
+    metrics = {"phase": state["phase"], **state["tracker"].epochs[-1]}
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory() as folder:
-        torch.save({"tracker": tracker, "network": module.state_dict(), "optimizer": optimizer.state_dict(),
-                    "failed": failed}, Path(folder) / CHECKPOINT)
+        torch.save(state, Path(folder) / CHECKPOINT)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
-def resumed(module: nn.Module, optimizer) -> Tracker | None:
-    """The state of the last checkpoint (a restarted worker group, or a rerun of the same run), loaded."""
+def resumed() -> dict | None:
+    """The last checkpoint (of a restarted worker group, or of an earlier attempt at the same run)."""
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return None
-    saved = load_checkpoint(checkpoint)
-    module.load_state_dict(saved["network"])
-    optimizer.load_state_dict(saved["optimizer"])
-    return saved["tracker"]
+    return load_checkpoint(checkpoint) if checkpoint is not None else None
 
 
 def load_checkpoint(checkpoint: ray.train.Checkpoint) -> dict:
@@ -215,29 +275,17 @@ def load_checkpoint(checkpoint: ray.train.Checkpoint) -> dict:
 # -- the driver --------------------------------------------------------------------------------------
 @dataclass
 class Placement:
-    """Where a run's fits go: `workers` Ray Train workers (GPUs or one CPU each), checkpoints under `folder`."""
+    """Where a run trains: `workers` Ray Train workers (GPUs or one CPU each), checkpoints under `folder`."""
 
     workers: int
     folder: Path
     use_gpu: bool
 
-    def fit(self, phase: str, job: Job) -> tuple[History, dict[Path, str]]:
-        """Train `job.network` on the cluster; its best epoch's weights are loaded back into it. A phase already
-        finished by an earlier attempt of the same run is read back instead."""
-        done = self.folder / f"{phase}.done.pt"
-        if done.is_file():
-            saved = torch.load(done, map_location="cpu", weights_only=False)
-        else:
-            saved = self.train(phase, job)
-            torch.save(saved, done)
-        job.network.load_state_dict(saved["state"])
-        job.network.cpu().eval()
-        return saved["history"], {Path(p): reason for p, reason in saved["failed"].items()}
-
-    def train(self, phase: str, job: Job) -> dict:
+    def train(self, job: Job) -> tuple[list[Tracker], dict[Path, str]]:
+        """Every phase of `job` on the cluster: each phase's tracker (history, best weights) and the files that
+        failed to decode. A rerun with the same `folder` resumes from the last checkpoint."""
         from ray.train.torch import TorchConfig, TorchTrainer
 
-        started = time.perf_counter()
         trainer = TorchTrainer(
             worker_loop,
             train_loop_config={"job": ray.put(job)},
@@ -245,7 +293,7 @@ class Placement:
             scaling_config=ray.train.ScalingConfig(num_workers=self.workers, use_gpu=self.use_gpu,
                                                    resources_per_worker=None if self.use_gpu else {"CPU": 1}),
             run_config=ray.train.RunConfig(
-                name=phase, storage_path=str(self.folder.resolve()),
+                name="train", storage_path=str(self.folder.resolve()),
                 failure_config=ray.train.FailureConfig(max_failures=MAX_FAILURES),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             ),
@@ -257,13 +305,11 @@ class Placement:
             raise TransferlabError(f"training on the Ray cluster failed: {reason}",
                                    hint=f"rerun the same command to resume from the last checkpoint in {self.folder}") from None
         saved = load_checkpoint(result.checkpoint)
-        tracker: Tracker = saved["tracker"]
-        if tracker.diverged:
-            raise TransferlabError(f"the training loss became {tracker.epochs[-1]['loss']} in epoch {len(tracker.epochs)}: "
-                                   "training diverged", hint="lower the learning rate (--lr)")
-        history = History(epochs=tracker.epochs, best_epoch=tracker.best_epoch, stopped_early=tracker.stopped_early,
-                          seconds=time.perf_counter() - started)
-        return {"state": tracker.best_state or saved["network"], "history": history, "failed": saved["failed"]}
+        trackers = [*saved["done"], saved["tracker"]]
+        if trackers[-1].diverged:
+            raise TransferlabError(f"the training loss became {trackers[-1].epochs[-1]['loss']} in epoch "
+                                   f"{len(trackers[-1].epochs)}: training diverged", hint="lower the learning rate (--lr)")
+        return trackers, {Path(p): reason for p, reason in saved["failed"].items()}
 
 
 def train(strategy: str, split: DatasetSplit, options: TrainOptions, *, workers: int | None,
@@ -305,7 +351,7 @@ def new_head(options: TrainOptions, trunk: Trunk, input_size: int, n_classes: in
 
 
 def finetune(split: DatasetSplit, options: TrainOptions, placement: Placement) -> Trained:
-    """strategies.finetune's end-to-end path with both phases on the workers."""
+    """strategies.finetune's end-to-end path with both phases on the workers (one worker group)."""
     if options.layer is not None:
         raise TransferlabError("--layer cannot be combined with fine-tuning", hint="drop --layer")
     extractor = make_extractor(options)
@@ -314,18 +360,22 @@ def finetune(split: DatasetSplit, options: TrainOptions, placement: Placement) -
     trunk = Trunk(model, extractor.spec.mean, extractor.spec.std)
     head, head_config = new_head(options, trunk, extractor.spec.input_size, len(split.classes), seed=options.fit.seed)
     model.requires_grad_(False)
-    decoder, n_classes, views = portable(extractor), len(split.classes), augment_config(options)
-    first, failed = placement.fit("phase1", Job(nn.Sequential(FrozenBase(trunk), head), decoder, *shards(split),
-                                                views, options.fit, n_classes))
-    split = split.without(failed) if failed else split
+    trainable = tuple(name for name, _ in model.named_parameters() if name in set(keys))
+    phases = [Phase(options.fit), Phase(finetune_config(options), keep_batchnorm_frozen=True, unfreeze=trainable)]
+    job = Job(nn.Sequential(FrozenBase(trunk), head), portable(extractor), *shards(split), augment_config(options),
+              len(split.classes), phases)
+    started = time.perf_counter()
+    (first, second), failed = placement.train(job)
+    network = advanced(job.network, first, phases[1])
     first_head = copy.deepcopy(head)
-    trainable = set(keys)
-    for name, parameter in model.named_parameters():
-        parameter.requires_grad_(name in trainable)
-    second, _ = placement.fit("phase2", Job(nn.Sequential(trunk, head), decoder, *shards(split), views,
-                                            finetune_config(options), n_classes, keep_batchnorm_frozen=True))
+    network.load_state_dict(second.best_state)
+    network.cpu().eval()
+    split = split.without(failed) if failed else split
     state = model.state_dict()
-    phases = Phases(head_config, first_head, first, head, second, {key: state[key] for key in keys})
+    seconds = time.perf_counter() - started  # shared by the phases as their epochs' time is (startup included)
+    share = sum(first.column("seconds")) / max(sum(first.column("seconds")) + sum(second.column("seconds")), 1e-9)
+    phases = Phases(head_config, first_head, first.history(seconds * share), head, second.history(seconds * (1 - share)),
+                    {key: state[key] for key in keys})
     return finetune_result(split, options, phases, extractions=[], extra={"finetune_path": "end-to-end"})
 
 
@@ -342,10 +392,15 @@ def scratch(split: DatasetSplit, options: TrainOptions, placement: Placement) ->
     model = create_backbone(options.backbone, pretrained=False)
     trunk = Trunk(model, decoder.mean, decoder.std)
     head, head_config = new_head(options, trunk, decoder.spec.input_size, len(split.classes), seed=None)
-    history, failed = placement.fit("scratch", Job(nn.Sequential(trunk, head), portable(decoder), *shards(split),
-                                                   config, options.fit, len(split.classes)))
+    network = nn.Sequential(trunk, head)
+    started = time.perf_counter()
+    (tracker,), failed = placement.train(Job(network, portable(decoder), *shards(split), config, len(split.classes),
+                                             [Phase(options.fit)]))
+    network.load_state_dict(tracker.best_state)
+    network.cpu().eval()
     split = split.without(failed) if failed else split
     state = {key: value.detach().clone() for key, value in model.state_dict().items()}
     extractor = make_extractor(options, pretrained=False, backbone_state=state)
     extra = {"augment_key": config.key(), "recipe": scratch_recipe(options.recipe).name}
+    history = tracker.history(time.perf_counter() - started)
     return Trained(extractor, head, head_config, history, split, extra=extra)
