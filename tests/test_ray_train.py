@@ -102,3 +102,14 @@ def test_compare_with_the_ray_engine_writes_the_same_compare_csv_columns(cluster
     assert tuple(rows[0]) == COLUMNS and [row["strategy"] for row in rows] == ["extract", "augment"]
     assert all(float(row["test_accuracy"]) > 0 for row in rows)
     assert (tmp_path / "cmp" / "report.html").is_file() and (tmp_path / "cmp" / "augment" / "model.safetensors").is_file()
+
+
+def test_scratch_on_ray_train_from_the_command_line_writes_a_loadable_run(cluster, photos, tmp_path):
+    result = CliRunner().invoke(app, [
+        "--quiet", "train", str(photos), "--strategy", "scratch", "--epochs", "1", "--split", "0.5,0.25,0.25",
+        "--out", str(tmp_path / "run"), "--engine", "ray", "--workers", "2", "--ray-address", cluster[0].address,
+    ])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert (metrics["engine"], metrics["workers"], metrics["epochs_run"]) == ("ray", 2, 1)
+    assert len(transferlab.load(tmp_path / "run").predict(sorted(photos.rglob("*.jpg"))[:2])) == 2
