@@ -63,3 +63,21 @@ def make_colour_run(root: Path, epochs: int = 15) -> Path:
     write_colour_classes(root / "data", 15)
     transferlab.train(root / "data", out=root / "run", epochs=epochs, lr=3e-3, quiet=True)
     return root / "run"
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A two-node Ray cluster on this machine (ray.cluster_utils.Cluster, one CPU a node), joined by this process;
+    (cluster, [worker node]). Started once a session: a cluster takes seconds to start."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        worker = cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        cluster.wait_for_nodes()
+        yield cluster, [worker]
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -23,6 +23,9 @@ def train(data: str | Path, *, strategy: str = "extract", budget: float | None =
     `strategy="auto"` tries backbones and strategies within `budget` seconds (None: fitted to the data size)
     and keeps the best on validation (see `transferlab.auto`).
     """
+    if strategy == "auto" and kwargs.get("engine", "local") != "local":
+        raise TransferlabError("--engine ray takes a strategy whose features it computes, not auto",
+                               hint="use --strategy extract or augment with --engine ray")
     if strategy == "auto":
         return train_auto(data, budget=budget, **kwargs)
     if budget is not None:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from transferlab import preflight
+from transferlab.cli_common import (
+    EndToEndOption, EngineOption, ExcludeOption, IncludeOption, MaxPerClassOption, RayAddressOption, RecipeOption,
+    SplitOption, WorkersOption, comma_list, emit_json, engine_keywords, err, out, state,
+)
+from transferlab.cli_engine import embed, predict_in_bulk
 from transferlab.errors import TransferlabError
 from transferlab.options import COMPARE_STRATEGIES, DEFAULT_BACKBONE, parse_duration, split_fractions
 
@@ -22,32 +25,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console()
-err = Console(stderr=True)
-
-# shared by train and compare
-IncludeOption = Annotated[Optional[str], typer.Option(help="Only these classes, comma-separated.")]
-ExcludeOption = Annotated[Optional[str], typer.Option(help="Leave out these classes, comma-separated.")]
-SplitOption = Annotated[str, typer.Option(help="train,validation,test fractions for a folder of classes.")]
-MaxPerClassOption = Annotated[Optional[int], typer.Option(help="Cap the number of images per class.")]
-EndToEndOption = Annotated[Optional[bool], typer.Option(
-    "--end-to-end/--cached",
-    help="augment, finetune: augment every batch afresh through the network, or train from cached views "
-    "(default: end to end on a GPU, cached on a CPU).",
-)]
-RecipeOption = Annotated[Optional[str], typer.Option(
-    help="scratch: default | lesson (the transfer-learning lesson's baseline: 224 px, batch 128, Adam 1e-3, 10 epochs, "
-    "no augmentation); --epochs, --batch-size, --lr, --augment, --backbone override its settings.",
-)]
-
-
-class State:
-    quiet = False
-    json = False
-    debug = False
-
-
-state = State()
 
 
 def print_version() -> None:
@@ -70,10 +47,6 @@ def global_options(
         warnings.filterwarnings("ignore")
 
 
-def comma_list(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
-
-
 def data_selection(include: str | None, exclude: str | None, split: str, max_per_class: int | None) -> dict:
     """The data flags `train` and `compare` share, parsed into API keywords."""
     return {
@@ -91,10 +64,6 @@ def parse_layer(value: str | None) -> int | None:
         return int(value)
     except ValueError:
         raise TransferlabError(f"--layer must be a stage index, got {value!r}", hint="e.g. --layer -2 (the stage before the last)") from None
-
-
-def emit_json(value) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
 
 
 @app.command()
@@ -132,6 +101,9 @@ def train(
     image_size: Annotated[Optional[int], typer.Option(help="Network input size in pixels (default: the backbone's own); e.g. 96 for small images.")] = None,
     batchnorm: Annotated[str, typer.Option(help="Whole-network fine-tuning: BatchNorm statistics frozen (ImageNet's) or train (re-estimated).")] = "frozen",
     tta: Annotated[int, typer.Option(help="Test-time augmentation views for the evaluation (1: off).")] = 1,
+    engine: EngineOption = "local",
+    ray_address: RayAddressOption = None,
+    workers: WorkersOption = None,
 ):
     """Train and evaluate a classifier; write a run folder with metrics, model and plots."""
     preflight.check_train(data, backbone=backbone, strategy=strategy, out=out_dir, overwrite=overwrite, budget=budget,
@@ -171,6 +143,7 @@ def train(
         image_size=image_size,
         batchnorm=batchnorm,
         tta=tta,
+        **engine_keywords(engine, ray_address, workers),
         quiet=state.quiet,
     )
     if state.json:
@@ -185,12 +158,17 @@ def predict(
     output_format: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
     tta: Annotated[int, typer.Option(help="Average over the original and N-1 augmented views.")] = 1,
     runtime: Annotated[str, typer.Option(help="torch (the run's PyTorch model) | onnx (the exported RUN/model.onnx, or RUN given as an .onnx file, torch-free) | auto (torch, or onnx when torch is missing).")] = "auto",
+    engine: EngineOption = "local",
+    ray_address: RayAddressOption = None,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="--engine ray: predictions.parquet or .csv, one row per image, resumable.")] = None,
 ):
     """Predict the classes of images with a trained run. A missing or unreadable image becomes a failed row; the
     others are still predicted, and the exit code is 1 when any row failed."""
     chosen = preflight.check_predict(run, runtime=runtime, top_k=top_k, output_format=output_format, tta=tta)
     from transferlab.prediction import Prediction, expand_paths, predict_with_progress  # numpy, PIL: after the checks
     paths = expand_paths(images)  # missing paths stay in the list: they become failed rows
+    if engine != "local" or out_file is not None:
+        return predict_in_bulk(engine, run, paths, out_file, top_k=top_k, tta=tta, ray_address=ray_address)
     if chosen == "onnx":
         from transferlab.onnx_predict import OnnxClassifier
 
@@ -226,6 +204,9 @@ def evaluate(
     elif not state.quiet:
         out.print(evaluation.table())
         out.print(f"wrote {evaluation.out / 'report.html'}")
+
+
+app.command()(embed)
 
 
 @app.command()
@@ -373,6 +354,8 @@ def compare(
     end_to_end: EndToEndOption = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     tta: Annotated[int, typer.Option(help="Test-time augmentation views for the evaluations (1: off).")] = 1,
+    engine: EngineOption = "local",
+    ray_address: RayAddressOption = None,
 ):
     """Train several strategies on the same split; write compare.csv, compare.md, plots and every run folder."""
     preflight.check_compare(data, strategies=comma_list(strategies) or [], backbone=backbone,
@@ -398,6 +381,7 @@ def compare(
         unfreeze=unfreeze,
         device=device,
         tta=tta,
+        **engine_keywords(engine, ray_address),
         quiet=state.quiet,
         **{key: value for key, value in optional.items() if value is not None},
     )

@@ -17,6 +17,7 @@ from rich.table import Table
 from transferlab import _make_callable
 from transferlab.classifier import Classifier
 from transferlab.data import load_dataset
+from transferlab.engines import check_engine
 from transferlab.errors import TransferlabError
 from transferlab.options import COMPARE_STRATEGIES, check_split_csv_alone, check_strategies, check_verbose
 from transferlab.pipeline import train
@@ -76,6 +77,8 @@ def compare(
     split_csv: str | Path | None = None,
     scratch_backbone: str | None = None,
     scratch_recipe: str | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
     quiet: bool = False,
     verbose: int = 1,
     console: Console | None = None,
@@ -86,9 +89,11 @@ def compare(
     `train_kwargs` are `transferlab.train` keywords shared by all runs (backbone, epochs, views, ...);
     `backbone` applies to the transfer strategies, `scratch_backbone` (default: the recipe's small convnet) and
     `scratch_recipe` (default: "default"; "lesson" for the transfer-learning lesson's baseline) to scratch; the
-    table names the recipe that ran.
+    table names the recipe that ran. `engine="ray"` trains the strategies in parallel as Ray tasks
+    (`transferlab.ray_compare`; `ray_address` as for `train`), each one a local run sharing the feature cache.
     """
     strategies = check_strategies(strategies)
+    check_engine(engine)
     quiet = quiet or check_verbose(verbose) == 0
     console = console or Console(quiet=quiet, stderr=True)
     selection = {key: train_kwargs.pop(key) for key in SELECTION_KEYWORDS if key in train_kwargs}
@@ -99,27 +104,30 @@ def compare(
     if split_csv is None:
         split_csv = out_dir / "split.csv"
         load_dataset(data, seed=seed, **selection).write_split_csv(split_csv)
-    classifiers: dict[str, Classifier] = {}
-    for strategy in strategies:
-        console.rule(f"[bold]{strategy}")
-        backbone = scratch_backbone if strategy == "scratch" else train_kwargs.get("backbone")
-        recipe = {"recipe": scratch_recipe} if strategy == "scratch" else {}
-        classifiers[strategy] = train(
-            data,
-            **{**train_kwargs, "backbone": backbone, **recipe},
-            strategy=strategy,
-            out=out_dir / strategy,
-            seed=seed,
-            split_csv=split_csv,
-            quiet=quiet,
-            verbose=verbose,
-            console=console,
-        )
+    runs = {strategy: run_keywords(strategy, train_kwargs, scratch_backbone, scratch_recipe) | {
+        "out": out_dir / strategy, "seed": seed, "split_csv": split_csv, "quiet": quiet, "verbose": verbose,
+    } for strategy in strategies}
+    if engine == "ray":
+        from transferlab.ray_compare import train_all
+
+        classifiers = train_all(data, runs, address=ray_address, quiet=quiet)
+    else:
+        classifiers: dict[str, Classifier] = {}
+        for strategy, keywords in runs.items():
+            console.rule(f"[bold]{strategy}")
+            classifiers[strategy] = train(data, **keywords, console=console)
     comparison = Comparison.of(classifiers, out_dir)
     write_comparison(comparison, title=f"{Path(data).resolve().name}: strategies compared on one split")
     write_report(out_dir)  # the strategies side by side, as every run folder has its own
     console.print(comparison.table())
     return comparison
+
+
+def run_keywords(strategy: str, train_kwargs: dict, scratch_backbone: str | None, scratch_recipe: str | None) -> dict:
+    """`transferlab.train` keywords of one strategy's run: scratch takes its own backbone and recipe."""
+    backbone = scratch_backbone if strategy == "scratch" else train_kwargs.get("backbone")
+    recipe = {"recipe": scratch_recipe} if strategy == "scratch" else {}
+    return {**train_kwargs, "backbone": backbone, **recipe, "strategy": strategy}
 
 
 def row_of(strategy: str, classifier: Classifier, out_dir: Path) -> dict:

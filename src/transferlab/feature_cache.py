@@ -99,6 +99,16 @@ class FeatureCache:
             warn(f"{len(damaged)} damaged record(s) in the feature cache {self.path.name} discarded; recomputing them")
         return found
 
+    def present(self, keys: Sequence[str]) -> set[str]:
+        """Which of `keys` have a record, without reading the vectors (a distributed engine skips these); a
+        damaged record still counts and is found (and recomputed) when `get_many` reads it."""
+        found: set[str] = set()
+        for start in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
+            chunk = list(keys[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            found.update(key for (key,) in self._db.execute(f"SELECT key FROM {TABLE} WHERE key IN ({marks})", chunk))
+        return found
+
     def put_many(self, items: dict[str, np.ndarray]) -> None:
         rows = []
         for key, vector in items.items():

@@ -226,6 +226,17 @@ class FeatureExtractor:
             return np.asarray(augment_image(Image.fromarray(backbones.preprocess(image, self.spec)), augment, seed))
         return backbones.preprocess(image, self.spec)
 
+    def prepare_or_reason(self, source: Path | bytes, key: str, augment: AugmentConfig | None = None):
+        """(uint8 HxWx3, None), or (None, why it failed) for a file that does not decode; `key` is its cache key
+        (seeding its augmentation). Every engine decodes through here, so failures read the same on each."""
+        try:
+            seed = augmentation_seed(key) if augment is not None else 0
+            return self.prepare(source, augment, seed), None
+        except ImageDecodeError as exc:
+            return None, exc.message
+        except (OSError, ValueError) as exc:  # anything else PIL raises on a bad file
+            return None, f"{type(exc).__name__}: {exc}"
+
     def features_of_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Features of in-memory images, uncached (serving, ImageNet demo)."""
         if not images:
@@ -249,8 +260,7 @@ class FeatureExtractor:
         start = time.perf_counter()
         paths = [Path(p) for p in paths]
         digests = [memoized_file_digest(p) for p in paths]
-        suffix = f":aug={augment.key()}:view={view}" if augment is not None else ""
-        keys = [d + suffix for d in digests]
+        keys = [cache_key(d, augment, view) for d in digests]
         cached = self.cache.get_many(keys) if self.use_cache else {}
         todo = [i for i, k in enumerate(keys) if k not in cached]
         computed, failed = self._compute(paths, keys, todo, augment, description)
@@ -298,13 +308,7 @@ class FeatureExtractor:
         """Yield decoded batches; the pool decodes batch i+1 while the caller runs batch i."""
 
         def decode(i: int):
-            try:
-                seed = augmentation_seed(keys[i]) if augment is not None else 0
-                return i, self.prepare(paths[i], augment, seed), None
-            except ImageDecodeError as exc:
-                return i, None, exc.message
-            except (OSError, ValueError) as exc:  # anything else PIL raises on a bad file
-                return i, None, f"{type(exc).__name__}: {exc}"
+            return i, *self.prepare_or_reason(paths[i], keys[i], augment)
 
         chunks = [todo[s : s + self.batch_size] for s in range(0, len(todo), self.batch_size)]
         with ThreadPoolExecutor(max_workers=max(2, (os.cpu_count() or 2))) as pool:
@@ -317,6 +321,11 @@ class FeatureExtractor:
                 batch_failed = {paths[i]: err for i, arr, err in results if err is not None}
                 batch = np.stack([arr for _, arr in ok]) if ok else np.zeros((0,), np.uint8)
                 yield [keys[i] for i, _ in ok], batch, batch_failed
+
+
+def cache_key(digest: str, augment: AugmentConfig | None = None, view: int = 0) -> str:
+    """The cache key of an image (its bytes' digest) or of one augmented view of it; every engine uses this."""
+    return digest + (f":aug={augment.key()}:view={view}" if augment is not None else "")
 
 
 def augmentation_seed(key: str) -> int:

@@ -82,6 +82,11 @@ def file_digest(path: Path, length: int = 32) -> str:
         return hashlib.file_digest(file, "blake2b").hexdigest()[:length]
 
 
+def bytes_digest(data: bytes, length: int = 32) -> str:
+    """file_digest of bytes already read: an engine that reads each file once hashes and decodes the same bytes."""
+    return hashlib.blake2b(data).hexdigest()[:length]
+
+
 def memoized_file_digest(path: Path, length: int = 32) -> str:
     """file_digest, remembered while the file's size and modification time stay the same: within a run an
     image is hashed once (duplicate detection, then its feature cache key), a weights file once per key."""

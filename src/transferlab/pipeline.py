@@ -14,6 +14,7 @@ from transferlab.augment import AugmentConfig
 from transferlab.classifier import Classifier
 from transferlab.confidence import fit_confidence, reference_rows
 from transferlab.data import load_dataset
+from transferlab.engines import check_engine, train_strategy
 from transferlab.errors import TransferlabError
 from transferlab.extractors import backbone_names
 from transferlab.metrics import evaluate_probabilities
@@ -33,7 +34,7 @@ from transferlab.options import (
 from transferlab.report import write_report
 from transferlab.run_console import after_training
 from transferlab.runs import TestPredictions, check_destination, staged, unique_run_dir, write_run
-from transferlab.strategies import StrategyResult, run_strategy
+from transferlab.strategies import StrategyResult
 from transferlab.strategies.base import runs_end_to_end
 
 COMBINABLE = ("extract", "augment")  # strategies whose every feature comes from a backbone's own cache
@@ -78,6 +79,9 @@ def train(
     image_size: int | None = None,
     batchnorm: str = "frozen",
     tta: int = 1,
+    engine: str = "local",
+    ray_address: str | None = None,
+    workers: int | None = None,
     quiet: bool = False,
     verbose: int = 1,
     console: Console | None = None,
@@ -100,6 +104,10 @@ def train(
     ("train"). `image_size` replaces the backbone's input size everywhere (training, prediction, export).
     `runtime` runs the frozen trunk: "auto" (ONNX Runtime on a
     CPU, PyTorch on CUDA), "onnx", "torch" or a name registered with `transferlab.runtimes.register_runtime`.
+    `engine="ray"` computes the frozen features on a Ray cluster (`ray_address`: "auto", "HOST:PORT", or None
+    for a local Ray instance) into the same cache, before training here (see `transferlab.engines`); with
+    strategy "finetune" (end_to_end=True) or "scratch" it trains data-parallel on `workers` Ray Train workers
+    (default: one per CPU, or GPU, of the cluster), checkpointing every epoch (a rerun resumes).
     `verbose` as in Keras: 0 silent (as `quiet`), 1 progress bars, 2 one line per epoch and no bars (logs, CI).
     """
     started = time.perf_counter()
@@ -145,6 +153,7 @@ def train(
     )
     check_featurewise(strategy, options.augment)
     check_backbone(strategy, options)  # before reading any image
+    check_engine(engine, strategy, runs_end_to_end(options), workers)
     run_dir = unique_run_dir(out, data, strategy)
     check_destination(run_dir, overwrite)
     dataset = load_dataset(
@@ -152,7 +161,7 @@ def train(
         split_csv=split_csv,
     )
     console.print(dataset.summary_table())
-    result = run_strategy(strategy, dataset, options)
+    result = train_strategy(engine, strategy, dataset, options, run_dir=run_dir, address=ray_address, workers=workers)
     fit_confidence_check(result.classifier, result.split, seed)
     test, test_features = predict_test(result, tta)
     metrics = run_metrics(result, test, tta, time.perf_counter() - started)
@@ -169,6 +178,7 @@ def train(
         "tta": tta,
         "options": options.to_dict(),
         "layout": dataset.layout,
+        **({"engine": engine, "workers": result.extra.get("workers")} if engine != "local" else {}),
     }
     with staged(run_dir) as staging:  # the run folder appears complete, or not at all
         write_run(staging, result, config=config, metrics=metrics, test=test)

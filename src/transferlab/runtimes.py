@@ -51,9 +51,10 @@ class Runtime(Protocol):
 class OnnxRuntime:
     """The trunk exported once to ONNX (cached beside the features), run by ONNX Runtime on the CPU."""
 
-    def __init__(self, source: TrunkSource):
+    def __init__(self, source: TrunkSource, session=None):
+        """`session`: one already built (a Ray actor builds its own from the exported file's bytes)."""
         self.source = source
-        self._session = None
+        self._session = session
 
     def session(self):
         if self._session is None:

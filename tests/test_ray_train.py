@@ -1,0 +1,115 @@
+"""Data-parallel training on Ray Train (two 1-CPU nodes of a simulated cluster, real photos from ../shared):
+2-worker DDP fine-tuning writes a loadable run folder that scores as the single-process run does; a rerun
+resumes from the last checkpoint; `compare --engine ray` runs its strategies as Ray tasks."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import transferlab
+from transferlab.cli import app
+from transferlab.compare import COLUMNS
+from transferlab.errors import TransferlabError
+
+pytestmark = [pytest.mark.ray, pytest.mark.integration]
+ray = pytest.importorskip("ray")
+PER_CLASS = 8
+TINY = {"split": (0.5, 0.25, 0.25), "epochs": 2, "finetune_epochs": 1, "end_to_end": True, "quiet": True}
+
+
+@pytest.fixture(scope="module")
+def photos(shared, tmp_path_factory) -> Path:
+    """ants/ and bees/, PER_CLASS real photos each (links to ../shared)."""
+    source = shared / "datasets" / "hymenoptera" / "train"
+    root = tmp_path_factory.mktemp("photos")
+    for cls in ("ants", "bees"):
+        (root / cls).mkdir()
+        for photo in sorted((source / cls).glob("*.jpg"))[:PER_CLASS]:
+            (root / cls / photo.name).symlink_to(photo)
+    return root
+
+
+def test_two_worker_ddp_finetuning_writes_a_loadable_run_scoring_as_the_single_process_run(cluster, photos, tmp_path):
+    local = transferlab.train(photos, strategy="finetune", out=tmp_path / "local", **TINY)
+    on_ray = transferlab.train(photos, strategy="finetune", out=tmp_path / "ray", engine="ray", workers=2,
+                               ray_address=cluster[0].address, **TINY)
+    run = tmp_path / "ray"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (metrics["engine"], metrics["workers"], metrics["finetune_path"]) == ("ray", 2, "end-to-end")
+    assert metrics["epochs_run"] == len(on_ray.history.epochs) == local.metrics["epochs_run"]
+    one_image = 1 / metrics["n_test"]
+    assert abs(metrics["test_accuracy"] - local.metrics["test_accuracy"]) <= one_image + 1e-9
+    assert {"model.safetensors", "model.json", "report.html", "history.csv"} <= {p.name for p in run.iterdir()}
+    loaded = transferlab.load(run)
+    images = sorted(photos.rglob("*.jpg"))[:4]
+    np.testing.assert_allclose(loaded.predict_proba(images)[0], on_ray.predict_proba(images)[0], atol=1e-5)
+    assert not (tmp_path / ".ray.ray-train").exists()  # checkpoints go once the run is written
+
+
+def test_a_rerun_resumes_from_the_last_checkpoint(cluster, photos, tmp_path):
+    from transferlab import ray_train
+    from transferlab.backbones import create_backbone
+    from transferlab.options import FitConfig, TrainOptions
+    from transferlab.ray_engine import portable
+    from transferlab.strategies.base import make_extractor
+    from transferlab.trunk import Trunk
+
+    paths = [str(p) for p in sorted(photos.rglob("*.jpg"))]
+    labels = np.array([0 if "/ants/" in p else 1 for p in paths])
+    decoder = make_extractor(TrainOptions(backbone="small_cnn", quiet=True), pretrained=False)
+
+    def job(epochs: int) -> ray_train.Job:
+        torch.manual_seed(0)
+        trunk = Trunk(create_backbone("small_cnn", pretrained=False), decoder.mean, decoder.std)
+        network = torch.nn.Sequential(trunk, torch.nn.LazyLinear(2))
+        network(torch.zeros((1, 3, 128, 128), dtype=torch.uint8))  # materialise the lazy layer
+        fit = FitConfig(epochs=epochs, batch_size=8, lr=1e-3, optimizer="adam", patience=None, seed=0)
+        return ray_train.Job(network, portable(decoder), (paths[::2], labels[::2]), (paths[1::2], labels[1::2]), None, 2,
+                             [ray_train.Phase(fit)])
+
+    placement = ray_train.Placement(2, tmp_path / "checkpoints", use_gpu=False)
+    (first,), _ = placement.train(job(2))
+    (resumed,), _ = placement.train(job(3))  # as if the first attempt had died after epoch 2
+    assert [row["epoch"] for row in resumed.epochs] == [1, 2, 3]
+    assert resumed.epochs[:2] == first.epochs  # epochs 1-2 come from the checkpoint, not trained again
+
+
+def test_workers_without_data_parallel_training_is_one_clear_error(photos):
+    with pytest.raises(TransferlabError, match="--workers"):
+        transferlab.train(photos, strategy="extract", engine="ray", workers=2)
+
+
+def test_ray_fine_tuning_asks_for_end_to_end(photos):
+    with pytest.raises(TransferlabError, match="end to end"):
+        transferlab.train(photos, strategy="finetune", engine="ray", end_to_end=False)
+
+
+def test_compare_with_the_ray_engine_writes_the_same_compare_csv_columns(cluster, photos, tmp_path):
+    result = CliRunner().invoke(app, [
+        "--quiet", "compare", str(photos), "--strategies", "extract,augment", "--views", "1", "--epochs", "3",
+        "--split", "0.5,0.25,0.25", "--out", str(tmp_path / "cmp"), "--engine", "ray", "--ray-address", cluster[0].address,
+    ])
+    assert result.exit_code == 0, result.output
+    with (tmp_path / "cmp" / "compare.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert tuple(rows[0]) == COLUMNS and [row["strategy"] for row in rows] == ["extract", "augment"]
+    assert all(float(row["test_accuracy"]) > 0 for row in rows)
+    assert (tmp_path / "cmp" / "report.html").is_file() and (tmp_path / "cmp" / "augment" / "model.safetensors").is_file()
+
+
+def test_scratch_on_ray_train_from_the_command_line_writes_a_loadable_run(cluster, photos, tmp_path):
+    result = CliRunner().invoke(app, [
+        "--quiet", "train", str(photos), "--strategy", "scratch", "--epochs", "1", "--split", "0.5,0.25,0.25",
+        "--out", str(tmp_path / "run"), "--engine", "ray", "--workers", "2", "--ray-address", cluster[0].address,
+    ])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert (metrics["engine"], metrics["workers"], metrics["epochs_run"]) == ("ray", 2, 1)
+    assert len(transferlab.load(tmp_path / "run").predict(sorted(photos.rglob("*.jpg"))[:2])) == 2
