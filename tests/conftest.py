@@ -81,3 +81,13 @@ def cluster():
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def link_hymenoptera(shared: Path, root: Path, per_class: int) -> Path:
+    """ants/ and bees/ under `root`, the first `per_class` real training photos of each (links into ../shared)."""
+    source = shared / "datasets" / "hymenoptera" / "train"
+    for cls in ("ants", "bees"):
+        (root / cls).mkdir()
+        for photo in sorted((source / cls).glob("*.jpg"))[:per_class]:
+            (root / cls / photo.name).symlink_to(photo)
+    return root

@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 import transferlab
+from conftest import link_hymenoptera
 from transferlab.cli import app
 from transferlab.errors import TransferlabError
 from transferlab.features import FeatureExtractor
@@ -32,13 +33,8 @@ BROKEN = "ants/broken.jpg"  # passes the cheap header check, fails to decode
 @pytest.fixture(scope="module")
 def photos(shared, tmp_path_factory) -> Path:
     """ants/ and bees/, PER_CLASS real photos each (links to ../shared), plus one truncated JPEG."""
-    source = shared / "datasets" / "hymenoptera" / "train"
-    root = tmp_path_factory.mktemp("photos")
-    for cls in ("ants", "bees"):
-        (root / cls).mkdir()
-        for photo in sorted((source / cls).glob("*.jpg"))[:PER_CLASS]:
-            (root / cls / photo.name).symlink_to(photo)
-    whole = next(iter(sorted((source / "ants").glob("*.jpg")))).read_bytes()
+    root = link_hymenoptera(shared, tmp_path_factory.mktemp("photos"), PER_CLASS)
+    whole = next(iter(sorted((root / "ants").glob("*.jpg")))).read_bytes()
     (root / BROKEN).write_bytes(whole[: len(whole) // 3])
     return root
 

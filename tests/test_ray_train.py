@@ -14,6 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 import transferlab
+from conftest import link_hymenoptera
 from transferlab.cli import app
 from transferlab.compare import COLUMNS
 from transferlab.errors import TransferlabError
@@ -27,13 +28,7 @@ TINY = {"split": (0.5, 0.25, 0.25), "epochs": 2, "finetune_epochs": 1, "end_to_e
 @pytest.fixture(scope="module")
 def photos(shared, tmp_path_factory) -> Path:
     """ants/ and bees/, PER_CLASS real photos each (links to ../shared)."""
-    source = shared / "datasets" / "hymenoptera" / "train"
-    root = tmp_path_factory.mktemp("photos")
-    for cls in ("ants", "bees"):
-        (root / cls).mkdir()
-        for photo in sorted((source / cls).glob("*.jpg"))[:PER_CLASS]:
-            (root / cls / photo.name).symlink_to(photo)
-    return root
+    return link_hymenoptera(shared, tmp_path_factory.mktemp("photos"), PER_CLASS)
 
 
 def test_two_worker_ddp_finetuning_writes_a_loadable_run_scoring_as_the_single_process_run(cluster, photos, tmp_path):
