@@ -18,7 +18,7 @@ from transferlab import _make_callable
 from transferlab.classifier import Classifier
 from transferlab.data import load_dataset
 from transferlab.errors import TransferlabError
-from transferlab.options import COMPARE_STRATEGIES, check_split_csv_alone, check_strategies, check_verbose
+from transferlab.options import COMPARE_STRATEGIES, check_split_csv_alone, check_strategies, check_verbose, precision_for
 from transferlab.pipeline import train
 from transferlab.report import formatted, write_report
 from transferlab.runs import clear_destination, unique_run_dir
@@ -104,9 +104,10 @@ def compare(
         console.rule(f"[bold]{strategy}")
         backbone = scratch_backbone if strategy == "scratch" else train_kwargs.get("backbone")
         recipe = {"recipe": scratch_recipe} if strategy == "scratch" else {}
+        precision = {"precision": precision_for(strategy, train_kwargs["precision"])} if "precision" in train_kwargs else {}
         classifiers[strategy] = train(
             data,
-            **{**train_kwargs, "backbone": backbone, **recipe},
+            **{**train_kwargs, "backbone": backbone, **recipe, **precision},
             strategy=strategy,
             out=out_dir / strategy,
             seed=seed,

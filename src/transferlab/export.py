@@ -10,8 +10,6 @@ and int8 models are then compared on the run's test split (accuracy) and timed o
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -142,31 +140,12 @@ def calibration_batch(float_path: Path, train: Subset, limit: int, seed: int) ->
 
 def quantize_int8(float_path: Path, calibration: dict[str, np.ndarray]) -> Path:
     """Static QDQ quantization (per-channel weights): the int8 kernels convnets gain most from on CPU."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static,
-    )
+    from transferlab.quantize import quantize_int8 as quantize
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            n = len(next(iter(calibration.values())))
-            self.starts = iter(range(0, n, 8))
-
-        def get_next(self) -> dict | None:
-            start = next(self.starts, None)
-            return None if start is None else {name: array[start : start + 8] for name, array in calibration.items()}
-
+    n = len(next(iter(calibration.values())))
+    batches = ({name: array[start : start + 8] for name, array in calibration.items()} for start in range(0, n, 8))
     out = float_path.with_name(INT8_FILE)
-    with tempfile.TemporaryDirectory(dir=float_path.parent) as scratch:
-        prepared = Path(scratch) / "prepared.onnx"
-        quant_pre_process(str(float_path), str(prepared))  # shape inference + folding, as ORT recommends
-        quantized = Path(scratch) / INT8_FILE
-        quantize_static(
-            str(prepared), str(quantized), Reader(),
-            quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-        )
-        os.replace(quantized, out)
+    quantize(float_path, out, batches)
     metadata_path(out).write_bytes(metadata_path(float_path).read_bytes())
     return out
 
