@@ -12,6 +12,8 @@ import pytest
 
 import transferlab
 from transferlab.errors import TransferlabError
+from transferlab.export import export_run
+from transferlab.onnx_predict import OnnxClassifier
 from transferlab.features import FeatureExtractor, quantized_trunk_name
 from transferlab.options import TrainOptions
 from transferlab.runtimes import verified
@@ -118,7 +120,7 @@ def test_int8_is_refused_for_strategies_that_train_the_backbone(colour_folder):
         transferlab.train(colour_folder, precision="int4", quiet=True)
 
 
-def test_train_with_int8_then_predict_elsewhere_uses_the_runs_int8_trunk(shared, tmp_path):
+def test_train_with_int8_then_predict_elsewhere_and_export_use_the_runs_int8_trunk(shared, tmp_path):
     classifier = transferlab.train(
         shared / "datasets" / "hymenoptera", precision="int8", runtime="onnx", device="cpu", max_per_class=20,
         epochs=8, out=tmp_path / "run", quiet=True,
@@ -137,3 +139,11 @@ def test_train_with_int8_then_predict_elsewhere_uses_the_runs_int8_trunk(shared,
     np.testing.assert_allclose([p.top[0][1] for p in predictions], [float(r["p_predicted"]) for r in rows], atol=1e-5)
     assert not loaded.extractor.runner.calibrated
     assert classifier.metrics["test_accuracy"] > 0.6
+    # the ONNX export holds the int8 trunk under the head, so it predicts what the run predicts
+    report = export_run(run, timing_seconds=0.2)
+    assert report["trunk_precision"] == "int8" and list(report["models"]) == ["int8 trunk"]
+    assert report["torch_max_abs_diff"] < 1e-4
+    exported = OnnxClassifier(run).predict([shared / "datasets" / "hymenoptera" / row["path"] for row in rows], top_k=1)
+    assert [p.top[0][0] for p in exported] == [row["predicted"] for row in rows]
+    with pytest.raises(TransferlabError, match="int8 trunk already"):
+        export_run(run, quantize="int8")
