@@ -147,3 +147,9 @@ def test_train_with_int8_then_predict_elsewhere_and_export_use_the_runs_int8_tru
     assert [p.top[0][0] for p in exported] == [row["predicted"] for row in rows]
     with pytest.raises(TransferlabError, match="int8 trunk already"):
         export_run(run, quantize="int8")
+
+
+def test_compare_refuses_an_unknown_precision_before_any_work(colour_folder, tmp_path):
+    with pytest.raises(TransferlabError, match="unknown precision 'int4'"):
+        transferlab.compare(colour_folder, precision="int4", out=tmp_path / "compare", quiet=True)
+    assert not (tmp_path / "compare").exists()

@@ -18,7 +18,7 @@ from transferlab import _make_callable
 from transferlab.classifier import Classifier
 from transferlab.data import load_dataset
 from transferlab.errors import TransferlabError
-from transferlab.options import COMPARE_STRATEGIES, check_split_csv_alone, check_strategies, check_verbose, precision_for
+from transferlab.options import COMPARE_STRATEGIES, check_split_csv_alone, check_strategies, check_verbose, check_precision, precision_for
 from transferlab.pipeline import train
 from transferlab.report import formatted, write_report
 from transferlab.runs import clear_destination, unique_run_dir
@@ -89,6 +89,8 @@ def compare(
     table names the recipe that ran.
     """
     strategies = check_strategies(strategies)
+    if "precision" in train_kwargs:  # before any work: the runs would refuse it only one by one
+        check_precision(train_kwargs["precision"], train_kwargs.get("runtime", "auto"))
     quiet = quiet or check_verbose(verbose) == 0
     console = console or Console(quiet=quiet, stderr=True)
     selection = {key: train_kwargs.pop(key) for key in SELECTION_KEYWORDS if key in train_kwargs}
