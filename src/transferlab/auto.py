@@ -28,6 +28,7 @@ from transferlab.compare import Comparison, row_of, write_comparison
 from transferlab.data import load_dataset
 from transferlab.errors import TransferlabError
 from transferlab.files import atomic_write_bytes
+from transferlab.options import precision_for
 from transferlab.pipeline import train
 from transferlab.report import write_report
 from transferlab.runs import clear_destination, unique_run_dir
@@ -170,6 +171,8 @@ def train_auto(
         run_started = time.perf_counter()
         chosen_here = {"views": views} if candidate.views else {}
         chosen_here.update({"head": candidate.head} if candidate.head else {})
+        if "precision" in train_kwargs:  # int8 quantises the frozen trunk of extract and augment only
+            chosen_here["precision"] = precision_for(candidate.strategy, train_kwargs["precision"])
         classifier = train(
             data, strategy=candidate.strategy, backbone=candidate.backbone, out=out_dir / "candidates" / candidate.label,
             split_csv=out_dir / "split.csv", seed=seed, quiet=quiet, console=console,

@@ -22,12 +22,13 @@ from transferlab.errors import TransferlabError
 from transferlab.decoding import ImageDecodeError
 from transferlab.prediction import ImageInput, ImageLike, Prediction, checked_probabilities, image_inputs, predictions_of
 from transferlab.extractors import CombinedExtractor, build_extractor
-from transferlab.features import FeatureExtractor
+from transferlab.features import FeatureExtractor, quantized_trunk_name
 from transferlab.files import atomic_path, atomic_write_bytes
 from transferlab.heads import HeadConfig, build_head
 from transferlab.metrics import evaluate_probabilities
 from transferlab.options import check_tta
 from transferlab.preflight import check_run_folder
+from transferlab.runtimes import digest_path
 
 MODEL_FORMAT = "transferlab-model/1"
 
@@ -270,10 +271,25 @@ class Classifier:
             "image_size": self.extractor.image_size,
             "preprocessing": self.extractor.preprocessing(),
             "confidence": self.confidence.to_json() if self.confidence is not None else None,
+            "precision": self.extractor.precision,
+            "calibration": self.extractor.calibration if self.extractor.precision == "int8" else None,
         }
+        self._save_quantized_trunks(directory)
         atomic_write_bytes(directory / "model.json", json.dumps(description, indent=2).encode())
         atomic_write_bytes(directory / "labels.txt", ("\n".join(self.classes) + "\n").encode())
         return directory
+
+    def _save_quantized_trunks(self, directory: Path) -> None:
+        """An int8 run keeps its quantised trunk(s): predictions elsewhere then use the very trunk the head was
+        trained on, without recalibrating (which needs the training images and could pick other ranges)."""
+        if self.extractor.precision != "int8":
+            return
+        parts = getattr(self.extractor, "parts", [self.extractor])
+        for part in parts:
+            part.runner.session()  # the trunk is quantised (or restored) by now; this makes sure of it
+            source, target = part.quantized_path(), directory / quantized_trunk_name(part.name)
+            atomic_write_bytes(target, source.read_bytes())
+            atomic_write_bytes(digest_path(target), digest_path(source).read_bytes())
 
     @classmethod
     def load(cls, directory: str | Path, cache_dir: Path | None = None) -> Classifier:
@@ -296,6 +312,9 @@ class Classifier:
             backbone_state=backbone_state or None,
             normalization=description.get("normalization"),
             image_size=description.get("image_size"),
+            precision=description.get("precision") or "float32",  # runs from before int8 are float32
+            calibration=description.get("calibration"),
+            trunk_dir=directory,
             cache_dir=cache_dir,
             quiet=True,
         )

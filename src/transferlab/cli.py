@@ -12,7 +12,8 @@ from rich.table import Table
 
 from transferlab import preflight
 from transferlab.cli_common import (
-    EndToEndOption, EngineOption, ExcludeOption, IncludeOption, MaxPerClassOption, RayAddressOption, RecipeOption,
+    EndToEndOption, EngineOption, ExcludeOption, IncludeOption, MaxPerClassOption, PrecisionOption, RayAddressOption,
+    RecipeOption,
     SplitOption, WorkersOption, comma_list, emit_json, engine_keywords, err, out, state,
 )
 from transferlab.cli_engine import embed, predict_in_bulk
@@ -91,6 +92,7 @@ def train(
     weights: Annotated[Optional[Path], typer.Option(help="Backbone weights file (safetensors) instead of a download.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     runtime: Annotated[str, typer.Option(help="What runs the frozen backbone: auto (ONNX Runtime on a CPU, PyTorch on a GPU) | onnx | torch.")] = "auto",
+    precision: PrecisionOption = "auto",
     views: Annotated[int, typer.Option(help="Augmented views per training image (augment, finetune).")] = 3,
     augment: Annotated[Optional[str], typer.Option(help="Training augmentation: notebook | light | light-noflip | none (default: light for augment and finetune, the recipe's for scratch).")] = None,
     recipe: RecipeOption = None,
@@ -133,6 +135,7 @@ def train(
         weights=weights,
         device=device,
         runtime=runtime,
+        precision=precision,
         views=views,
         augment=augment,
         recipe=recipe,
@@ -353,6 +356,7 @@ def compare(
     finetune_lr: Annotated[Optional[float], typer.Option(help="Learning rate of the fine-tuning phase.")] = None,
     end_to_end: EndToEndOption = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    precision: PrecisionOption = "auto",
     tta: Annotated[int, typer.Option(help="Test-time augmentation views for the evaluations (1: off).")] = 1,
     engine: EngineOption = "local",
     ray_address: RayAddressOption = None,
@@ -380,6 +384,7 @@ def compare(
         **selection,
         unfreeze=unfreeze,
         device=device,
+        precision=precision,
         tta=tta,
         **engine_keywords(engine, ray_address),
         quiet=state.quiet,

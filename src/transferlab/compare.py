@@ -19,7 +19,7 @@ from transferlab.classifier import Classifier
 from transferlab.data import load_dataset
 from transferlab.engines import check_engine
 from transferlab.errors import TransferlabError
-from transferlab.options import COMPARE_STRATEGIES, check_split_csv_alone, check_strategies, check_verbose
+from transferlab.options import COMPARE_STRATEGIES, check_split_csv_alone, check_strategies, check_verbose, check_precision, precision_for
 from transferlab.pipeline import train
 from transferlab.report import formatted, write_report
 from transferlab.runs import clear_destination, unique_run_dir
@@ -94,6 +94,8 @@ def compare(
     """
     strategies = check_strategies(strategies)
     check_engine(engine)
+    if "precision" in train_kwargs:  # before any work: the runs would refuse it only one by one
+        check_precision(train_kwargs["precision"], train_kwargs.get("runtime", "auto"))
     quiet = quiet or check_verbose(verbose) == 0
     console = console or Console(quiet=quiet, stderr=True)
     selection = {key: train_kwargs.pop(key) for key in SELECTION_KEYWORDS if key in train_kwargs}
@@ -127,7 +129,8 @@ def run_keywords(strategy: str, train_kwargs: dict, scratch_backbone: str | None
     """`transferlab.train` keywords of one strategy's run: scratch takes its own backbone and recipe."""
     backbone = scratch_backbone if strategy == "scratch" else train_kwargs.get("backbone")
     recipe = {"recipe": scratch_recipe} if strategy == "scratch" else {}
-    return {**train_kwargs, "backbone": backbone, **recipe, "strategy": strategy}
+    precision = {"precision": precision_for(strategy, train_kwargs["precision"])} if "precision" in train_kwargs else {}
+    return {**train_kwargs, "backbone": backbone, **recipe, **precision, "strategy": strategy}
 
 
 def row_of(strategy: str, classifier: Classifier, out_dir: Path) -> dict:

@@ -82,6 +82,9 @@ def precompute_split(engine: str, strategy: str, split: DatasetSplit, options: T
     if check_engine(engine, strategy, runs_end_to_end(options)) == "local":
         return
     extractor = make_extractor(options)
+    if any(part.precision == "int8" for part in getattr(extractor, "parts", [extractor])):
+        # the actors run the exported float trunk; int8 features would need the calibrated trunk shipped to them
+        raise TransferlabError("--engine ray computes float32 features only", hint="add --precision float32")
     paths = list(dict.fromkeys(path for subset in split.subsets().values() for path in subset.paths))
     precompute(engine, extractor, paths, address=address, quiet=options.quiet)
     if strategy == "augment":

@@ -10,9 +10,9 @@ and int8 models are then compared on the run's test split (accuracy) and timed o
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,8 @@ from transferlab import _make_callable
 from transferlab.classifier import Classifier
 from transferlab.data import DatasetSplit, Subset, load_dataset
 from transferlab.errors import TransferlabError
-from transferlab.files import atomic_write_bytes
+from transferlab.extractors import CombinedExtractor
+from transferlab.files import atomic_path, atomic_write_bytes
 from transferlab.trunk import export_onnx, input_names
 from transferlab.onnx_predict import MODEL_FILE, ONNX_FORMAT, OnnxClassifier, metadata_path
 
@@ -52,12 +53,16 @@ def export_run(
     if quantize not in (None, *QUANTIZATIONS):
         raise TransferlabError(f"unknown quantization {quantize!r}", hint="use --quantize int8, or leave it out")
     classifier = Classifier.load(run)
+    trunk_int8 = classifier.extractor.precision == "int8"
+    if trunk_int8 and quantize:
+        raise TransferlabError("this run was trained on int8 features: model.onnx holds its int8 trunk already",
+                               hint="export without --quantize")
     dataset = run_dataset(run, required=quantize is not None)  # before exporting: fail fast without the images
     float_path = export_float(classifier, run / MODEL_FILE)
-    models = {"float32": float_path}
+    models = {"int8 trunk" if trunk_int8 else "float32": float_path}
     if quantize == "int8":
         models["int8"] = quantize_int8(float_path, calibration_batch(float_path, dataset.train, calibration_images, seed))
-    report = {"format": "onnx", "models": {}}
+    report = {"format": "onnx", "trunk_precision": classifier.extractor.precision, "models": {}}
     test = dataset.test if dataset is not None else None
     for name, path in models.items():
         report["models"][name] = {"file": path.name, "megabytes": round(path.stat().st_size / 1e6, 2),
@@ -73,9 +78,48 @@ def export_run(
 
 
 def export_float(classifier: Classifier, path: Path) -> Path:
-    """The whole classifier with softmax as one ONNX graph, plus the .json with labels and preprocessing."""
-    export_onnx(classifier.network(probabilities=True), classifier.extractor.input_sizes, path, "probabilities")
+    """The whole classifier with softmax as one ONNX graph, plus the .json with labels and preprocessing.
+
+    A run trained on int8 features gets its int8 trunk in the graph: the head was fitted to that trunk's features,
+    so the export predicts what the run predicts (a float trunk under it gave other probabilities)."""
+    if classifier.extractor.precision == "int8":
+        int8_trunk_network(classifier, path)
+    else:
+        export_onnx(classifier.network(probabilities=True), classifier.extractor.input_sizes, path, "probabilities")
     write_metadata(path, classifier)
+    return path
+
+
+def int8_trunk_network(classifier: Classifier, path: Path) -> Path:
+    """The run's int8 trunk (images -> features) and its head with softmax (features -> probabilities) merged
+    into one graph."""
+    import onnx
+    from onnx import compose
+
+    extractor = classifier.extractor
+    if isinstance(extractor, CombinedExtractor):
+        raise TransferlabError("exporting a combination of int8 trunks is not supported yet",
+                               hint="train the combination with --precision float32 to export it")
+    extractor.runner.session()  # the int8 trunk is in the cache (restored from the run folder if need be)
+    trunk = onnx.load(str(extractor.quantized_path()))
+    opset = next(o.version for o in trunk.opset_import if o.domain in ("", "ai.onnx"))
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        head_path = Path(scratch) / "head.onnx"
+        head = torch.nn.Sequential(classifier.head.eval(), torch.nn.Softmax(dim=1))
+        dummy = torch.zeros((2, classifier.head_config.in_features), dtype=torch.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated but exports a head reliably
+            torch.onnx.export(head, (dummy,), str(head_path), input_names=["features"], output_names=["probabilities"],
+                              dynamic_axes={"features": {0: "batch"}, "probabilities": {0: "batch"}},
+                              opset_version=opset, dynamo=False)
+        head_model = onnx.load(str(head_path))
+    head_model.ir_version = trunk.ir_version
+    merged = compose.merge_models(trunk, head_model, io_map=[("features", "features")], prefix2="head/")
+    for node in merged.graph.node:  # the prefix would rename the output readers look for
+        node.output[:] = ["probabilities" if name == "head/probabilities" else name for name in node.output]
+    merged.graph.output[0].name = "probabilities"
+    with atomic_path(path, extractor.quantized_path().stat().st_size) as tmp:
+        onnx.save(merged, str(tmp))
     return path
 
 
@@ -148,31 +192,12 @@ def calibration_batch(float_path: Path, train: Subset, limit: int, seed: int) ->
 
 def quantize_int8(float_path: Path, calibration: dict[str, np.ndarray]) -> Path:
     """Static QDQ quantization (per-channel weights): the int8 kernels convnets gain most from on CPU."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static,
-    )
+    from transferlab.quantize import quantize_int8 as quantize
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            n = len(next(iter(calibration.values())))
-            self.starts = iter(range(0, n, 8))
-
-        def get_next(self) -> dict | None:
-            start = next(self.starts, None)
-            return None if start is None else {name: array[start : start + 8] for name, array in calibration.items()}
-
+    n = len(next(iter(calibration.values())))
+    batches = ({name: array[start : start + 8] for name, array in calibration.items()} for start in range(0, n, 8))
     out = float_path.with_name(INT8_FILE)
-    with tempfile.TemporaryDirectory(dir=float_path.parent) as scratch:
-        prepared = Path(scratch) / "prepared.onnx"
-        quant_pre_process(str(float_path), str(prepared))  # shape inference + folding, as ORT recommends
-        quantized = Path(scratch) / INT8_FILE
-        quantize_static(
-            str(prepared), str(quantized), Reader(),
-            quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-        )
-        os.replace(quantized, out)
+    quantize(float_path, out, batches)
     metadata_path(out).write_bytes(metadata_path(float_path).read_bytes())
     return out
 
@@ -217,6 +242,9 @@ def torch_agreement(classifier: Classifier, float_path: Path, test: Subset | Non
     """Largest |p_torch - p_onnx| over a few test images (random pixels when the images are gone)."""
     model = OnnxClassifier(float_path)
     images = prepared_images(model, test, limit)[0] if test is not None and len(test) else random_batch(model, 4)
+    if classifier.extractor.precision == "int8":  # against the run's own predictions, through its int8 trunk
+        features = classifier.extractor.runner.run(images[0])
+        return float(np.abs(classifier.probabilities_from_features(features) - model.run(images)).max())
     with torch.inference_mode():
         expected = classifier.network(probabilities=True)(*map(torch.from_numpy, images)).numpy()
     return float(np.abs(expected - model.run(images)).max())

@@ -79,6 +79,18 @@ class CombinedExtractor:
         return SEPARATOR.join(part.key for part in self.parts)
 
     @property
+    def precision(self) -> str:
+        return self.parts[0].precision
+
+    @property
+    def calibration(self) -> str | None:
+        return self.parts[0].calibration
+
+    def calibrate_on(self, paths: Sequence[Path]) -> None:
+        for part in self.parts:
+            part.calibrate_on(paths)
+
+    @property
     def input_sizes(self) -> list[int]:
         return [part.spec.input_size for part in self.parts]
 

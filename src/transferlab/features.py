@@ -27,13 +27,16 @@ from transferlab.augment import AugmentConfig, augment_image
 from transferlab.decoding import ImageDecodeError, open_image
 from transferlab.errors import TransferlabError
 from transferlab.feature_cache import FeatureCache
-from transferlab.files import memoized_file_digest
-from transferlab.options import DEFAULT_BACKBONE, MIN_IMAGE_SIZE
+from transferlab.files import atomic_write_bytes, memoized_file_digest
+from transferlab.options import DEFAULT_BACKBONE, INT8_DEFAULT_BACKBONES, MIN_IMAGE_SIZE
 from transferlab.progress import make_progress
-from transferlab.runtimes import Runtime, TrunkSource, make_runtime, resolve_device, resolve_runtime
+from transferlab.runtimes import (
+    Runtime, TrunkSource, digest_path, make_runtime, resolve_device, resolve_precision, resolve_runtime, verified,
+)
 from transferlab.trunk import Trunk, split_backbone, stage_count
 
 FORMAT_VERSION = 1  # bump when the trunk wrapper or the preprocessing changes meaning
+CALIBRATION_IMAGES = 300  # int8 calibration: a few hundred training images (ranges settle well before that)
 
 
 @dataclass
@@ -76,13 +79,19 @@ class FeatureExtractor:
         until: str | None = None,
         normalization: tuple[Sequence[float], Sequence[float]] | None = None,
         image_size: int | None = None,
+        precision: str = "float32",
+        calibration: str | None = None,
+        trunk_dir: str | Path | None = None,
     ):
         """`until` names a block (see `split_backbone`): the extractor then returns the unpooled activations
         entering it, flattened to [n, c*h*w] and stored as float16 (they are large; fine-tuning caches them).
         `normalization` (mean, std per channel, for pixels scaled to 0..1) replaces the backbone's own: a network
         trained from scratch with featurewise centering / std normalisation fitted them on its training images.
         `image_size` replaces the backbone's input size (its resize size scales with it): small source images
-        such as 64 px digits gain nothing from 224 px, and fine-tuning end to end costs the square of the size."""
+        such as 64 px digits gain nothing from 224 px, and fine-tuning end to end costs the square of the size.
+        `precision` "int8" runs the trunk quantised (ONNX Runtime), calibrated on the images given to
+        `calibrate_on` (or identified by `calibration`, with the quantised trunk in the cache or in `trunk_dir`,
+        a run folder); "auto" picks int8 for the backbones in `options.INT8_DEFAULT_BACKBONES`."""
         if batch_size < 1:
             raise TransferlabError(f"batch size must be >= 1, got {batch_size}")
         if image_size is not None and image_size < MIN_IMAGE_SIZE:
@@ -99,6 +108,14 @@ class FeatureExtractor:
         self.pretrained = pretrained
         self.device = resolve_device(device)
         self.runtime = resolve_runtime(runtime, self.device)
+        frozen = not (until or backbone_state or normalization) and pretrained
+        self.precision = resolve_precision(precision, self.runtime, frozen and self.spec.name in INT8_DEFAULT_BACKBONES)
+        if self.precision == "int8" and not frozen:
+            raise TransferlabError("--precision int8 quantises a frozen pretrained trunk; this one is trained or cut",
+                                   hint="use --precision float32")
+        self.calibration = calibration  # identity of the calibration images (int8)
+        self._calibration_paths: list[Path] = []
+        self.trunk_dir = Path(trunk_dir) if trunk_dir else None
         self.batch_size = batch_size
         self.cache_dir = Path(cache_dir) if cache_dir else backbones.default_cache_dir()
         self.use_cache = use_cache
@@ -106,6 +123,7 @@ class FeatureExtractor:
         self._trunk: Trunk | None = None
         self._runtime: Runtime | None = None
         self._key: str | None = None
+        self._float_key: str | None = None
         self._cache: FeatureCache | None = None
 
     # -- identity ---------------------------------------------------------------------------------
@@ -139,8 +157,23 @@ class FeatureExtractor:
 
     @property
     def key(self) -> str:
-        """Hash of everything that determines a feature vector except the image and its augmentation."""
+        """Hash of everything that determines a feature vector except the image and its augmentation: int8
+        features (precision and calibration images) never mix with float ones."""
         if self._key is None:
+            if self.precision == "float32":
+                self._key = self.float_key
+            elif self.calibration is None:
+                raise TransferlabError(f"int8 features of {self.name} need calibration images",
+                                       hint="call calibrate_on(training image paths) first")
+            else:
+                quantized = {"float": self.float_key, "precision": self.precision, "calibration": self.calibration}
+                self._key = hashlib.blake2b(json.dumps(quantized, sort_keys=True).encode(), digest_size=12).hexdigest()
+        return self._key
+
+    @property
+    def float_key(self) -> str:
+        """The key of the float32 trunk (its ONNX file and its features); unchanged by int8 precision."""
+        if self._float_key is None:
             parts = {
                 "format": FORMAT_VERSION,
                 "backbone": self.spec.name,
@@ -156,8 +189,8 @@ class FeatureExtractor:
                 "mean": self.mean,
                 "std": self.std,
             }
-            self._key = hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=12).hexdigest()
-        return self._key
+            self._float_key = hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=12).hexdigest()
+        return self._float_key
 
     @property
     def cache(self) -> FeatureCache:
@@ -194,15 +227,52 @@ class FeatureExtractor:
             )
 
     def onnx_path(self) -> Path:
-        return self.cache_dir / "onnx" / f"{self.spec.name}-{self.key}.onnx"
+        return self.cache_dir / "onnx" / f"{self.spec.name}-{self.float_key}.onnx"
+
+    def quantized_path(self) -> Path:
+        """The cached int8 trunk (its key names the calibration images)."""
+        return self.cache_dir / "onnx" / f"{self.spec.name}-{self.key}.int8.onnx"
 
     @property
     def runner(self) -> Runtime:
-        """The runtime that computes features (built on first use: an ONNX export or a network load)."""
+        """The runtime that computes features (built on first use: an ONNX export, a quantisation or a network
+        load)."""
         if self._runtime is None:
-            source = TrunkSource(self.trunk, self.onnx_path(), self.spec.input_size, self.device)
+            quantized = self.quantized_path() if self.precision == "int8" else None
+            if quantized is not None:
+                restore_quantized(quantized, self.trunk_dir / quantized_trunk_name(self.name) if self.trunk_dir else None)
+            source = TrunkSource(self.trunk, self.onnx_path(), self.spec.input_size, self.device,
+                                 precision=self.precision, quantized_path=quantized, calibration=self.calibration_batches)
             self._runtime = make_runtime(self.runtime, source)
         return self._runtime
+
+    # -- int8 calibration ---------------------------------------------------------------------------
+    def calibrate_on(self, paths: Sequence[Path]) -> None:
+        """Calibrate an int8 trunk on (up to CALIBRATION_IMAGES of) these training images; no-op for float32.
+
+        The sample is the images with the smallest content digests, so the same training set gives the same
+        calibration (and the cached int8 trunk and features are reused) whatever the order of the paths."""
+        if self.precision != "int8":
+            return
+        sample = sorted((memoized_file_digest(Path(p)), Path(p)) for p in paths)[:CALIBRATION_IMAGES]
+        identity = hashlib.blake2b("".join(d for d, _ in sample).encode(), digest_size=12).hexdigest()
+        if identity != self.calibration:
+            if self._cache is not None:
+                self._cache.close()
+            self.calibration, self._key, self._cache, self._runtime = identity, None, None, None
+        self._calibration_paths = [path for _, path in sample]
+
+    def calibration_batches(self) -> Iterator[np.ndarray]:
+        """uint8 NCHW batches of the calibration images, decoded and preprocessed exactly as extraction does."""
+        paths = self._calibration_paths
+        if not paths:
+            raise TransferlabError(
+                f"the int8 trunk of {self.name} is neither cached nor in the run folder, and its calibration "
+                "images are unknown here", hint="train the run again, or keep its trunk-*.int8.onnx beside model.json")
+        keys = [str(path) for path in paths]
+        for _, batch, _ in self._decoded_batches(paths, keys, list(range(len(paths))), None):
+            if len(batch):
+                yield np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
 
     def run_batch(self, batch: np.ndarray) -> np.ndarray:
         """uint8 [n, h, w, 3] -> [n, d] in self.dtype (float32, or float16 for unpooled activations)."""
@@ -326,6 +396,20 @@ class FeatureExtractor:
 def cache_key(digest: str, augment: AugmentConfig | None = None, view: int = 0) -> str:
     """The cache key of an image (its bytes' digest) or of one augmented view of it; every engine uses this."""
     return digest + (f":aug={augment.key()}:view={view}" if augment is not None else "")
+
+
+def quantized_trunk_name(backbone: str) -> str:
+    """The file name of a backbone's int8 trunk in a run folder."""
+    return f"trunk-{backbone}.int8.onnx"
+
+
+def restore_quantized(cached: Path, saved: Path | None) -> None:
+    """Copy a run folder's int8 trunk into the cache when the cache lacks it (another machine, a cleared cache):
+    predictions then use exactly the trunk the head was trained on, without calibration images."""
+    if verified(cached) or saved is None or not verified(saved):
+        return
+    atomic_write_bytes(cached, saved.read_bytes())
+    atomic_write_bytes(digest_path(cached), digest_path(saved).read_bytes())
 
 
 def augmentation_seed(key: str) -> int:

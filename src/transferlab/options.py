@@ -35,6 +35,13 @@ SCRATCH_BATCH_SIZE = 32
 SCRATCH_LR = 1e-3
 SCRATCH_EPOCHS = 10
 DEFAULT_EPOCHS = 50
+PRECISIONS = ("auto", "float32", "int8")
+# Strategies whose every feature comes from the frozen trunk, which int8 may quantise; finetune and scratch
+# change backbone weights, so their trunk stays float32.
+INT8_STRATEGIES = ("extract", "augment")
+# Backbones whose frozen trunk runs in int8 by default on a CPU (precision "auto"): those whose Caltech-101/97
+# test accuracy dropped by at most 0.3 points with int8 features (docs/benchmarks.md, "int8 extraction").
+INT8_DEFAULT_BACKBONES: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -185,6 +192,30 @@ def check_runtime(runtime: str) -> str:
     return runtime
 
 
+def check_precision(precision: str, runtime: str = "auto", strategy: str = "extract") -> str:
+    """float32 | int8 | auto; int8 needs ONNX Runtime (the CPU runtime) and a strategy with a frozen trunk."""
+    from transferlab.runtimes import RUNTIMES, supports_int8  # torch-free
+
+    if precision not in PRECISIONS:
+        raise TransferlabError(f"unknown precision {precision!r}", hint=f"choose one of: {', '.join(PRECISIONS)}")
+    if precision == "int8" and runtime != "auto" and runtime in RUNTIMES and not supports_int8(runtime):
+        raise TransferlabError(
+            f"--precision int8 runs on ONNX Runtime only, not on the {runtime} runtime",
+            hint="use --runtime onnx (on a CPU), or --precision float32",
+        )
+    if precision == "int8" and strategy not in INT8_STRATEGIES:
+        raise TransferlabError(
+            f"--precision int8 quantises the frozen trunk of {' and '.join(INT8_STRATEGIES)}, not strategy {strategy!r}",
+            hint="drop --precision, or use --strategy extract",
+        )
+    return precision
+
+
+def precision_for(strategy: str, precision: str) -> str:
+    """The precision a strategy of a compare or auto run gets: the one asked for where int8 applies, else float32."""
+    return precision if strategy in INT8_STRATEGIES else "float32"
+
+
 def check_device(device: str) -> str:
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
         raise TransferlabError(f"unknown device {device!r}", hint="use auto, cpu or cuda")
@@ -246,6 +277,7 @@ class TrainOptions:
     fit: FitConfig = field(default_factory=lambda: FitConfig(batch_size=HEAD_BATCH_SIZE, lr=HEAD_LR))
     device: str = "auto"
     runtime: str = "auto"  # what runs the frozen trunk: auto | onnx | torch | one registered in runtimes.RUNTIMES
+    precision: str = "auto"  # of the frozen trunk: float32 | int8 (ONNX Runtime) | auto (INT8_DEFAULT_BACKBONES)
     extract_batch_size: int = 32
     cache_dir: Path | None = None
     quiet: bool = False  # no progress bars
@@ -285,6 +317,7 @@ class TrainOptions:
             raise TransferlabError(f"unknown batchnorm mode {self.batchnorm!r}", hint=f"choose one of: {', '.join(BATCHNORM_MODES)}")
         check_device(self.device)
         check_runtime(self.runtime)
+        check_precision(self.precision, self.runtime)
 
     def to_dict(self) -> dict:
         values = asdict(self)

@@ -84,6 +84,7 @@ def make_extractor(options: TrainOptions, **overrides) -> FeatureExtractor | Com
         weights=options.weights,
         device=options.device,
         runtime=options.runtime,
+        precision=options.precision,
         batch_size=options.extract_batch_size,
         cache_dir=options.cache_dir,
         quiet=options.quiet,
@@ -93,7 +94,9 @@ def make_extractor(options: TrainOptions, **overrides) -> FeatureExtractor | Com
 
 
 def extract_split(extractor: FeatureExtractor, split: DatasetSplit) -> tuple[DatasetSplit, dict[str, ExtractionResult]]:
-    """Features of train, validation and test (unaugmented); files that fail to decode leave the split."""
+    """Features of train, validation and test (unaugmented); files that fail to decode leave the split.
+    An int8 trunk is calibrated on the training images."""
+    extractor.calibrate_on(split.train.paths)
     results = {
         name: extractor.extract(subset.paths, description=f"features: {name}")
         for name, subset in split.subsets().items()
