@@ -172,7 +172,7 @@ def test_presets_by_name():
     assert AugmentConfig.preset("none") == AugmentConfig.none()
     with pytest.raises(TransferlabError, match="unknown augmentation") as raised:
         AugmentConfig.preset("heavy")
-    assert "notebook, light, none" in raised.value.hint
+    assert "notebook, light, light-noflip, none" in raised.value.hint
 
 
 def test_light_config_varies_views_and_keeps_size():

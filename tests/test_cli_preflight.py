@@ -89,6 +89,9 @@ def cases(tmp: Path, fake_run: Path) -> dict[str, tuple[list[str], str]]:
         "evaluate on a missing folder": (["evaluate", str(no_model), str(tmp / "nonexistent")], "has no model.safetensors"),
         "summary of neither a run nor a backbone": (["summary", "efficientnet_lite9"], "neither a run folder nor a backbone"),
         "imagenet unknown backbone": (["imagenet", str(a_file), "--backbone", "nope"], "unknown backbone"),
+        "embed on a missing folder": (["embed", str(tmp / "nonexistent")], "data folder not found"),
+        "embed unknown backbone": (["embed", str(data), "--backbone", "nope"], "unknown backbone"),
+        "train --image-size 8": (["train", str(data), "--image-size", "8"], "--image-size must be at least 32"),
     }
 
 

@@ -110,7 +110,8 @@ def train(
     """Train and evaluate a classifier; write a run folder with metrics, model and plots."""
     preflight.check_train(data, backbone=backbone, strategy=strategy, out=out_dir, overwrite=overwrite, budget=budget,
                           epochs=epochs, batch_size=batch_size, lr=lr, views=views, tta=tta,
-                          finetune_epochs=finetune_epochs, device=device, weights=weights, split_csv=split_csv)
+                          finetune_epochs=finetune_epochs, device=device, weights=weights, split_csv=split_csv,
+                          image_size=image_size)
     selection = data_selection(include, exclude, split, max_per_class)
     from transferlab.api import train as train_api
 

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from transferlab import preflight
 from transferlab.cli_common import EngineOption, RayAddressOption, SplitOption, emit_json, out, state
 from transferlab.options import DEFAULT_BACKBONE, split_fractions
 
@@ -22,6 +23,8 @@ def embed(
     ray_address: RayAddressOption = None,
 ):
     """Write every image's frozen features to a parquet file (unreadable files: OUT's .skipped.csv)."""
+    preflight.check_data_folder(data)
+    preflight.check_backbone(backbone)
     from transferlab.embed import embed as embed_api
 
     result = embed_api(data, out_file, backbone=backbone, split=split_fractions(split), seed=seed, engine=engine,

@@ -19,7 +19,7 @@ import struct
 from pathlib import Path
 
 from transferlab.errors import TransferlabError
-from transferlab.options import check_device, check_strategies, check_strategy, check_tta, parse_duration
+from transferlab.options import MIN_IMAGE_SIZE, check_device, check_strategies, check_strategy, check_tta, parse_duration
 
 # The names `backbones.py` registers, written out so that checking a name costs no torch import. A test keeps
 # this list equal to the registry (`test_preflight_backbone_names_match_the_registry`).
@@ -154,7 +154,8 @@ def check_model(run: Path, runtime: str) -> str:
 
 def check_train(data: Path, *, backbone: str | None, strategy: str, out: Path | None, overwrite: bool,
                 budget: str | None, epochs: int | None, batch_size: int | None, lr: float | None, views: int,
-                tta: int, finetune_epochs: int, device: str, weights: Path | None, split_csv: Path | None) -> None:
+                tta: int, finetune_epochs: int, device: str, weights: Path | None, split_csv: Path | None,
+                image_size: int | None = None) -> None:
     check_data_folder(data)
     if strategy != "auto":
         check_strategy(strategy)
@@ -164,6 +165,7 @@ def check_train(data: Path, *, backbone: str | None, strategy: str, out: Path | 
     check_out(out, overwrite)
     _check_counts(epochs=epochs, views=views, tta=tta, finetune_epochs=finetune_epochs)
     at_least("--batch-size", batch_size, 1)
+    at_least("--image-size", image_size, MIN_IMAGE_SIZE)
     if lr is not None and not lr > 0:
         raise TransferlabError(f"--lr must be above 0, got {lr}")
     check_device(device)
