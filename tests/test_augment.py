@@ -170,6 +170,7 @@ def test_presets_by_name():
     assert AugmentConfig.preset("notebook") == AugmentConfig()
     assert AugmentConfig.preset("light") == AugmentConfig.light()
     assert AugmentConfig.preset("none") == AugmentConfig.none()
+    assert AugmentConfig.preset("light-noflip") == dataclasses.replace(AugmentConfig.light(), horizontal_flip=False)
     with pytest.raises(TransferlabError, match="unknown augmentation") as raised:
         AugmentConfig.preset("heavy")
     assert "notebook, light, light-noflip, none" in raised.value.hint
