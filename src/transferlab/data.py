@@ -25,7 +25,7 @@ from rich.table import Table
 from sklearn.model_selection import train_test_split
 
 from transferlab.errors import TransferlabError
-from transferlab.options import check_split_csv_alone, split_fractions
+from transferlab.options import check_data_folder, check_split_csv_alone, split_fractions
 from transferlab.layouts import (
     SPLITS,
     Entry,
@@ -139,7 +139,7 @@ def load_dataset(
     `split` (train, validation, test fractions) applies to the folders layout only; `max_per_class` caps each
     class within each split source (a seeded random subset); `include`/`exclude` select classes by name.
     """
-    root = _data_folder(data)
+    root = check_data_folder(data)
     fractions = split_fractions(split)
     if max_per_class is not None and (not isinstance(max_per_class, int) or max_per_class < 1):
         raise TransferlabError(f"max_per_class must be a positive whole number, got {max_per_class!r}",
@@ -172,17 +172,6 @@ def load_dataset(
     )
     _check_usable(dataset)
     return dataset
-
-
-def _data_folder(data: Path | str) -> Path:
-    root = Path(data).expanduser().absolute()
-    if not root.exists():
-        raise TransferlabError(f"data folder not found: {root}",
-                               hint="pass a folder with one subfolder of images per class")
-    if not root.is_dir():
-        raise TransferlabError(f"data must be a folder, got the file {root}",
-                               hint="pass a folder with one subfolder of images per class (unpack archives first)")
-    return root
 
 
 def _names(names: Iterable[str] | None) -> set[str] | None:

@@ -24,7 +24,7 @@ from transferlab.errors import TransferlabError
 from transferlab.layouts import Skipped, checked, discover, listing
 from transferlab.metrics import evaluate_probabilities, most_confused_pairs
 from transferlab.prediction import ImageInput
-from transferlab.preflight import check_data_folder
+from transferlab.options import check_data_folder
 from transferlab.report import _now, jinja_environment
 from transferlab.runs import staged
 

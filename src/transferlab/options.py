@@ -323,3 +323,16 @@ class TrainOptions:
         values = asdict(self)
         values["cache_dir"] = str(self.cache_dir) if self.cache_dir else None
         return values
+
+
+def check_data_folder(data: Path | str) -> Path:
+    """The data folder, absolute; a clear error when it is missing or a file (here, torch- and sklearn-free, so
+    that the CLI's preflight and `data.load_dataset` say the same)."""
+    root = Path(data).expanduser().absolute()
+    if not root.exists():
+        raise TransferlabError(f"data folder not found: {root}",
+                               hint="pass a folder with one subfolder of images per class")
+    if not root.is_dir():
+        raise TransferlabError(f"data must be a folder, got the file {root}",
+                               hint="pass a folder with one subfolder of images per class (unpack archives first)")
+    return root

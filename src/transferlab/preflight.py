@@ -19,7 +19,7 @@ import struct
 from pathlib import Path
 
 from transferlab.errors import TransferlabError
-from transferlab.options import MIN_IMAGE_SIZE, check_device, check_strategies, check_strategy, check_tta, parse_duration
+from transferlab.options import MIN_IMAGE_SIZE, check_data_folder, check_device, check_strategies, check_strategy, check_tta, parse_duration
 
 # The names `backbones.py` registers, written out so that checking a name costs no torch import. A test keeps
 # this list equal to the registry (`test_preflight_backbone_names_match_the_registry`).
@@ -51,16 +51,6 @@ def check_backbone(name: str | None) -> None:
         raise TransferlabError(f"unknown backbone {unknown[0]!r}", hint=f"choose one of: {', '.join(BACKBONE_NAMES)}")
     if len(set(parts)) != len(parts):
         raise TransferlabError(f"backbone {name!r} names a backbone twice", hint="e.g. efficientnet_lite0+efficientnet_lite2")
-
-
-def check_data_folder(data: Path) -> None:
-    """The same messages as `data.load_dataset` gives, without importing it (it imports scikit-learn)."""
-    if not data.exists():
-        raise TransferlabError(f"data folder not found: {data.expanduser().absolute()}",
-                               hint="pass a folder with one subfolder of images per class")
-    if not data.is_dir():
-        raise TransferlabError(f"data must be a folder, got the file {data.expanduser().absolute()}",
-                               hint="pass a folder with one subfolder of images per class (unpack archives first)")
 
 
 def check_out(out: Path | None, overwrite: bool) -> None:
