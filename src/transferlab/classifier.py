@@ -126,13 +126,10 @@ class Classifier:
         with torch.inference_mode():
             return torch.softmax(self.head(torch.from_numpy(features)), dim=1).numpy()
 
-    def view_probabilities(self, paths: Sequence[str | Path], tta: int = 1) -> tuple[np.ndarray, np.ndarray, dict]:
-        """Probabilities of each view [tta, n_ok, n_classes] (view 0: the image itself, then tta-1 mildly
-        augmented views: flips, small crops), `kept` [n] (whether each path decoded) and {path: reason}."""
-        return self.view_outputs(paths, tta)[:3]
-
     def view_outputs(self, paths: Sequence[str | Path], tta: int) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray]:
-        """view_probabilities plus the features of view 0 (what the confidence check measures)."""
+        """Probabilities of each view [tta, n_ok, n_classes] (view 0: the image itself, then tta-1 mildly
+        augmented views: flips, small crops), `kept` [n] (whether each path decoded), {path: reason}, and the
+        features of view 0 (what the confidence check measures)."""
         check_tta(tta)
         paths = [Path(p) for p in paths]
         missing = [p for p in paths if not p.is_file()]
