@@ -9,6 +9,7 @@ Each run is the real CLI, `transferlab train`, in a subprocess; wall time includ
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -26,7 +27,11 @@ def timed_train(data: Path, out: Path, cache: str, strategy: str, backbone: str 
                "--strategy", strategy, *chosen, "--seed", "0", "--out", str(out), *extra]
     start = time.perf_counter()
     subprocess.run(command, check=True, env={**os.environ, "TRANSFERLAB_CACHE": cache})
-    return time.perf_counter() - start, json.loads((out / "metrics.json").read_text())
+    seconds = time.perf_counter() - start
+    metrics = json.loads((out / "metrics.json").read_text())
+    with (out / "history.csv").open() as rows:  # the learning curve, for slow learners such as scratch
+        metrics["val_accuracy_by_epoch"] = " ".join(f"{float(row['val_accuracy']):.3f}" for row in csv.DictReader(rows))
+    return seconds, metrics
 
 
 def main() -> None:
@@ -52,7 +57,8 @@ def main() -> None:
         no_tta = f"{m['test_accuracy_no_tta']:.2%}" if "test_accuracy_no_tta" in m else "(no TTA)"
         print(f"| {name} | {m['test_accuracy']:.2%} | {no_tta} | {m['top5_accuracy']:.2%} | {seconds:.1f} | "
               f"{m['extract_seconds']:.1f} | {m['train_seconds']:.1f} | {m['n_train']}/{m['n_val']}/{m['n_test']} |")
-    for key in ("views", "augment_key", "finetune_path", "finetune_improved", "phase1_epochs", "epochs_run"):
+    for key in ("views", "augment_key", "finetune_path", "finetune_improved", "phase1_epochs", "epochs_run",
+                "val_accuracy_by_epoch"):
         if key in runs_done[0][2]:
             print(f"\n{key}: {runs_done[0][2][key]}", end="")
     print()

@@ -3,7 +3,7 @@ small convnet learn in few epochs. Images are decoded once per input size (cache
 variant trains the same way `--strategy scratch` does (transferlab's Trunk, mlp head, fit, ImageBatches).
 
     .venv/bin/python bench/scratch_variants.py --backbone small_cnn --epochs 3 \
-        --variant notebook,32,3e-4 --variant none,32,1e-3 [--featurewise center,std]
+        --variant notebook,32,3e-4 --variant none,32,2e-3,one-cycle [--featurewise center,std]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 from common import CALTECH_EXCLUDED, require_caltech
 from transferlab.augment import AugmentConfig
-from transferlab.backbones import create_backbone
+from transferlab.backbones import create_backbone, keras_init
 from transferlab.data import load_dataset
 from transferlab.features import FeatureExtractor
 from transferlab.heads import HeadConfig, build_head
@@ -39,7 +39,8 @@ def decoded(extractor: FeatureExtractor, split, cache: Path) -> dict[str, tuple[
     return torch.load(path)
 
 
-def run(backbone: str, data: dict, n_classes: int, augment: str, batch: int, lr: float, epochs: int, featurewise: set):
+def run(backbone: str, data: dict, n_classes: int, augment: str, batch: int, lr: float, schedule: str, epochs: int,
+        featurewise: set):
     extractor = FeatureExtractor(backbone, pretrained=False, quiet=True)
     mean, std = extractor.mean, extractor.std
     if featurewise:
@@ -48,17 +49,17 @@ def run(backbone: str, data: dict, n_classes: int, augment: str, batch: int, lr:
         std = tuple(s + 1e-6) if "std" in featurewise else std
     torch.manual_seed(0)
     trunk = Trunk(create_backbone(backbone, pretrained=False), mean, std)
-    head = build_head(HeadConfig("mlp", feature_size(trunk, extractor.spec.input_size), n_classes, 256, 0.5))
+    head = keras_init(build_head(HeadConfig("mlp", feature_size(trunk, extractor.spec.input_size), n_classes, 256, 0.5)))
     model = torch.nn.Sequential(trunk, head).to(memory_format=CHANNELS_LAST)
     images, labels = data["train"]
     start = time.perf_counter()
     history = fit(model, (torch.arange(len(labels)), labels), data["validation"],
-                  FitConfig(epochs=epochs, batch_size=batch, lr=lr, patience=None), n_classes=n_classes,
+                  FitConfig(epochs=epochs, batch_size=batch, lr=lr, patience=None, schedule=schedule), n_classes=n_classes,
                   batch_transform=ImageBatches(images, AugmentConfig.preset(augment)), quiet=True, log_epochs=True)
     seconds = time.perf_counter() - start
     test = (predict_logits(model.eval(), data["test"][0]).argmax(1) == data["test"][1]).float().mean().item()
     vals = " ".join(f"{row['val_accuracy']:.3f}" for row in history.epochs)
-    print(f"{backbone} aug={augment} batch={batch} lr={lr} featurewise={sorted(featurewise) or '-'} epochs={epochs}: "
+    print(f"{backbone} aug={augment} batch={batch} lr={lr} schedule={schedule} featurewise={sorted(featurewise) or '-'} epochs={epochs}: "
           f"test {test:.2%}, val by epoch [{vals}], {seconds:.0f} s ({seconds / epochs:.1f} s/epoch)", flush=True)
 
 
@@ -66,7 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backbone", default="small_cnn")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--variant", action="append", required=True, help="augment preset,batch,lr")
+    parser.add_argument("--variant", action="append", required=True, help="augment preset,batch,lr[,schedule]")
     parser.add_argument("--featurewise", default="", help="comma list of center,std")
     parser.add_argument("--cache", type=Path, default=Path("/tmp"))
     args = parser.parse_args()
@@ -74,8 +75,8 @@ def main() -> None:
     data = decoded(FeatureExtractor(args.backbone, pretrained=False, quiet=True), split, args.cache)
     featurewise = set(filter(None, args.featurewise.split(",")))
     for variant in args.variant:
-        augment, batch, lr = variant.split(",")
-        run(args.backbone, data, len(split.classes), augment, int(batch), float(lr), args.epochs, featurewise)
+        augment, batch, lr, schedule = (variant.split(",") + ["constant"])[:4]
+        run(args.backbone, data, len(split.classes), augment, int(batch), float(lr), schedule, args.epochs, featurewise)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 
@@ -107,3 +108,27 @@ def test_compare_names_the_scratch_recipe_it_ran(colours, fit_calls, tmp_path):
     comparison = transferlab.compare(colours, ["scratch"], out=tmp_path / "cmp", quiet=True)
     assert comparison.rows[0]["recipe"] == "default"
     assert "scratch (default recipe)" in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+def test_scratch_networks_start_from_keras_initialisation(colours, monkeypatch):
+    """glorot_uniform kernels and zero biases in the convnet and the head, as in the Keras lessons; PyTorch's
+    default draws smaller weights (bound 1/sqrt(fan_in)) and non-zero biases."""
+    built = {}
+
+    def recording_fit(module, train, val, config, **kwargs):
+        built["network"] = copy.deepcopy(module)  # as fit receives it, before any step
+        return real_fit(module, train, val, dataclasses.replace(config, epochs=1), **kwargs)
+
+    monkeypatch.setattr(scratch, "fit", recording_fit)
+    transferlab.train(colours, strategy="scratch", epochs=1, quiet=True)
+    layers = [m for m in built["network"].modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert len(layers) == 4 + 2  # four convolutions, the head's two dense layers
+    for layer in layers:
+        fan_out, fan_in = layer.weight.shape[0], layer.weight[0].numel()
+        receptive = layer.weight[0, 0].numel()
+        glorot_bound = (6 / (fan_in + fan_out * receptive)) ** 0.5
+        assert torch.all(layer.bias == 0)
+        assert layer.weight.abs().max() <= glorot_bound
+        assert layer.weight.abs().max() > 0.9 * glorot_bound  # uniform over the whole glorot range
+    inner_convs = [layer for layer in layers if isinstance(layer, torch.nn.Conv2d) and layer.in_channels == 32]
+    assert len(inner_convs) == 3 and all(c.weight.abs().max() > 1.5 / (32 * 9) ** 0.5 for c in inner_convs)

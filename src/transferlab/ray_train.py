@@ -37,7 +37,7 @@ import torch.distributed as dist
 from torch import nn
 
 from transferlab.augment import AugmentConfig
-from transferlab.backbones import create_backbone
+from transferlab.backbones import create_backbone, keras_init
 from transferlab.data import DatasetSplit
 from transferlab.errors import TransferlabError
 from transferlab.features import FeatureExtractor
@@ -401,7 +401,7 @@ def scratch(split: DatasetSplit, options: TrainOptions, placement: Placement) ->
     model = create_backbone(options.backbone, pretrained=False)
     trunk = Trunk(model, decoder.mean, decoder.std)
     head, head_config = new_head(options, trunk, decoder.spec.input_size, len(split.classes), seed=None)
-    network = nn.Sequential(trunk, head)
+    network = nn.Sequential(trunk, keras_init(head))  # as the local scratch strategy does
     started = time.perf_counter()
     (tracker,), failed = placement.train(Job(network, portable(decoder), *shards(split), config, len(split.classes),
                                              [Phase(options.fit)]))

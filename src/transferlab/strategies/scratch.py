@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from transferlab.augment import AugmentConfig, FeaturewiseStandardizer
-from transferlab.backbones import create_backbone
+from transferlab.backbones import create_backbone, keras_init
 from transferlab.data import DatasetSplit
 from transferlab.features import FeatureExtractor
 from transferlab.errors import TransferlabError
@@ -45,7 +45,7 @@ def train(split: DatasetSplit, options: TrainOptions) -> Trained:
     head_config = HeadConfig(
         options.head, feature_size(trunk, decoder.spec.input_size), len(split.classes), options.hidden, options.dropout
     )
-    head = build_head(head_config)
+    head = keras_init(build_head(head_config))  # the lessons' Dense layers, initialised as Keras does
     history = fit(
         torch.nn.Sequential(trunk, head).to(memory_format=CHANNELS_LAST),
         (torch.arange(len(split.train)), torch.from_numpy(split.train.labels)),
