@@ -76,6 +76,57 @@ def test_a_rerun_resumes_from_the_last_checkpoint(cluster, photos, tmp_path):
     assert resumed.epochs[:2] == first.epochs  # epochs 1-2 come from the checkpoint, not trained again
 
 
+def test_a_worker_dying_mid_fine_tuning_resumes_from_the_last_checkpoint_and_writes_the_run(
+        cluster, photos, tmp_path, monkeypatch):
+    """A training worker's process is killed (SIGKILL) at the start of phase 2, once: Ray Train restarts the worker
+    group and the run resumes from the phase-1 checkpoint instead of training phase 1 again."""
+    from transferlab import ray_train
+
+    marker, log = tmp_path / "killed", tmp_path / "worker.log"
+
+    def sabotaged(settings: dict) -> None:  # runs on the workers (a local function: Ray ships it by value)
+        import os
+        import signal
+        import time
+
+        from transferlab import ray_train as on_worker
+
+        rank = ray.train.get_context().get_world_rank()
+        real_epoch, real_resumed = on_worker._train_one_epoch, on_worker.resumed
+        calls = []
+
+        def resumed():
+            saved = real_resumed()
+            if rank == 1:
+                with log.open("a") as file:
+                    file.write(f"start {'none' if saved is None else saved['phase']} {len(saved['tracker'].epochs) if saved else 0}\n")
+            return saved
+
+        def one_epoch(*args, **kwargs):
+            calls.append(1)
+            if rank == 1 and len(calls) == 3 and not marker.exists():  # phase 2's first epoch, first attempt only
+                marker.touch()
+                time.sleep(5)  # Ray Train has polled rank 0's phase-1 checkpoints (every 2 s) before the crash
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real_epoch(*args, **kwargs)
+
+        on_worker.resumed, on_worker._train_one_epoch = resumed, one_epoch
+        on_worker.worker_loop(settings)
+
+    monkeypatch.setattr(ray_train, "worker_loop", sabotaged)
+    run = tmp_path / "run"
+    trained = transferlab.train(photos, strategy="finetune", out=run, engine="ray", workers=2,
+                                ray_address=cluster[0].address, **TINY)
+    assert marker.exists()  # the worker did die
+    first, second = log.read_text().splitlines()
+    assert first == "start none 0"
+    assert second.startswith("start 0 ")  # the restarted group began from a phase-1 checkpoint, not from scratch
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs_run"] == len(trained.history.epochs) == TINY["epochs"] + TINY["finetune_epochs"]
+    images = sorted(photos.rglob("*.jpg"))[:2]
+    np.testing.assert_allclose(transferlab.load(run).predict_proba(images), trained.predict_proba(images), atol=1e-5)
+
+
 def test_workers_without_data_parallel_training_is_one_clear_error(photos):
     with pytest.raises(TransferlabError, match="--workers"):
         transferlab.train(photos, strategy="extract", engine="ray", workers=2)
