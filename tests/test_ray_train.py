@@ -159,3 +159,6 @@ def test_scratch_on_ray_train_from_the_command_line_writes_a_loadable_run(cluste
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert (metrics["engine"], metrics["workers"], metrics["epochs_run"]) == ("ray", 2, 1)
     assert len(transferlab.load(tmp_path / "run").predict(sorted(photos.rglob("*.jpg"))[:2])) == 2
+    # The default recipe standardises inputs per channel, from training images the driver sampled and decoded.
+    mean, std = json.loads((tmp_path / "run" / "model.json").read_text())["normalization"]
+    assert all(0.05 < m < 0.95 for m in mean) and all(0.02 < s < 0.6 for s in std)

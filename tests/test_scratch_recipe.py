@@ -132,3 +132,22 @@ def test_scratch_networks_start_from_keras_initialisation(colours, monkeypatch):
         assert layer.weight.abs().max() > 0.9 * glorot_bound  # uniform over the whole glorot range
     inner_convs = [layer for layer in layers if isinstance(layer, torch.nn.Conv2d) and layer.in_channels == 32]
     assert len(inner_convs) == 3 and all(c.weight.abs().max() > 1.5 / (32 * 9) ** 0.5 for c in inner_convs)
+
+
+def test_default_recipe_standardises_inputs_with_the_training_images_channel_statistics(colours, fit_calls, tmp_path):
+    import numpy as np
+
+    transferlab.train(colours, strategy="scratch", out=tmp_path / "run", quiet=True)
+    assert fit_calls[0]["augment"] is None  # standardisation is no per-image augmentation: images go in as decoded
+    split = transferlab.dataset(colours)  # the split train drew (same seed)
+    decoder = transferlab.load(tmp_path / "run").extractor
+    decoded = torch.from_numpy(np.stack([decoder.prepare(path) for path in split.train.paths])).permute(0, 3, 1, 2)
+    mean, std = scratch.channel_statistics(decoded)
+    saved_mean, saved_std = json.loads((tmp_path / "run" / "model.json").read_text())["normalization"]
+    np.testing.assert_allclose(saved_mean, mean, atol=1e-6)
+    np.testing.assert_allclose(saved_std, std, atol=1e-5)
+
+
+def test_lesson_recipe_keeps_kerass_rescaling_by_255(colours, fit_calls, tmp_path):
+    transferlab.train(colours, strategy="scratch", recipe="lesson", out=tmp_path / "run", quiet=True)
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["normalization"] is None  # the spec's x/255

@@ -206,8 +206,9 @@ def test_scratch_trains_the_small_convnet_and_reloads_identically(colours, tmp_p
     loaded = transferlab.load(tmp_path / "run")
     np.testing.assert_allclose(loaded.predict_proba(images), classifier.predict_proba(images), atol=1e-6)
     assert json.loads((tmp_path / "run" / "model.json").read_text())["pretrained"] is False
-    # the default recipe: small batches, no augmentation
-    assert classifier.metrics["augment_key"] == AugmentConfig.none().key() and classifier.metrics["recipe"] == "default"
+    # the default recipe: small batches, no augmentation, inputs standardised per channel
+    standardised = dataclasses.replace(AugmentConfig.none(), featurewise_center=True, featurewise_std_normalization=True)
+    assert classifier.metrics["augment_key"] == standardised.key() and classifier.metrics["recipe"] == "default"
     assert json.loads((tmp_path / "run" / "config.json").read_text())["options"]["fit"]["batch_size"] == 32
 
 

@@ -93,6 +93,15 @@ class AugmentConfig:
     def _set(self, name: str, value: object) -> None:
         object.__setattr__(self, name, value)  # frozen dataclass: normalise in place during __post_init__
 
+    def changes_images(self) -> bool:
+        """Whether augment_image changes an image: the dataset-level options (featurewise_*, zca_*) never do,
+        they act on the network's input normalisation."""
+        per_image = dataclasses.replace(
+            self, featurewise_center=False, featurewise_std_normalization=False, zca_whitening=False,
+            zca_epsilon=AugmentConfig.zca_epsilon,
+        )
+        return per_image != AugmentConfig.none()
+
     def key(self) -> str:
         """Stable 16-hex-digit hash of every parameter (used in feature-cache keys)."""
         payload = json.dumps([_KEY_VERSION, dataclasses.asdict(self)], sort_keys=True)

@@ -34,8 +34,9 @@ WorkersOption = Annotated[Optional[int], typer.Option(
     help="--engine ray, finetune --end-to-end or scratch: Ray Train workers (default: one per CPU, or GPU, of the cluster).",
 )]
 RecipeOption = Annotated[Optional[str], typer.Option(
-    help="scratch: default | lesson (the transfer-learning lesson's baseline: 224 px, batch 128, Adam 1e-3, 10 epochs, "
-    "no augmentation); --epochs, --batch-size, --lr, --augment, --backbone override its settings.",
+    help="scratch: default (128 px, batch 32, Adam 1e-3, 9 epochs, inputs standardised per channel) | lesson (the "
+    "transfer-learning lesson's baseline: 224 px, batch 128, Adam 1e-3, 10 epochs, no augmentation); --epochs, "
+    "--batch-size, --lr, --augment (replacing the recipe's augmentation and standardisation), --backbone override it.",
 )]
 
 

@@ -48,12 +48,13 @@ from transferlab.strategies.augment import augment_config
 from transferlab.strategies.base import Trained, make_extractor
 from transferlab.strategies.finetune import Phases, finetune_config, finetune_result, unfrozen_groups, unfrozen_state_keys
 from transferlab.strategies.inputs import CHANNELS_LAST, ImageBatches, decode_images
-from transferlab.strategies.scratch import augmentation, feature_size
+from transferlab.strategies.scratch import augmentation, feature_size, featurewise_normalization
 from transferlab.training import History, _train_one_epoch, class_weights, make_optimizer, make_scheduler, predict_logits
 from transferlab.trunk import Trunk
 
 MAX_FAILURES = 3  # worker-group restarts (a lost node) before the job fails; each resumes from the last checkpoint
 CHECKPOINT = "state.pt"
+FEATUREWISE_SAMPLE = 1000  # training images whose per-channel statistics standardise a from-scratch network's input
 
 
 # -- what the workers run ----------------------------------------------------------------------------
@@ -389,17 +390,18 @@ def finetune(split: DatasetSplit, options: TrainOptions, placement: Placement) -
 
 
 def scratch(split: DatasetSplit, options: TrainOptions, placement: Placement) -> Trained:
-    """strategies.scratch on the workers (featurewise statistics would need every image on the driver)."""
+    """strategies.scratch on the workers; featurewise statistics come from a sample decoded on the driver."""
     if options.layer is not None:
         raise TransferlabError("--layer cannot be combined with training from scratch", hint="drop --layer")
     config = augmentation(options)
-    if config.featurewise_center or config.featurewise_std_normalization or config.zca_whitening:
-        raise TransferlabError("featurewise standardisation is not available with --engine ray",
-                               hint="use --engine local, or an augmentation without featurewise statistics")
+    if config.zca_whitening:
+        raise TransferlabError("ZCA whitening is not available with --engine ray",
+                               hint="use --engine local, or an augmentation without zca_whitening")
     decoder = make_extractor(options, pretrained=False)
+    normalization = sampled_normalization(split, config, decoder, options)
     torch.manual_seed(options.fit.seed)
     model = create_backbone(options.backbone, pretrained=False)
-    trunk = Trunk(model, decoder.mean, decoder.std)
+    trunk = Trunk(model, *(normalization or (decoder.mean, decoder.std)))
     head, head_config = new_head(options, trunk, decoder.spec.input_size, len(split.classes), seed=None)
     network = nn.Sequential(trunk, keras_init(head))  # as the local scratch strategy does
     started = time.perf_counter()
@@ -409,7 +411,19 @@ def scratch(split: DatasetSplit, options: TrainOptions, placement: Placement) ->
     network.cpu().eval()
     split = split.without(failed) if failed else split
     state = {key: value.detach().clone() for key, value in model.state_dict().items()}
-    extractor = make_extractor(options, pretrained=False, backbone_state=state)
+    extractor = make_extractor(options, pretrained=False, backbone_state=state, normalization=normalization)
     extra = {"augment_key": config.key(), "recipe": scratch_recipe(options.recipe).name}
     history = tracker.history(time.perf_counter() - started)
     return Trained(extractor, head, head_config, history, split, extra=extra)
+
+
+def sampled_normalization(split: DatasetSplit, config: AugmentConfig, decoder: FeatureExtractor,
+                          options: TrainOptions) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """Featurewise statistics from a random sample of at most FEATUREWISE_SAMPLE training images decoded on the
+    driver (the workers hold the images; a per-channel mean and std need only a sample: Keras' fit() too)."""
+    if not (config.featurewise_center or config.featurewise_std_normalization):
+        return None
+    rows = np.random.default_rng(options.fit.seed).permutation(len(split.train))[:FEATUREWISE_SAMPLE]
+    images, _ = decode_images(decoder, [split.train.paths[i] for i in sorted(rows)], "featurewise statistics",
+                              options.quiet)
+    return featurewise_normalization(images, config, decoder)

@@ -66,7 +66,7 @@ class ImageBatches:
 
     def __init__(self, images: torch.Tensor, config: AugmentConfig | None):
         self.images = images
-        self.config = None if config == AugmentConfig.none() else config
+        self.config = config if config is not None and config.changes_images() else None
 
     def __call__(self, indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         batch = self.images[indices]

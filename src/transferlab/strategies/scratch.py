@@ -9,6 +9,8 @@ every batch (the recipe's preset unless `augment` says otherwise; AugmentConfig.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -65,8 +67,12 @@ def train(split: DatasetSplit, options: TrainOptions) -> Trained:
 
 
 def augmentation(options: TrainOptions) -> AugmentConfig:
-    """The user's, or the recipe's preset."""
-    return augment_config(options, default=AugmentConfig.preset(scratch_recipe(options.recipe).augment))
+    """The user's, or the recipe's preset (with its featurewise standardisation)."""
+    recipe = scratch_recipe(options.recipe)
+    preset = AugmentConfig.preset(recipe.augment)
+    if recipe.featurewise:
+        preset = dataclasses.replace(preset, featurewise_center=True, featurewise_std_normalization=True)
+    return augment_config(options, default=preset)
 
 
 def featurewise_normalization(
