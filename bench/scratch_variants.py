@@ -22,7 +22,7 @@ from transferlab.features import FeatureExtractor
 from transferlab.heads import HeadConfig, build_head
 from transferlab.options import FitConfig
 from transferlab.strategies.inputs import CHANNELS_LAST, ImageBatches, decode_images
-from transferlab.strategies.scratch import channel_statistics, feature_size
+from transferlab.strategies.scratch import feature_size, featurewise_normalization
 from transferlab.training import fit, predict_logits
 from transferlab.trunk import Trunk
 
@@ -42,13 +42,11 @@ def decoded(extractor: FeatureExtractor, split, cache: Path) -> dict[str, tuple[
 def run(backbone: str, data: dict, n_classes: int, augment: str, batch: int, lr: float, schedule: str, epochs: int,
         featurewise: set):
     extractor = FeatureExtractor(backbone, pretrained=False, quiet=True)
-    mean, std = extractor.mean, extractor.std
-    if featurewise:
-        m, s = channel_statistics(data["train"][0])
-        mean = tuple(m) if "center" in featurewise else mean
-        std = tuple(s + 1e-6) if "std" in featurewise else std
+    standardise = AugmentConfig(featurewise_center="center" in featurewise,
+                                featurewise_std_normalization="std" in featurewise)
+    normalization = featurewise_normalization(data["train"][0], standardise, extractor)  # as --strategy scratch
     torch.manual_seed(0)
-    trunk = Trunk(create_backbone(backbone, pretrained=False), mean, std)
+    trunk = Trunk(create_backbone(backbone, pretrained=False), *(normalization or (extractor.mean, extractor.std)))
     head = keras_init(build_head(HeadConfig("mlp", feature_size(trunk, extractor.spec.input_size), n_classes, 256, 0.5)))
     model = torch.nn.Sequential(trunk, head).to(memory_format=CHANNELS_LAST)
     images, labels = data["train"]
