@@ -271,3 +271,21 @@ def test_zca_whitening_is_refused_at_sizes_it_cannot_handle(colours):
     config = dataclasses.replace(AugmentConfig.none(), zca_whitening=True)
     with pytest.raises(TransferlabError, match="ZCA whitening needs images of at most"):
         transferlab.train(colours, strategy="scratch", augment=config, epochs=1, quiet=True)
+
+
+def test_tta_views_are_not_mirrored_when_training_ruled_flips_out(colours, tmp_path):
+    transferlab.train(colours, strategy="augment", augment="light-noflip", out=tmp_path / "run", views=1, epochs=2,
+                      quiet=True)
+    classifier = transferlab.load(tmp_path / "run")
+    assert classifier.tta_mirror is False
+    paths = sorted((colours / "red").glob("*.jpg"))[:4]
+    views, _, _, _ = classifier.view_outputs(paths, tta=2)
+    unmirrored = classifier.extractor.extract(paths, augment=AugmentConfig.light_noflip(), view=1).features
+    mirrored = classifier.extractor.extract(paths, augment=AugmentConfig.light(), view=1).features
+    assert not np.allclose(unmirrored, mirrored)  # the two view sets differ, so the check below can fail
+    np.testing.assert_allclose(views[1], classifier.probabilities_from_features(unmirrored), atol=1e-6)
+
+
+def test_tta_views_may_be_mirrored_by_default(colours, tmp_path):
+    transferlab.train(colours, strategy="augment", out=tmp_path / "run", views=1, epochs=2, quiet=True)
+    assert transferlab.load(tmp_path / "run").tta_mirror is True

@@ -72,6 +72,8 @@ class Classifier:
         self.metrics: dict = {}
         self.history = None
         self.confidence: ConfidenceCheck | None = None  # fitted at training time; None for older runs: no flag
+        # Test-time views may be mirrored unless training ruled flips out (digits, text: a mirror changes them).
+        self.tta_mirror = True
 
     def __repr__(self) -> str:
         return f"Classifier(backbone={self.backbone!r}, strategy={self.strategy!r}, classes={len(self.classes)})"
@@ -128,7 +130,7 @@ class Classifier:
 
     def view_outputs(self, paths: Sequence[str | Path], tta: int) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray]:
         """Probabilities of each view [tta, n_ok, n_classes] (view 0: the image itself, then tta-1 mildly
-        augmented views: flips, small crops), `kept` [n] (whether each path decoded), {path: reason}, and the
+        augmented views: small crops, and flips unless `tta_mirror` is off), `kept` [n] (whether each path decoded), {path: reason}, and the
         features of view 0 (what the confidence check measures)."""
         check_tta(tta)
         paths = [Path(p) for p in paths]
@@ -141,7 +143,7 @@ class Classifier:
             return np.zeros((tta, 0, len(self.classes)), np.float32), result.kept, failed, result.features
         decoded = [p for p, k in zip(paths, result.kept) if k]
         views = [self.probabilities_from_features(result.features)]
-        light = AugmentConfig.light()
+        light = AugmentConfig.light() if self.tta_mirror else AugmentConfig.light_noflip()
         for view in range(1, tta):
             augmented = self.extractor.extract(decoded, augment=light, view=view, description=f"features: view {view}")
             views.append(self.probabilities_from_features(augmented.features))
@@ -270,6 +272,7 @@ class Classifier:
             "confidence": self.confidence.to_json() if self.confidence is not None else None,
             "precision": self.extractor.precision,
             "calibration": self.extractor.calibration if self.extractor.precision == "int8" else None,
+            "tta_mirror": self.tta_mirror,
         }
         self._save_quantized_trunks(directory)
         atomic_write_bytes(directory / "model.json", json.dumps(description, indent=2).encode())
@@ -323,6 +326,7 @@ class Classifier:
             strategy=description.get("strategy", "extract"),
             run_dir=directory,
         )
+        classifier.tta_mirror = description.get("tta_mirror", True)  # runs from before it: always mirrored
         if description.get("confidence") and REFERENCE_KEY in tensors:
             classifier.confidence = ConfidenceCheck.from_json(description["confidence"], tensors[REFERENCE_KEY].numpy())
         metrics_path = directory / "metrics.json"

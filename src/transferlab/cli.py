@@ -102,7 +102,7 @@ def train(
     end_to_end: EndToEndOption = None,
     image_size: Annotated[Optional[int], typer.Option(help="Network input size in pixels (default: the backbone's own); e.g. 96 for small images.")] = None,
     batchnorm: Annotated[str, typer.Option(help="Whole-network fine-tuning: BatchNorm statistics frozen (ImageNet's) or train (re-estimated).")] = "frozen",
-    tta: Annotated[int, typer.Option(help="Test-time augmentation views for the evaluation (1: off).")] = 1,
+    tta: Annotated[int, typer.Option(help="Test-time augmentation views for the evaluation (1: off); mirrored only if the training augmentation flips.")] = 1,
     engine: EngineOption = "local",
     ray_address: RayAddressOption = None,
     workers: WorkersOption = None,
@@ -358,7 +358,7 @@ def compare(
     end_to_end: EndToEndOption = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     precision: PrecisionOption = "auto",
-    tta: Annotated[int, typer.Option(help="Test-time augmentation views for the evaluations (1: off).")] = 1,
+    tta: Annotated[int, typer.Option(help="Test-time augmentation views for the evaluations (1: off); mirrored only if the training augmentation flips.")] = 1,
     engine: EngineOption = "local",
     ray_address: RayAddressOption = None,
 ):

@@ -170,6 +170,7 @@ def train(
     )
     console.print(dataset.summary_table())
     result = train_strategy(engine, strategy, dataset, options, run_dir=run_dir, address=ray_address, workers=workers)
+    result.classifier.tta_mirror = options.augment is None or options.augment.horizontal_flip
     fit_confidence_check(result.classifier, result.split, seed)
     test, test_features = predict_test(result, tta)
     metrics = run_metrics(result, test, tta, time.perf_counter() - started)
