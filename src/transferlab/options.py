@@ -40,7 +40,8 @@ PRECISIONS = ("auto", "float32", "int8")
 # change backbone weights, so their trunk stays float32.
 INT8_STRATEGIES = ("extract", "augment")
 # Backbones whose frozen trunk runs in int8 by default on a CPU (precision "auto"): those whose Caltech-101/97
-# test accuracy dropped by at most 0.3 points with int8 features (docs/benchmarks.md, "int8 extraction").
+# accuracy drops by at most 0.3 points with int8 features and whose cold training run gets faster. None does on
+# the measured 2-core CPU (docs/benchmarks.md, "int8 extraction": calibration costs more than the trunk saves).
 INT8_DEFAULT_BACKBONES: frozenset[str] = frozenset()
 
 
