@@ -72,6 +72,19 @@ def test_ray_features_equal_local_features_under_the_same_cache_keys(cluster, ph
     assert ray_engine.extract_to_cache(on_ray, paths).computed == 0  # cached keys are never sent again
 
 
+def test_a_cpu_trunk_actor_reads_hashes_and_decodes_batches_of_paths_itself(photos, tmp_path):
+    from transferlab import ray_engine
+    from transferlab.features import cache_key
+
+    paths = every_path(photos)[:5] + [photos / BROKEN]
+    extractor = FeatureExtractor(cache_dir=tmp_path, quiet=True)
+    actor = ray_engine.TrunkActor(ray_engine.portable(extractor), [None], decode={"augment": None, "view": 0})
+    out = actor({"path": np.array([str(p) for p in paths], dtype=object)})  # paths in, no decoding stage before
+    assert list(out["error"]) == [""] * 5 + ["truncated image"]
+    assert list(out["key"][:5]) == [cache_key(file_digest(p)) for p in paths[:5]]
+    np.testing.assert_allclose(out["feature"][:5], extractor.extract(paths).features, atol=1e-4)
+
+
 def test_a_lost_worker_node_still_gives_identical_features(cluster, photos, tmp_path):
     from transferlab import ray_engine
 

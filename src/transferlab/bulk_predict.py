@@ -45,13 +45,15 @@ def written_paths(parts: Path) -> set[str]:
 class PredictActor:
     """The trunk actor plus the run's head: features -> top-k labels and probabilities."""
 
-    def __init__(self, extractor: FeatureExtractor, trunk_ref: list, classifier: Classifier, top_k: int):
+    def __init__(self, extractor: FeatureExtractor, trunk_ref: list, classifier: Classifier, top_k: int,
+                 decode: dict | None = None):
         from transferlab.ray_engine import TrunkActor
 
-        self.trunk = TrunkActor(extractor, trunk_ref)
+        self.trunk = TrunkActor(extractor, trunk_ref, decode=decode)
         self.classifier, self.top_k = classifier, top_k
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch = self.trunk.prepared(batch)
         ok = batch["error"] == ""
         features = self.trunk.features(batch)
         k = max(1, min(self.top_k, len(self.classifier.classes)))

@@ -1,10 +1,13 @@
 """The Ray engine: feature extraction and bulk prediction streamed through a Ray cluster with Ray Data.
 
 The driver decides what to compute (the same file list and split as the local engine, minus the images whose
-features are already cached) and lists paths, nothing more. Ray tasks read each file once, hash its bytes into
-the same content-addressed key the local engine uses and decode it with the same `FeatureExtractor.prepare`;
-an actor pool runs the frozen trunk (one ONNX Runtime session per CPU actor, built from the bytes of the very
-trunk file the local engine exports; PyTorch on GPU actors). Features stream back in batches and the driver
+features are already cached) and lists paths, nothing more. On CPU one trunk actor per CPU takes batches of
+paths and does everything with them: reads each file once, hashes its bytes into the same content-addressed key
+the local engine uses, decodes it with the same `FeatureExtractor.prepare` and runs the frozen trunk (one ONNX
+Runtime session per actor, built from the bytes of the very trunk file the local engine exports). Each actor runs
+two batches at once in two threads, so one decodes while the other is in ONNX Runtime, as the local engine
+overlaps them; decoded images never cross the object store. On GPU, decoding runs as separate CPU tasks feeding
+PyTorch actors (the GPU must not wait for one actor's CPU). Features stream back in batches and the driver
 stores them in the local feature cache, so a local run afterwards reads them, and images already cached (by
 either engine) are never sent. No decoded image reaches the driver.
 
@@ -31,11 +34,15 @@ from transferlab.features import FeatureExtractor, cache_key
 from transferlab.files import bytes_digest, memoized_file_digest
 from transferlab.runtimes import OnnxRuntime, TrunkSource, verified
 
-DECODE_BATCH = 16  # images a decoding task prepares at once (~2.4 MB of 224 px uint8 images)
-# A trunk actor and two decoding tasks share a CPU, so the trunk rarely waits for decoded batches; the two
-# differ, which also keeps Ray Data from fusing decoding into the actors (decoding then scales on its own).
+DECODE_BATCH = 16  # images a GPU-feeding decoding task prepares at once (~2.4 MB of 224 px uint8 images)
+DECODE_CPUS = 0.25  # GPU path: several decoding tasks per CPU keep the GPU actors fed
+# CPU path: two calls of an actor run at once, in two threads, so that it decodes one batch while the trunk runs
+# the other (PIL and ONNX Runtime release the GIL); Ray Data queues a few more on it so it never waits for input.
+CALLS_PER_ACTOR = 2
+# A CPU trunk actor keeps its CPU busy but reserves half of it: Ray Data spreads the actors one per CPU across
+# the nodes all the same, and when a node is lost its actors can restart on the survivors (with a whole CPU
+# each, a cluster without spare CPUs could not restart them, and their retried batches would wait forever).
 ACTOR_CPUS = 0.5
-DECODE_CPUS = 0.25
 MAX_BLOCKS = 4096  # path blocks; more only adds scheduling overhead
 
 
@@ -105,10 +112,12 @@ def decode_file(path: Path, extractor: FeatureExtractor, augment: AugmentConfig 
 
 
 class TrunkActor:
-    """One frozen trunk per actor: the ONNX session is built once, from the driver's exported file."""
+    """One frozen trunk per actor: the ONNX session is built once, from the driver's exported file. With `decode`
+    ({"augment", "view"}) it takes batches of paths and decodes them itself (the CPU path); without, batches
+    already decoded by `decode_batch` tasks (the GPU path)."""
 
-    def __init__(self, extractor: FeatureExtractor, trunk_ref: list, threads: int = 1):
-        self.extractor = extractor
+    def __init__(self, extractor: FeatureExtractor, trunk_ref: list, threads: int = 1, decode: dict | None = None):
+        self.extractor, self.decode = extractor, decode
         if trunk_ref[0] is not None:  # in a list: Ray would otherwise resolve the reference before __init__
             import onnxruntime as ort
 
@@ -118,9 +127,15 @@ class TrunkActor:
             session = ort.InferenceSession(ray.get(trunk_ref[0]), options, providers=["CPUExecutionProvider"])
             source = TrunkSource(extractor.trunk, extractor.onnx_path(), extractor.spec.input_size, "cpu")
             extractor._runtime = OnnxRuntime(source, session=session)
+        else:  # built now, not by the first of two concurrent calls (each would build its own)
+            extractor.runner  # noqa: B018
+
+    def prepared(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The batch with its key, error and image columns (decoded here on the CPU path)."""
+        return batch if self.decode is None else decode_batch(batch, self.extractor, **self.decode)
 
     def features(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        """Features of the rows that decoded; zeros in the others (they carry their error)."""
+        """Features of the rows of a prepared batch that decoded; zeros in the others (they carry their error)."""
         ok = batch["error"] == ""
         vectors = self.extractor.run_batch(batch["image"][ok]) if ok.any() else None
         dim = vectors.shape[1] if vectors is not None else 1
@@ -130,27 +145,42 @@ class TrunkActor:
         return out
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch = self.prepared(batch)
         return {"path": batch["path"], "key": batch["key"], "error": batch["error"], "feature": self.features(batch)}
 
 
 def stream(paths: Sequence[str], extractor: FeatureExtractor, actor: type = TrunkActor, *,
            augment: AugmentConfig | None = None, view: int = 0, actor_args: dict | None = None,
            batch_size: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of the actor's output for `paths`, as they finish (in no particular order)."""
+    """Batches of the actor's output for `paths`, as they finish (in no particular order). `actor` is constructed
+    with (extractor, trunk_ref, decode, **actor_args) and is called with batches of paths on CPU (`decode` says
+    how to decode them: `TrunkActor.prepared`) or of decoded images on GPU (`decode` None)."""
     shipped = portable(extractor)
-    gpu = extractor.device.startswith("cuda")
-    actors = max(1, int(ray.cluster_resources().get("GPU", 1))) if gpu else trunk_actors()
-    blocks = min(MAX_BLOCKS, -(-len(paths) // DECODE_BATCH))
-    dataset = ray.data.from_items([{"path": str(p)} for p in paths], override_num_blocks=blocks)
-    dataset = dataset.map_batches(decode_batch, batch_size=DECODE_BATCH, batch_format="numpy", num_cpus=DECODE_CPUS,
-                                  fn_kwargs={"extractor": shipped, "augment": augment, "view": view})
+    batch_size = batch_size or extractor.batch_size
+    decoding = {"augment": augment, "view": view}
+    if extractor.device.startswith("cuda"):
+        dataset = path_dataset(paths, DECODE_BATCH).map_batches(
+            decode_batch, batch_size=DECODE_BATCH, batch_format="numpy", num_cpus=DECODE_CPUS,
+            fn_kwargs={"extractor": shipped, **decoding})
+        decode, resources = None, {"num_gpus": 1}
+        compute = ray.data.ActorPoolStrategy(size=max(1, int(ray.cluster_resources().get("GPU", 1))))
+    else:
+        dataset, decode, resources = path_dataset(paths, batch_size), decoding, {"num_cpus": ACTOR_CPUS}
+        compute = ray.data.ActorPoolStrategy(size=trunk_actors(), max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
+                                             enable_true_multi_threading=True)
     dataset = dataset.map_batches(
-        actor, batch_size=batch_size or extractor.batch_size, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        fn_constructor_kwargs={"extractor": shipped, "trunk_ref": [exported_trunk(extractor)], **(actor_args or {})},
-        **({"num_gpus": 1} if gpu else {"num_cpus": ACTOR_CPUS}),
+        actor, batch_size=batch_size, batch_format="numpy", compute=compute,
+        fn_constructor_kwargs={"extractor": shipped, "trunk_ref": [exported_trunk(extractor)], "decode": decode,
+                               **(actor_args or {})},
+        **resources,
     )
     yield from dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
+
+
+def path_dataset(paths: Sequence[str], per_block: int) -> ray.data.Dataset:
+    """The paths as a dataset of about `per_block` rows a block (a block is the unit a lost task redoes)."""
+    blocks = min(MAX_BLOCKS, max(1, -(-len(paths) // per_block)))
+    return ray.data.from_items([{"path": str(p)} for p in paths], override_num_blocks=blocks)
 
 
 @dataclass
