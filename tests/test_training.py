@@ -141,7 +141,8 @@ def test_plain_adam_trains_bit_for_bit_as_torch_adam():
     def trained_with(make):
         torch.manual_seed(0)
         head = build_head(HeadConfig("mlp", 16, 3))
-        groups = [{"params": list(head[0].parameters()), "lr": 1e-2}, {"params": list(head[3].parameters()), "lr": 1e-3}]
+        groups = [{"params": list(head[0].parameters()), "lr": 1e-2},
+                  {"params": list(head[3].parameters()), "lr": 1e-3}]
         optimizer = make(groups)
         x, y = blobs()
         for _ in range(20):
