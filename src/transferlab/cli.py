@@ -58,6 +58,22 @@ def data_selection(include: str | None, exclude: str | None, split: str, max_per
     }
 
 
+# the flags `train` and `compare` share that reach the API under their own name
+SHARED_KEYWORDS = ("overwrite", "seed", "unfreeze", "device", "precision", "tta")
+
+
+def shared_keywords(flags: dict) -> dict:
+    """The API keywords `train` and `compare` build alike from their flags (the command's locals()): the run
+    folder, the data selection, the same-named knobs, the engine and quietness."""
+    return {
+        "out": flags["out_dir"],
+        **{name: flags[name] for name in SHARED_KEYWORDS},
+        **data_selection(flags["include"], flags["exclude"], flags["split"], flags["max_per_class"]),
+        **engine_keywords(flags["engine"], flags["ray_address"], flags.get("workers")),
+        "quiet": state.quiet,
+    }
+
+
 def parse_layer(value: str | None) -> int | None:
     if value is None:
         return None
@@ -112,7 +128,7 @@ def train(
                           epochs=epochs, batch_size=batch_size, lr=lr, views=views, tta=tta,
                           finetune_epochs=finetune_epochs, device=device, weights=weights, split_csv=split_csv,
                           image_size=image_size)
-    selection = data_selection(include, exclude, split, max_per_class)
+    keywords = shared_keywords(locals())
     from transferlab.api import train as train_api
 
     classifier = train_api(
@@ -120,11 +136,7 @@ def train(
         backbone=backbone,
         strategy=strategy,
         budget=parse_duration(budget) if budget else None,
-        out=out_dir,
-        overwrite=overwrite,
         split_csv=split_csv,
-        seed=seed,
-        **selection,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -134,21 +146,16 @@ def train(
         patience=patience or None,
         layer=parse_layer(layer),
         weights=weights,
-        device=device,
         runtime=runtime,
-        precision=precision,
         views=views,
         augment=augment,
         recipe=recipe,
-        unfreeze=unfreeze,
         finetune_epochs=finetune_epochs,
         finetune_lr=finetune_lr,
         end_to_end=end_to_end,
         image_size=image_size,
         batchnorm=batchnorm,
-        tta=tta,
-        **engine_keywords(engine, ray_address, workers),
-        quiet=state.quiet,
+        **keywords,
     )
     if state.json:
         emit_json({"run_dir": str(classifier.run_dir), **{k: v for k, v in classifier.metrics.items() if k != "test"}})
@@ -366,7 +373,7 @@ def compare(
     preflight.check_compare(data, strategies=comma_list(strategies) or [], backbone=backbone,
                             scratch_backbone=scratch_backbone, out=out_dir, overwrite=overwrite, epochs=epochs,
                             views=views, tta=tta, finetune_epochs=finetune_epochs, device=device)
-    selection = data_selection(include, exclude, split, max_per_class)
+    keywords = shared_keywords(locals())
     from transferlab.api import compare as compare_api
 
     optional = {
@@ -379,16 +386,7 @@ def compare(
         backbone=backbone,
         scratch_backbone=scratch_backbone,
         scratch_recipe=recipe,
-        out=out_dir,
-        overwrite=overwrite,
-        seed=seed,
-        **selection,
-        unfreeze=unfreeze,
-        device=device,
-        precision=precision,
-        tta=tta,
-        **engine_keywords(engine, ray_address),
-        quiet=state.quiet,
+        **keywords,
         **{key: value for key, value in optional.items() if value is not None},
     )
     if state.json:

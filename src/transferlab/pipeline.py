@@ -171,7 +171,7 @@ def train(
     console.print(dataset.summary_table())
     result = train_strategy(engine, strategy, dataset, options, run_dir=run_dir, address=ray_address, workers=workers)
     result.classifier.tta_mirror = options.augment is None or options.augment.horizontal_flip
-    fit_confidence_check(result.classifier, result.split, seed)
+    fit_confidence_check(result.classifier, result.split, seed, known=result.split_features)
     test, test_features = predict_test(result, tta)
     metrics = run_metrics(result, test, tta, time.perf_counter() - started)
     metrics.update(confidence_metrics(result.classifier, test, test_features))
@@ -214,16 +214,22 @@ def check_backbone(strategy: str, options: TrainOptions) -> None:
         )
 
 
-def fit_confidence_check(classifier: Classifier, split, seed: int) -> None:
+def fit_confidence_check(classifier: Classifier, split, seed: int,
+                         known: dict[str, np.ndarray] | None = None) -> None:
     """Fit the low-confidence / out-of-distribution check (transferlab.confidence) on the trained model's
     features: at most MAX_REFERENCE training images as neighbours, thresholds from the validation images.
-    Features of the unchanged backbone come from the cache; after fine-tuning they are computed once more."""
+    `known`: the split's features a strategy already holds (StrategyResult.split_features), used as they are;
+    otherwise features of the unchanged backbone come from the cache, and after fine-tuning they are computed
+    once more."""
     rows = reference_rows(split.train.labels, seed=seed)
-    train = classifier.extractor.extract([split.train.paths[i] for i in rows], description="features: confidence")
-    val = classifier.extractor.extract(split.validation.paths, description="features: confidence (validation)")
+    if known is not None:
+        train_features, train_labels, val_features = known["train"][rows], split.train.labels[rows], known["validation"]
+    else:
+        train = classifier.extractor.extract([split.train.paths[i] for i in rows], description="features: confidence")
+        val = classifier.extractor.extract(split.validation.paths, description="features: confidence (validation)")
+        train_features, train_labels, val_features = train.features, split.train.labels[rows][train.kept], val.features
     classifier.confidence = fit_confidence(
-        train.features, split.train.labels[rows][train.kept], val.features,
-        classifier.probabilities_from_features(val.features), seed=seed,
+        train_features, train_labels, val_features, classifier.probabilities_from_features(val_features), seed=seed,
     )
 
 

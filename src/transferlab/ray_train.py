@@ -49,7 +49,7 @@ from transferlab.strategies.base import Trained, make_extractor
 from transferlab.strategies.finetune import Phases, finetune_config, finetune_result, unfrozen_groups, unfrozen_state_keys
 from transferlab.strategies.inputs import CHANNELS_LAST, ImageBatches, decode_images
 from transferlab.strategies.scratch import augmentation, feature_size, featurewise_normalization
-from transferlab.training import History, _train_one_epoch, class_weights, make_optimizer, make_scheduler, predict_logits
+from transferlab.training import History, _train_one_epoch, class_weights, make_scheduler, predict_logits, torch_optimizer
 from transferlab.trunk import Trunk
 
 MAX_FAILURES = 3  # worker-group restarts (a lost node) before the job fails; each resumes from the last checkpoint
@@ -189,8 +189,9 @@ def train_phase(job: Job, number: int, network: nn.Module, shard: Shard, done: l
     indices = torch.arange(steps) % len(shard.images)  # equal-length shards: every worker takes the same steps
     replica = ray.train.torch.prepare_model(network.to(memory_format=CHANNELS_LAST))
     module = getattr(replica, "module", replica)  # DDP's wrapped module (one worker: no wrapper)
-    optimizer = make_optimizer(phase.config.optimizer, [p for p in replica.parameters() if p.requires_grad],
-                               phase.config.lr, phase.config.weight_decay)
+    # torch.optim (not PlainAdam): the checkpoint keeps the optimizer's state_dict
+    optimizer = torch_optimizer(phase.config.optimizer, [p for p in replica.parameters() if p.requires_grad],
+                                phase.config.lr, phase.config.weight_decay)
     weight = class_weights(job.train[1], job.n_classes, phase.config.class_weight)
     loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device),
                                   label_smoothing=phase.config.label_smoothing)

@@ -56,7 +56,51 @@ class History:
         return cls(epochs=rows, best_epoch=best)
 
 
-def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+class PlainAdam:
+    """torch.optim.Adam's update for a constant learning rate, without torch.optim.Optimizer.
+
+    Every torch.optim.Optimizer imports torch._dynamo when it is built and on its first step (its methods are
+    wrapped for torch.compile, torch 2.14), which costs 2.5-4.5 s on the 2-core VM: a large share of a warm
+    `train` run whose only training is a small head. This class keeps the same state (step, exp_avg, exp_avg_sq
+    per parameter, created as Adam creates them) and calls torch's own functional kernel `torch.optim.adam.adam`
+    with Adam's defaults, so the weights it produces are bit-identical (tested); schedulers, which need a real
+    Optimizer, and the other optimizers keep torch.optim."""
+
+    def __init__(self, groups: list[dict], weight_decay: float) -> None:
+        self.param_groups = [{"params": list(group["params"]), "lr": group["lr"]} for group in groups]
+        self.weight_decay = weight_decay
+        self.state: dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        from torch.optim.adam import adam
+
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
+                if p not in self.state:  # as Adam._init_group: a CPU scalar step, zero moments
+                    self.state[p] = (torch.tensor(0.0), torch.zeros_like(p, memory_format=torch.preserve_format),
+                                     torch.zeros_like(p, memory_format=torch.preserve_format))
+            steps, exp_avgs, exp_avg_sqs = zip(*(self.state[p] for p in params)) if params else ((), (), ())
+            adam(params, [p.grad for p in params], list(exp_avgs), list(exp_avg_sqs), [], list(steps),
+                 amsgrad=False, has_complex=any(torch.is_complex(p) for p in params), beta1=0.9, beta2=0.999,
+                 lr=group["lr"], weight_decay=self.weight_decay, eps=1e-8, maximize=False)
+
+
+def make_optimizer(name: str, params, lr: float, weight_decay: float, scheduled: bool = False):
+    """A torch optimizer by name; plain (constant learning rate) Adam is `PlainAdam`, the same update without
+    torch._dynamo's import."""
+    if name == "adam" and not scheduled:
+        return PlainAdam(params if isinstance(params[0], dict) else [{"params": params, "lr": lr}], weight_decay)
+    return torch_optimizer(name, params, lr, weight_decay)
+
+
+def torch_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     # torch's default (foreach) kernels, not fused ones: for the Caltech head (1280-256-97, 34 epochs at batch 256)
     # fused Adam trained in 3.2-3.7 s against 3.4-3.6 s, but its first construction in a process costs 1.2-1.5 s,
     # a large share of a warm run (measured 2026-11-23 on the 2-core CPU).
@@ -130,7 +174,8 @@ def fit(
     eval_loss_fn = nn.CrossEntropyLoss()
     groups = lr_scales or [([p for p in module.parameters() if p.requires_grad], 1.0)]
     optimizer = make_optimizer(
-        config.optimizer, [{"params": ps, "lr": config.lr * scale} for ps, scale in groups], config.lr, config.weight_decay
+        config.optimizer, [{"params": ps, "lr": config.lr * scale} for ps, scale in groups], config.lr,
+        config.weight_decay, scheduled=config.schedule != "constant",
     )
     batches = -(-len(x_train) // config.batch_size)
     scheduler = make_scheduler(optimizer, config, batches)

@@ -31,6 +31,9 @@ class Trained:
     extractions: list[ExtractionResult] = field(default_factory=list)
     other_feature_seconds: float = 0.0  # feature work outside the extractions (e.g. pooling cached activations)
     extra: dict = field(default_factory=dict)
+    # the final extractor's features of the unaugmented split, by subset name, aligned with `split`: given by a
+    # strategy that computed them (extract), so that the confidence check need not read them again
+    split_features: dict[str, np.ndarray] | None = None
 
 
 @dataclass
@@ -42,6 +45,7 @@ class StrategyResult:
     train_seconds: float = 0.0
     images_per_second: float = 0.0
     extra: dict = field(default_factory=dict)
+    split_features: dict[str, np.ndarray] | None = None  # as Trained.split_features
 
 
 def build_result(strategy: str, trained: Trained) -> StrategyResult:
@@ -62,6 +66,7 @@ def build_result(strategy: str, trained: Trained) -> StrategyResult:
         train_seconds=trained.history.seconds,
         images_per_second=images_per_second,
         extra=trained.extra,
+        split_features=trained.split_features,
     )
 
 

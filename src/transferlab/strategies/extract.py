@@ -15,4 +15,5 @@ def train(split: DatasetSplit, options: TrainOptions) -> Trained:
         tensors(results["validation"].features, split.validation),
         len(split.classes),
     )
-    return Trained(extractor, head, head_config, history, split, list(results.values()))
+    return Trained(extractor, head, head_config, history, split, list(results.values()),
+                   split_features={name: result.features for name, result in results.items()})
