@@ -71,7 +71,7 @@ class PlainAdam:
         self.weight_decay = weight_decay
         self.state: dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
+    def zero_grad(self) -> None:  # gradients set to None, as torch's default does
         for group in self.param_groups:
             for p in group["params"]:
                 p.grad = None
@@ -92,12 +92,12 @@ class PlainAdam:
                  lr=group["lr"], weight_decay=self.weight_decay, eps=1e-8, maximize=False)
 
 
-def make_optimizer(name: str, params, lr: float, weight_decay: float, scheduled: bool = False):
-    """A torch optimizer by name; plain (constant learning rate) Adam is `PlainAdam`, the same update without
-    torch._dynamo's import."""
+def make_optimizer(name: str, groups: list[dict], lr: float, weight_decay: float, scheduled: bool = False):
+    """A torch optimizer by name over parameter groups; plain (constant learning rate) Adam is `PlainAdam`, the
+    same update without torch._dynamo's import."""
     if name == "adam" and not scheduled:
-        return PlainAdam(params if isinstance(params[0], dict) else [{"params": params, "lr": lr}], weight_decay)
-    return torch_optimizer(name, params, lr, weight_decay)
+        return PlainAdam(groups, weight_decay)
+    return torch_optimizer(name, groups, lr, weight_decay)
 
 
 def torch_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -290,7 +290,7 @@ def _train_one_epoch(
         if batch_transform is not None:
             inputs = batch_transform(inputs, generator)
         inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         logits = module(inputs)
         loss = loss_fn(logits, targets)
         loss.backward()
