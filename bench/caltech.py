@@ -31,7 +31,19 @@ def timed_train(data: Path, out: Path, cache: str, strategy: str, backbone: str 
     metrics = json.loads((out / "metrics.json").read_text())
     with (out / "history.csv").open() as rows:  # the learning curve, for slow learners such as scratch
         metrics["val_accuracy_by_epoch"] = " ".join(f"{float(row['val_accuracy']):.3f}" for row in csv.DictReader(rows))
+    if (out / "auto.json").exists():  # --strategy auto: every candidate, and why the chosen one
+        metrics["auto"] = json.loads((out / "auto.json").read_text())
     return seconds, metrics
+
+
+def print_auto_candidates(record: dict) -> None:
+    print(f"\nauto chose {record['chosen']}: {record['why']}\n")
+    print("| candidate | status | estimated (s) | wall time (s) | validation accuracy | test accuracy | reason |")
+    print("|---|---|---|---|---|---|---|")
+    for c in record["candidates"]:
+        accuracy = [f"{c[k]:.2%}" if c[k] is not None else "" for k in ("val_accuracy", "test_accuracy")]
+        print(f"| {c['label']} | {c['status']} | {c['estimated_seconds']:.0f} | {c['seconds'] or ''} | "
+              f"{accuracy[0]} | {accuracy[1]} | {c['reason']} |")
 
 
 def main() -> None:
@@ -62,6 +74,8 @@ def main() -> None:
         if key in runs_done[0][2]:
             print(f"\n{key}: {runs_done[0][2][key]}", end="")
     print()
+    if "auto" in runs_done[0][2]:
+        print_auto_candidates(runs_done[0][2]["auto"])
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ import json
 import pytest
 
 import transferlab
-from transferlab.auto import Attempt, Candidate, better, standard_error, train_auto
+from transferlab.auto import (AUGMENTED_VIEW_COST, RUN_SECONDS, Attempt, Candidate, CostModel, better,
+                             standard_error, train_auto)
 from transferlab.errors import TransferlabError
 from transferlab.options import parse_duration
 
@@ -32,6 +33,31 @@ def test_a_costlier_candidate_wins_only_beyond_one_standard_error():
     margin = standard_error(0.90, 400)  # 1.5 points on 400 validation images
     assert not better(Attempt("dear", "extract", "b", 50, val_accuracy=0.90 + margin * 0.9), chosen, 400)
     assert better(Attempt("dear", "extract", "b", 50, val_accuracy=0.90 + margin * 1.1), chosen, 400)
+
+
+def test_cost_estimates_use_each_backbones_measured_speed():
+    cost = CostModel(n_train=700, n_validation=150, n_test=150)
+    lite0, lite2 = Candidate("extract", "efficientnet_lite0"), Candidate("extract", "efficientnet_lite2")
+    cost.record(lite0, {"images_per_second": 100.0, "extract_seconds": 10.0}, seconds=35.0)
+    assert cost.run_seconds == 25.0  # what the run cost besides extraction, measured
+    augment = Candidate("augment", "efficientnet_lite0", views=3)
+    assert cost.estimate(augment) == pytest.approx(25.0 + 700 * 3 * AUGMENTED_VIEW_COST / 100)  # plain ones cached
+    # an unmeasured trunk: scaled by FLOPs from the measured one (lite2 has 1.72 / 0.77 of lite0's)
+    assert cost.estimate(lite2) == pytest.approx(25.0 + 1000 * 1.72 / 0.77 / 100)
+    cost.record(lite2, {"images_per_second": 50.0, "extract_seconds": 20.0}, seconds=30.0)
+    assert cost.per_image("efficientnet_lite2") == 1 / 50 and cost.run_seconds == 25.0
+    cost.record(augment, {"images_per_second": 30.0, "extract_seconds": 60.0}, seconds=90.0)
+    finetune = Candidate("finetune", "efficientnet_lite0", views=3)
+    assert cost.estimate(finetune) > cost.estimate(augment) + RUN_SECONDS  # augment's cached views are not its own
+
+
+def test_a_run_past_its_deadline_trains_one_epoch_and_says_why(colour_folder, tmp_path):
+    import time
+
+    classifier = transferlab.train(colour_folder, out=tmp_path / "run", epochs=5, patience=None,
+                                   deadline=time.time(), quiet=True)
+    assert classifier.metrics["epochs_run"] == 1
+    assert "the time budget ran out" in classifier.metrics["stop_reason"]
 
 
 @pytest.mark.integration

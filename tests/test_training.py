@@ -85,6 +85,20 @@ def test_early_stopping_restores_the_best_epoch_weights():
     assert restored == pytest.approx(history.epochs[history.best_epoch - 1]["val_loss"], rel=1e-5)
 
 
+def test_training_stops_before_an_epoch_that_would_end_after_the_deadline():
+    import time
+
+    _, late = fitted(FitConfig(epochs=20, patience=None, deadline=time.time()))
+    assert len(late.epochs) == 1 and late.out_of_time and late.stopped_early  # one epoch always runs
+    assert late.stop_reason == "stopped at epoch 1 (the time budget ran out), best epoch 1 kept"
+    _, ample = fitted(FitConfig(epochs=20, patience=None, deadline=time.time() + 3600))
+    assert len(ample.epochs) == 20 and not ample.out_of_time
+
+
+def test_a_deadline_is_a_moment_not_a_setting_of_the_run():
+    assert "deadline" not in FitConfig(deadline=1e9).to_dict()
+
+
 def test_balanced_class_weights_are_inverse_frequency():
     weights = class_weights(np.array([0, 0, 0, 1]), 2, "balanced")
     assert weights.tolist() == pytest.approx([4 / (2 * 3), 4 / (2 * 1)])

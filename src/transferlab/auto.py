@@ -2,10 +2,12 @@
 
 Candidates run in order of expected gain per second: a head on lite0 features (the cheapest), on lite2, on the
 two combined (whose features are already cached by then), on all three embedded backbones, then lite0 with
-augmented views and fine-tuning. Each one's cost is estimated before it runs, from the images still to extract,
-the backbones' FLOPs per image and the throughput measured so far; a candidate that would overrun the budget is
-skipped (and logged). The model kept is chosen on validation accuracy with a noise margin: a costlier candidate
-replaces the current choice only when it gains more than one standard error of the validation estimate.
+augmented views and fine-tuning. Each one's cost is estimated before it runs, from the images it still has to
+pass through each trunk and that trunk's speed (measured once it has run, scaled by FLOPs until then); a
+candidate that would overrun the budget is skipped (and logged), and once one model is trained, a later
+candidate's training stops at the epoch where the budget would run out. The model kept is chosen on validation
+accuracy with a noise margin: a costlier candidate replaces the current choice only when it gains more than one
+standard error of the validation estimate.
 
 OUT holds the candidates' run folders (candidates/<label>/), compare.csv / compare.md / report.html over them,
 auto.json (what was tried, skipped and why the choice), and the chosen model itself, so that OUT loads, predicts
@@ -28,16 +30,22 @@ from transferlab.compare import Comparison, row_of, write_comparison
 from transferlab.data import load_dataset
 from transferlab.errors import TransferlabError
 from transferlab.files import atomic_write_bytes
-from transferlab.options import precision_for
+from transferlab.options import TrainOptions, precision_for
 from transferlab.pipeline import train
 from transferlab.report import write_report
 from transferlab.runs import clear_destination, unique_run_dir
 
 # Measured once with torch.utils.flop_counter on the trunks (2 FLOPs per multiply-add), at each backbone's input size.
 GFLOPS_PER_IMAGE = {"efficientnet_lite0": 0.77, "efficientnet_lite1": 1.20, "efficientnet_lite2": 1.72}
-PRIOR_GFLOPS_PER_SECOND = 60.0  # lite0 at ~80 img/s end to end on a 2-core CPU, before anything is measured
-HEAD_SECONDS = 10.0  # a head on cached features, the run folder and the report
-FINETUNE_PASSES = 4.0  # an end-to-end-free fine-tuning run costs about four extraction passes (cached boundary)
+PRIOR_SECONDS_PER_GFLOP = 1 / 60.0  # lite0 at ~80 img/s end to end on a 2-core CPU, before anything is measured
+RUN_SECONDS = 10.0  # a run's cost besides extraction (head, test predictions, run folder, report) until measured
+# Costs relative to one image through a backbone's plain (cached) extraction, measured on Caltech-101/97 with
+# lite0 on the 2-core CPU (docs/benchmarks.md, "auto within its budget"): an augmented view (decoded, augmented
+# and passed through the trunk, its head trained on it), and one fine-tuning epoch of the top block from cached
+# activations, per training image.
+AUGMENTED_VIEW_COST = 1.3
+FINETUNE_EPOCH_COST = 0.27
+FINISH_SECONDS = 20.0  # after the last candidate: the compare table, the report, the chosen model copied
 RUN_FILES = ("model.safetensors", "model.json", "labels.txt", "metrics.json", "config.json", "history.csv",
              "split.csv", "skipped.csv", "test_predictions.csv", "summary.json")
 
@@ -84,29 +92,51 @@ class Attempt:
 
 
 class CostModel:
-    """Seconds a candidate should take: images still to extract x GFLOPs per image / measured GFLOP/s."""
+    """Seconds a candidate should take: the images it still has to pass through each trunk, in plain-extraction
+    equivalents, times that trunk's measured seconds per image, plus a run's cost besides extraction."""
 
-    def __init__(self, n_train: int, n_other: int):
-        self.n_train, self.n_other = n_train, n_other
-        self.gflops_per_second = PRIOR_GFLOPS_PER_SECOND
+    def __init__(self, n_train: int, n_validation: int, n_test: int,
+                 finetune_epochs: int = TrainOptions.finetune_epochs):
+        self.n_train, self.n_other, self.n_test = n_train, n_validation + n_test, n_test
+        self.finetune_epochs = finetune_epochs
+        self.seconds_per_image: dict[str, float] = {}  # measured by a plain extraction of that backbone alone
+        self.run_seconds = RUN_SECONDS
         self.extracted: set[tuple[str, int]] = set()  # (backbone, views) whose features are cached
 
-    def estimate(self, candidate: Candidate) -> float:
-        work = 0.0
-        for backbone in candidate.backbones:
-            if (backbone, 0) not in self.extracted:
-                work += (self.n_train + self.n_other) * GFLOPS_PER_IMAGE.get(backbone, 2.0)
-            if candidate.views and (backbone, candidate.views) not in self.extracted:
-                work += self.n_train * candidate.views * GFLOPS_PER_IMAGE.get(backbone, 2.0)
-        if candidate.strategy == "finetune":
-            work += FINETUNE_PASSES * self.n_train * GFLOPS_PER_IMAGE.get(candidate.backbone, 2.0)
-        return HEAD_SECONDS + work / self.gflops_per_second
+    def per_image(self, backbone: str) -> float:
+        """Measured, or scaled by FLOPs from the costliest measured rate per GFLOP: FLOPs understate the small
+        trunks (lite0 costs ~1.4x more per GFLOP than lite2 here), so estimates err on the long side."""
+        if backbone in self.seconds_per_image:
+            return self.seconds_per_image[backbone]
+        per_gflop = max((s / GFLOPS_PER_IMAGE.get(b, 2.0) for b, s in self.seconds_per_image.items()),
+                        default=PRIOR_SECONDS_PER_GFLOP)
+        return GFLOPS_PER_IMAGE.get(backbone, 2.0) * per_gflop
 
-    def record(self, candidate: Candidate, metrics: dict) -> None:
-        if metrics.get("images_per_second") and len(candidate.backbones) == 1:
-            self.gflops_per_second = metrics["images_per_second"] * GFLOPS_PER_IMAGE.get(candidate.backbone, 2.0)
+    def images(self, candidate: Candidate, backbone: str) -> float:
+        if candidate.strategy == "finetune":  # its activations at the cut are its own: every image and view
+            return (self.n_train * (1 + candidate.views * AUGMENTED_VIEW_COST) + self.n_other
+                    + self.finetune_epochs * self.n_train * FINETUNE_EPOCH_COST)
+        work = 0.0 if (backbone, 0) in self.extracted else self.n_train + self.n_other
+        if candidate.views and (backbone, candidate.views) not in self.extracted:
+            work += self.n_train * candidate.views * AUGMENTED_VIEW_COST
+        return work
+
+    def estimate(self, candidate: Candidate) -> float:
+        return self.run_seconds + sum(self.images(candidate, b) * self.per_image(b) for b in candidate.backbones)
+
+    def after_training(self, candidate: Candidate) -> float:
+        """What a candidate still costs once its training ends: test predictions (through a fine-tuned trunk
+        they are computed afresh) and the run folder."""
+        fresh = self.n_test * self.per_image(candidate.backbone) if candidate.strategy == "finetune" else 0.0
+        return RUN_SECONDS + fresh
+
+    def record(self, candidate: Candidate, metrics: dict, seconds: float) -> None:
+        if candidate.strategy == "extract":
+            if len(candidate.backbones) == 1 and metrics.get("images_per_second"):
+                self.seconds_per_image[candidate.backbone] = 1 / metrics["images_per_second"]
+            self.run_seconds = max(self.run_seconds, seconds - metrics["extract_seconds"])
         self.extracted.update((b, 0) for b in candidate.backbones)
-        if candidate.views:
+        if candidate.views and candidate.strategy != "finetune":
             self.extracted.update((b, candidate.views) for b in candidate.backbones)
 
 
@@ -154,7 +184,8 @@ def train_auto(
     dataset = load_dataset(data, seed=seed, split_csv=split_csv, **selection)
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset.write_split_csv(out_dir / "split.csv")
-    cost = CostModel(len(dataset.train), len(dataset.validation) + len(dataset.test))
+    cost = CostModel(len(dataset.train), len(dataset.validation), len(dataset.test),
+                     train_kwargs.get("finetune_epochs", TrainOptions.finetune_epochs))
     budget = budget or default_budget(cost)
     attempts, classifiers, chosen = [], {}, None
     for candidate in candidates:
@@ -162,7 +193,7 @@ def train_auto(
         estimate = cost.estimate(candidate)
         attempt = Attempt(candidate.label, candidate.strategy, candidate.backbone, round(estimate, 1))
         attempts.append(attempt)
-        left = budget - (time.perf_counter() - started)
+        left = budget - FINISH_SECONDS - (time.perf_counter() - started)
         if chosen is not None and estimate > left:
             attempt.reason = f"estimated {estimate:.0f} s, {max(left, 0):.0f} s of the budget left"
             console.print(f"[yellow]auto: skipped {candidate.label}: {attempt.reason}[/]")
@@ -173,16 +204,19 @@ def train_auto(
         chosen_here.update({"head": candidate.head} if candidate.head else {})
         if "precision" in train_kwargs:  # int8 quantises the frozen trunk of extract and augment only
             chosen_here["precision"] = precision_for(candidate.strategy, train_kwargs["precision"])
+        if chosen is not None:  # a fallback exists: training stops where the budget would run out
+            chosen_here["deadline"] = time.time() + left - cost.after_training(candidate)
         classifier = train(
             data, strategy=candidate.strategy, backbone=candidate.backbone, out=out_dir / "candidates" / candidate.label,
             split_csv=out_dir / "split.csv", seed=seed, quiet=quiet, console=console,
             **{**train_kwargs, **chosen_here},  # the candidate's own settings win over the shared ones
         )
-        cost.record(candidate, classifier.metrics)
         attempt.seconds = round(time.perf_counter() - run_started, 1)
+        cost.record(candidate, classifier.metrics, attempt.seconds)
         attempt.val_accuracy = classifier.metrics["val_accuracy"]
         attempt.test_accuracy = classifier.metrics["test_accuracy"]
         attempt.status = "trained"
+        attempt.reason = "training stopped where the budget ran out" if classifier.history.out_of_time else ""
         classifiers[candidate.label] = classifier
         if chosen is None or better(attempt, chosen, len(dataset.validation)):
             chosen = attempt

@@ -247,6 +247,9 @@ class FitConfig:
     seed: int = 0
     schedule: str = "constant"  # or "one-cycle": warm-up then cosine decay of the learning rate, per batch
     label_smoothing: float = 0.0
+    # wall-clock time (time.time()) by which training must end, set by --strategy auto for its budget: no epoch
+    # starts that would not finish by then. A moment, not a setting, so to_dict leaves it out.
+    deadline: float | None = None
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -267,7 +270,9 @@ class FitConfig:
             raise TransferlabError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        values = asdict(self)
+        del values["deadline"]
+        return values
 
 
 @dataclass

@@ -81,6 +81,7 @@ def train(
     recipe: str | None = None,
     image_size: int | None = None,
     batchnorm: str = "frozen",
+    deadline: float | None = None,
     tta: int = 1,
     engine: str = "local",
     ray_address: str | None = None,
@@ -105,6 +106,8 @@ def train(
     (AdamW, one-cycle, label smoothing, discriminative learning rates; `finetune_lr=None` means 1e-3 there and
     RMSprop 1e-5 for the cached top block), with BatchNorm statistics `batchnorm="frozen"` or re-estimated
     ("train"). `image_size` replaces the backbone's input size everywhere (training, prediction, export).
+    `deadline` (a `time.time()` value, used by strategy="auto" for its budget): no training epoch starts that
+    would end after it; at least one always runs.
     `runtime` runs the frozen trunk: "auto" (ONNX Runtime on a
     CPU, PyTorch on CUDA), "onnx", "torch" or a name registered with `transferlab.runtimes.register_runtime`.
     `engine="ray"` computes the frozen features on a Ray cluster (`ray_address`: "auto", "HOST:PORT", or None
@@ -141,6 +144,7 @@ def train(
             class_weight=class_weight,
             patience=patience,
             seed=seed,
+            deadline=deadline,
         ),
         device=device,
         runtime=runtime,

@@ -37,6 +37,7 @@ class History:
     planned_epochs: int = 0
     patience: int | None = None
     stop_reason: str = ""  # where and why training stopped (describe_stop), for the console and the report
+    out_of_time: bool = False  # stopped because the next epoch would have ended after FitConfig.deadline
 
 
     def column(self, name: str) -> list[float]:
@@ -233,6 +234,9 @@ def fit(
                 if config.patience is not None and waited >= config.patience:
                     history.stopped_early = True
                     break
+            if epoch < config.epochs and no_time_for_another(history, config.deadline):
+                history.stopped_early = history.out_of_time = True
+                break
     if best_state is not None:
         module.load_state_dict(best_state)
     module.cpu().eval()
@@ -242,11 +246,18 @@ def fit(
     return history
 
 
+def no_time_for_another(history: History, deadline: float | None) -> bool:
+    """Whether an epoch as long as the slowest so far would end after `deadline` (None: never)."""
+    return deadline is not None and time.time() + max(row["seconds"] for row in history.epochs) > deadline
+
+
 def describe_stop(history: History, offset: int = 0) -> str:
     """"stopped early at epoch 17 (no val_loss improvement for 8 epochs), best epoch 9 kept" or "ran all 40
     epochs, best epoch 38 kept": the best weights are restored either way, so say which epoch they come from.
     `offset` numbers the epochs after an earlier phase's, as a combined history shows them."""
-    if history.stopped_early:
+    if history.out_of_time:
+        where = f"stopped at epoch {offset + len(history.epochs)} (the time budget ran out)"
+    elif history.stopped_early:
         where = (f"stopped early at epoch {offset + len(history.epochs)} "
                  f"(no val_loss improvement for {history.patience} epochs)")
     else:

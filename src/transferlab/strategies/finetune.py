@@ -306,6 +306,7 @@ class Phases:
             epochs=self.first.epochs + [{**row, "epoch": row["epoch"] + offset} for row in self.second.epochs],
             best_epoch=offset + self.second.best_epoch if self.improved else self.first.best_epoch,
             stopped_early=self.second.stopped_early,
+            out_of_time=self.first.out_of_time or self.second.out_of_time,
             seconds=self.first.seconds + self.second.seconds,
             stop_reason=f"head: {self.first.stop_reason}; fine-tuning: {describe_stop(self.second, offset)}",
         )
