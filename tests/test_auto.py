@@ -58,6 +58,12 @@ def test_a_run_past_its_deadline_trains_one_epoch_and_says_why(colour_folder, tm
                                    deadline=time.time(), quiet=True)
     assert classifier.metrics["epochs_run"] == 1
     assert "the time budget ran out" in classifier.metrics["stop_reason"]
+    assert "deadline" not in json.loads((tmp_path / "run" / "config.json").read_text())["options"]["fit"]
+
+
+def test_a_deadline_is_refused_where_ray_train_would_ignore_it(colour_folder):
+    with pytest.raises(TransferlabError, match="Ray Train workers do not see it"):
+        transferlab.train(colour_folder, strategy="scratch", engine="ray", deadline=1e9, quiet=True)
 
 
 @pytest.mark.integration

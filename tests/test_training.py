@@ -96,7 +96,9 @@ def test_training_stops_before_an_epoch_that_would_end_after_the_deadline():
 
 
 def test_a_deadline_is_a_moment_not_a_setting_of_the_run():
-    assert "deadline" not in FitConfig(deadline=1e9).to_dict()
+    from transferlab.options import TrainOptions
+
+    assert "deadline" not in TrainOptions(fit=FitConfig(deadline=1e9)).to_dict()["fit"]
 
 
 def test_balanced_class_weights_are_inverse_frequency():

@@ -332,6 +332,7 @@ class TrainOptions:
 
     def to_dict(self) -> dict:
         values = asdict(self)
+        values["fit"] = self.fit.to_dict()
         values["cache_dir"] = str(self.cache_dir) if self.cache_dir else None
         return values
 

@@ -14,7 +14,7 @@ from transferlab.augment import AugmentConfig
 from transferlab.classifier import Classifier
 from transferlab.confidence import fit_confidence, reference_rows
 from transferlab.data import load_dataset
-from transferlab.engines import check_engine, train_strategy
+from transferlab.engines import RAY_TRAINED, check_engine, train_strategy
 from transferlab.errors import TransferlabError
 from transferlab.extractors import backbone_names
 from transferlab.metrics import evaluate_probabilities
@@ -166,6 +166,9 @@ def train(
     check_featurewise(strategy, options.augment)
     check_backbone(strategy, options)  # before reading any image
     check_engine(engine, strategy, runs_end_to_end(options), workers)
+    if deadline is not None and engine == "ray" and strategy in RAY_TRAINED:
+        raise TransferlabError("a deadline stops the local training loop; Ray Train workers do not see it",
+                               hint="use engine='local', or leave deadline out")
     run_dir = unique_run_dir(out, data, strategy)
     check_destination(run_dir, overwrite)
     dataset = load_dataset(
