@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -52,8 +53,6 @@ def test_cost_estimates_use_each_backbones_measured_speed():
 
 
 def test_a_run_past_its_deadline_trains_one_epoch_and_says_why(colour_folder, tmp_path):
-    import time
-
     classifier = transferlab.train(colour_folder, out=tmp_path / "run", epochs=5, patience=None,
                                    deadline=time.time(), quiet=True)
     assert classifier.metrics["epochs_run"] == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -86,8 +88,6 @@ def test_early_stopping_restores_the_best_epoch_weights():
 
 
 def test_training_stops_before_an_epoch_that_would_end_after_the_deadline():
-    import time
-
     _, late = fitted(FitConfig(epochs=20, patience=None, deadline=time.time()))
     assert len(late.epochs) == 1 and late.out_of_time and late.stopped_early  # one epoch always runs
     assert late.stop_reason == "stopped at epoch 1 (the time budget ran out), best epoch 1 kept"
