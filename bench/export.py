@@ -17,7 +17,7 @@ from pathlib import Path
 from common import SHARED, machine
 
 import transferlab
-from transferlab.export import export_run
+from transferlab.deploy.export import export_run
 
 
 def main() -> None:

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from common import CALTECH_EXCLUDED, machine, require_caltech
-from transferlab.data import load_dataset
-from transferlab.features import FeatureExtractor
+from transferlab.data.dataset import load_dataset
+from transferlab.features.extractor import FeatureExtractor
 
 
 def network_only(fx: FeatureExtractor, batch: np.ndarray, repeats: int) -> float:

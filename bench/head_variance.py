@@ -33,10 +33,10 @@ import torch
 
 from common import require_caltech
 
-from transferlab.features import FeatureExtractor
-from transferlab.heads import HeadConfig, build_head
-from transferlab.options import FitConfig
-from transferlab.training import fit
+from transferlab.features.extractor import FeatureExtractor
+from transferlab.model.heads import HeadConfig, build_head
+from transferlab.core.config import FitConfig
+from transferlab.model.training import fit
 
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 SUBSETS = ("train", "validation", "test")

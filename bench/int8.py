@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 def trunk_speed(backbone: str, data: Path, cache: Path, n_images: int, repeats: int) -> dict:
     """img/s of the float and int8 trunks on the same decoded images, runs interleaved."""
-    from transferlab.data import load_dataset
-    from transferlab.features import FeatureExtractor
+    from transferlab.data.dataset import load_dataset
+    from transferlab.features.extractor import FeatureExtractor
 
     split = load_dataset(data, exclude=CALTECH_EXCLUDED.split(","), seed=0)
     common = dict(runtime="onnx", device="cpu", cache_dir=cache, quiet=True)

@@ -71,8 +71,8 @@ class PeakSampler:
 
 
 def measure(mode: str, data: Path, limit: int | None, image_size: int | None) -> dict:
-    from transferlab.features import FeatureExtractor
-    from transferlab.layouts import image_files
+    from transferlab.features.extractor import FeatureExtractor
+    from transferlab.data.layouts import image_files
 
     paths = image_files([data])[:limit] if limit else image_files([data])
     extractor = FeatureExtractor(cache_dir=os.environ["TRANSFERLAB_CACHE"], quiet=True, image_size=image_size)
@@ -101,7 +101,7 @@ def on_ray(extractor, paths, nodes: int):
     import ray
     from ray.cluster_utils import Cluster
 
-    from transferlab import ray_engine
+    from transferlab.engines import ray_extraction as ray_engine
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     try:

@@ -15,16 +15,16 @@ from pathlib import Path
 import torch
 
 from common import CALTECH_EXCLUDED, require_caltech
-from transferlab.augment import AugmentConfig
-from transferlab.backbones import create_backbone, keras_init
-from transferlab.data import load_dataset
-from transferlab.features import FeatureExtractor
-from transferlab.heads import HeadConfig, build_head
-from transferlab.options import FitConfig
+from transferlab.data.augment import AugmentConfig
+from transferlab.backbones.registry import create_backbone, keras_init
+from transferlab.data.dataset import load_dataset
+from transferlab.features.extractor import FeatureExtractor
+from transferlab.model.heads import HeadConfig, build_head
+from transferlab.core.config import FitConfig
 from transferlab.strategies.inputs import CHANNELS_LAST, ImageBatches, decode_images
 from transferlab.strategies.scratch import feature_size, featurewise_normalization
-from transferlab.training import fit, predict_logits
-from transferlab.trunk import Trunk
+from transferlab.model.training import fit, predict_logits
+from transferlab.backbones.trunk import Trunk
 
 
 def decoded(extractor: FeatureExtractor, split, cache: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

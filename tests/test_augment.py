@@ -1,4 +1,4 @@
-"""Tests for transferlab.augment on small generated images."""
+"""Tests for transferlab.data.augment on small generated images."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from transferlab.augment import (
+from transferlab.data.augment import (
     AugmentConfig,
     FeaturewiseStandardizer,
     TransformParams,
@@ -17,8 +17,8 @@ from transferlab.augment import (
     augment_image,
     sample_transform,
 )
-from transferlab.previews import featurewise_preview, preview_grid, save_augmented
-from transferlab.errors import TransferlabError
+from transferlab.data.previews import featurewise_preview, preview_grid, save_augmented
+from transferlab.core.errors import TransferlabError
 
 SEEDS = range(24)
 

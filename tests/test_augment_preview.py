@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import write_colour_images
-from transferlab.cli import app
+from transferlab.cli.app import app
 
 runner = CliRunner()
 

@@ -8,10 +8,10 @@ import time
 import pytest
 
 import transferlab
-from transferlab.auto import (AUGMENTED_VIEW_COST, RUN_SECONDS, Attempt, Candidate, CostModel, better,
+from transferlab.runs.auto import (AUGMENTED_VIEW_COST, RUN_SECONDS, Attempt, Candidate, CostModel, better,
                              standard_error, train_auto)
-from transferlab.errors import TransferlabError
-from transferlab.options import parse_duration
+from transferlab.core.errors import TransferlabError
+from transferlab.core.config import parse_duration
 
 
 def test_a_tiny_budget_trains_only_the_cheapest_candidate_and_logs_the_rest(colour_folder, tmp_path):
@@ -89,7 +89,7 @@ def test_a_budget_without_auto_is_refused(colour_folder):
 def test_auto_from_the_cli_with_a_budget(colour_folder, tmp_path):
     from typer.testing import CliRunner
 
-    from transferlab.cli import app
+    from transferlab.cli.app import app
 
     result = CliRunner().invoke(app, ["--quiet", "train", str(colour_folder), "--strategy", "auto", "--budget", "1s",
                                       "--epochs", "2", "--out", str(tmp_path / "auto")])

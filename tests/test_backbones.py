@@ -1,4 +1,4 @@
-"""Tests for transferlab.backbones: registry, weights sources (embedded, download, file), preprocessing, ImageNet."""
+"""Tests for transferlab.backbones.registry: registry, weights sources (embedded, download, file), preprocessing, ImageNet."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from transferlab import backbones
-from transferlab.backbones import (
+from transferlab.backbones import registry as backbones
+from transferlab.backbones.registry import (
     BackboneSpec,
     backbone_status,
     create_backbone,
@@ -26,8 +26,8 @@ from transferlab.backbones import (
     weights_fingerprint,
     weights_path,
 )
-from transferlab.imagenet import imagenet_labels, predict_imagenet
-from transferlab.errors import TransferlabError
+from transferlab.backbones.imagenet import imagenet_labels, predict_imagenet
+from transferlab.core.errors import TransferlabError
 from weights_server import WeightsServer, refused_url
 
 EMBEDDED = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
@@ -109,8 +109,8 @@ def test_written_out_specs_match_timm_pretrained_config(spec):
 
 
 def test_importing_the_train_path_does_not_import_timm_or_torchvision():
-    # a warm run never builds a network; importing timm's model zoo costs seconds (see transferlab.backbones)
-    code = "import sys, transferlab.api, transferlab.cli; print(sorted({'timm', 'torchvision'} & set(sys.modules)))"
+    # a warm run never builds a network; importing timm's model zoo costs seconds (see transferlab.backbones.registry)
+    code = "import sys, transferlab.api, transferlab.cli.app; print(sorted({'timm', 'torchvision'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from transferlab.cli import app
+from transferlab.cli.app import app
 
 runner = CliRunner()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from transferlab import __version__
-from transferlab.cli import app
+from transferlab.cli.app import app
 
 runner = CliRunner()
 
@@ -27,7 +27,7 @@ def test_top_k_below_one_is_refused(tmp_path):
 
 
 def test_negative_views_are_refused_before_any_image_is_read(colour_folder):
-    from transferlab.errors import TransferlabError
+    from transferlab.core.errors import TransferlabError
 
     result = runner.invoke(app, ["train", str(colour_folder), "--strategy", "augment", "--views", "-1"])
     assert isinstance(result.exception, TransferlabError) and "views must be" in result.exception.message

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from transferlab.preflight import BACKBONE_NAMES, hoist_global_flags
+from transferlab.cli.preflight import BACKBONE_NAMES, hoist_global_flags
 
 HEAVY = ("torch", "timm", "onnxruntime", "sklearn")
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -19,7 +19,7 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 PROBE = """
 import json, sys, time, traceback
 started = time.perf_counter()
-from transferlab.cli import main
+from transferlab.cli.app import main
 args, watched = json.loads(sys.argv[1]), set(json.loads(sys.argv[2]))
 sys.argv = ["transferlab", *args]
 code = 0
@@ -142,6 +142,6 @@ def test_json_flag_after_the_verb_gives_json(tmp_path):
 
 
 def test_preflight_backbone_names_match_the_registry():
-    from transferlab.backbones import list_specs
+    from transferlab.backbones.registry import list_specs
 
     assert set(BACKBONE_NAMES) == {spec.name for spec in list_specs()}

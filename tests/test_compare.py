@@ -11,8 +11,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from transferlab.api import compare
-from transferlab.cli import app
-from transferlab.errors import TransferlabError
+from transferlab.cli.app import app
+from transferlab.core.errors import TransferlabError
 
 from conftest import write_colour_classes
 

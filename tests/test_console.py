@@ -11,12 +11,12 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from conftest import write_colour_classes
-from transferlab.cli import app
-from transferlab.heads import HeadConfig, build_head
-from transferlab.options import FitConfig
-from transferlab.run_console import epoch_table, finetune_line, shown_epochs
+from transferlab.cli.app import app
+from transferlab.model.heads import HeadConfig, build_head
+from transferlab.core.config import FitConfig
+from transferlab.runs.console import epoch_table, finetune_line, shown_epochs
 from transferlab.strategies.finetune import Phases
-from transferlab.training import History, describe_stop, fit
+from transferlab.model.training import History, describe_stop, fit
 
 runner = CliRunner()
 

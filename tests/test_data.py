@@ -1,4 +1,4 @@
-"""Tests for transferlab.data: layouts, splits, skipped files and robust decoding."""
+"""Tests for transferlab.data.dataset: layouts, splits, skipped files and robust decoding."""
 
 import csv
 import zlib
@@ -11,10 +11,10 @@ import pytest
 from PIL import ExifTags, Image
 from rich.console import Console
 
-from transferlab import decoding
-from transferlab.data import DatasetSplit, Skipped, load_dataset
-from transferlab.decoding import ImageDecodeError, open_image
-from transferlab.errors import TransferlabError
+from transferlab.data import decoding
+from transferlab.data.dataset import DatasetSplit, Skipped, load_dataset
+from transferlab.data.decoding import ImageDecodeError, open_image
+from transferlab.core.errors import TransferlabError
 
 CALTECH_EXCLUDED = ["BACKGROUND_Google", "Motorbikes", "airplanes", "Faces_easy", "Faces"]
 

@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 import transferlab
-from transferlab.cli import app
-from transferlab.errors import TransferlabError
-from transferlab.evaluation import present_class_metrics
+from transferlab.cli.app import app
+from transferlab.core.errors import TransferlabError
+from transferlab.runs.evaluation import present_class_metrics
 
 runner = CliRunner()
 
@@ -90,4 +90,4 @@ def test_cli_evaluate_prints_a_table_and_json(run_dir, new_folder, tmp_path):
 def test_compare_evaluate_and_export_are_callable_at_the_top_level():
     for name in ("compare", "evaluate", "export"):
         assert callable(getattr(transferlab, name)), name
-    assert transferlab.export.__call__.__doc__.startswith("Write RUN/model.onnx")
+    assert transferlab.deploy.export.__call__.__doc__.startswith("Write RUN/model.onnx")

@@ -1,4 +1,4 @@
-"""`transferlab export` and `transferlab.onnx_predict`: ONNX graphs that agree with PyTorch, int8, no torch needed."""
+"""`transferlab export` and `transferlab.deploy.onnx_predict`: ONNX graphs that agree with PyTorch, int8, no torch needed."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from typer.testing import CliRunner
 
 import transferlab
 from conftest import make_colour_run
-from transferlab.backbones import get_spec, preprocess
-from transferlab.cli import app
-from transferlab.errors import TransferlabError
-from transferlab.export import export_run, report_table
-from transferlab.onnx_predict import OnnxClassifier
+from transferlab.backbones.registry import get_spec, preprocess
+from transferlab.cli.app import app
+from transferlab.core.errors import TransferlabError
+from transferlab.deploy.export import export_run, report_table
+from transferlab.deploy.onnx_predict import OnnxClassifier
 
 runner = CliRunner()
 TOLERANCE = 1e-4  # max |p_torch - p_onnx| on probabilities
@@ -149,7 +149,7 @@ def output_without_torch(code: str) -> str:
 def test_onnx_prediction_needs_no_torch(run_dir):
     image = images_of(run_dir, "red", 1)[0]
     assert output_without_torch(
-        "from transferlab.onnx_predict import OnnxClassifier\n"
+        "from transferlab.deploy.onnx_predict import OnnxClassifier\n"
         f"print(OnnxClassifier({str(run_dir)!r}).predict([{str(image)!r}])[0].label)\n"
         "assert not any(m.partition('.')[0] in ('torch', 'timm') for m in sys.modules)\n"
     ).strip() == "red"
@@ -158,7 +158,7 @@ def test_onnx_prediction_needs_no_torch(run_dir):
 def test_cli_predict_falls_back_to_onnx_when_torch_is_missing(run_dir):
     image = images_of(run_dir, "blue", 1)[0]
     printed = output_without_torch(
-        "from transferlab.cli import main\n"
+        "from transferlab.cli.app import main\n"
         f"sys.argv = ['transferlab', 'predict', {str(run_dir)!r}, {str(image)!r}, '--format', 'json']\n"
         "main()\n"
     )

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from conftest import COLOURS, write_colour_images
-from transferlab.errors import TransferlabError
-from transferlab.feature_cache import FeatureCache
-from transferlab.features import FeatureExtractor
+from transferlab.core.errors import TransferlabError
+from transferlab.features.cache import FeatureCache
+from transferlab.features.extractor import FeatureExtractor
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_kill_9_mid_extraction_leaves_a_cache_the_next_run_completes(images, tmp
     script = textwrap.dedent(
         f"""
         import os, signal
-        from transferlab.features import FeatureExtractor
+        from transferlab.features.extractor import FeatureExtractor
         fx = FeatureExtractor(cache_dir={str(cache_dir)!r}, batch_size=2, quiet=True)
         run = fx.run_batch
         calls = []

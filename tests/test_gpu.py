@@ -8,10 +8,10 @@ import torch
 
 import transferlab
 from conftest import COLOURS, write_colour_classes, write_colour_images
-from transferlab.features import FeatureExtractor
-from transferlab.heads import HeadConfig, build_head
-from transferlab.options import FitConfig
-from transferlab.training import fit
+from transferlab.features.extractor import FeatureExtractor
+from transferlab.model.heads import HeadConfig, build_head
+from transferlab.core.config import FitConfig
+from transferlab.model.training import fit
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 import transferlab
-from transferlab.errors import TransferlabError
-from transferlab.export import export_run
-from transferlab.onnx_predict import OnnxClassifier
-from transferlab.features import FeatureExtractor, quantized_trunk_name
-from transferlab.options import TrainOptions
-from transferlab.runtimes import verified
+from transferlab.core.errors import TransferlabError
+from transferlab.deploy.export import export_run
+from transferlab.deploy.onnx_predict import OnnxClassifier
+from transferlab.features.extractor import FeatureExtractor, quantized_trunk_name
+from transferlab.core.config import TrainOptions
+from transferlab.features.runtimes import verified
 
 
 def int8_extractor(cache, **options) -> FeatureExtractor:
@@ -151,5 +151,5 @@ def test_train_with_int8_then_predict_elsewhere_and_export_use_the_runs_int8_tru
 
 def test_compare_refuses_an_unknown_precision_before_any_work(colour_folder, tmp_path):
     with pytest.raises(TransferlabError, match="unknown precision 'int4'"):
-        transferlab.compare(colour_folder, precision="int4", out=tmp_path / "compare", quiet=True)
+        transferlab.runs.compare(colour_folder, precision="int4", out=tmp_path / "compare", quiet=True)
     assert not (tmp_path / "compare").exists()

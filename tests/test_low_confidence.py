@@ -16,8 +16,8 @@ from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
 from conftest import make_colour_run
-from transferlab.cli import app
-from transferlab.confidence import REFERENCE_KEY, fit_confidence, reference_rows
+from transferlab.cli.app import app
+from transferlab.model.confidence import REFERENCE_KEY, fit_confidence, reference_rows
 
 runner = CliRunner()
 
@@ -123,7 +123,7 @@ def test_older_run_folders_without_a_fitted_check_predict_without_a_flag(run_dir
 
 
 def test_the_server_flags_a_photo_far_from_the_training_images(run_dir, cat):
-    from transferlab.serve import create_app
+    from transferlab.deploy.serve import create_app
 
     client = TestClient(create_app(run_dir), base_url="http://127.0.0.1:8000")
     answer = client.post("/api/predict", files={"file": ("cat.jpg", cat.read_bytes(), "image/jpeg")}).json()

@@ -74,7 +74,7 @@ def test_figures_show_exactly_once_in_a_kernel_whether_or_not_pyplot_is_imported
     from nbclient import NotebookClient
     from nbformat.v4 import new_code_cell, new_notebook
 
-    draw = "from transferlab.plots import history_figure\nhistory_figure([{'epoch': 1, 'loss': 1.0, " \
+    draw = "from transferlab.reports.plots import history_figure\nhistory_figure([{'epoch': 1, 'loss': 1.0, " \
            "'accuracy': 0.5, 'val_loss': 1.1, 'val_accuracy': 0.4}])"
     notebook = new_notebook(cells=[new_code_cell(draw), new_code_cell("import matplotlib.pyplot as plt"),
                                    new_code_cell(draw)])

@@ -12,8 +12,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 import transferlab
-from transferlab.augment import AugmentConfig
-from transferlab.errors import TransferlabError
+from transferlab.data.augment import AugmentConfig
+from transferlab.core.errors import TransferlabError
 
 from conftest import COLOURS, write_colour_images
 
@@ -32,7 +32,7 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def comparison(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("notebook-compare") / "out"
-    return transferlab.compare(data, ["extract", "augment"], out=out, epochs=6, views=1, lr=3e-3, verbose=0)
+    return transferlab.runs.compare(data, ["extract", "augment"], out=out, epochs=6, views=1, lr=3e-3, verbose=0)
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_comparison_card_lists_every_strategy_and_marks_the_best(comparison):
 
 
 def test_comparison_of_runs_outside_its_folder_is_a_clear_error(clf, tmp_path):
-    from transferlab.compare import Comparison
+    from transferlab.runs.compare import Comparison
 
     with pytest.raises(TransferlabError, match="is not inside"):
         Comparison.of({"extract": clf}, tmp_path / "elsewhere")
@@ -154,16 +154,16 @@ def test_comparison_plot_draws_one_line_per_strategy_for_accuracy_and_loss(compa
 
 
 def test_compare_and_summary_stay_callable_from_the_package_once_their_modules_are_imported():
-    import transferlab.compare  # noqa: F401  (importing a submodule makes it the package's attribute)
-    import transferlab.summary  # noqa: F401
+    import transferlab.runs.compare  # noqa: F401  (importing a submodule makes it the package's attribute)
+    import transferlab.model.summary  # noqa: F401
 
-    assert callable(transferlab.compare) and callable(transferlab.summary)
-    assert transferlab.compare.Comparison.__name__ == "Comparison"  # and they are still the modules
+    assert callable(transferlab.runs.compare) and callable(transferlab.model.summary)
+    assert transferlab.runs.compare.Comparison.__name__ == "Comparison"  # and they are still the modules
 
 
 def test_summary_is_callable_from_the_package_and_shows_as_a_table(clf):
 
-    summary = transferlab.summary(clf)
+    summary = transferlab.model.summary(clf)
     html = summary._repr_html_()
     assert "total parameters" in html and f"{summary.total:,}" in html and "<table>" in html
 

@@ -11,9 +11,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import transferlab
-from transferlab.cli import app
-from transferlab.errors import TransferlabError
-from transferlab.prediction import Prediction, predict_with_progress
+from transferlab.cli.app import app
+from transferlab.core.errors import TransferlabError
+from transferlab.model.prediction import Prediction, predict_with_progress
 
 runner = CliRunner()
 
@@ -32,8 +32,8 @@ def clf(run_dir):
 
 @pytest.fixture(scope="module")
 def exported(run_dir):
-    transferlab.export(run_dir)  # the top-level callable
-    from transferlab.onnx_predict import OnnxClassifier
+    transferlab.deploy.export(run_dir)  # the top-level callable
+    from transferlab.deploy.onnx_predict import OnnxClassifier
 
     return OnnxClassifier(run_dir)
 

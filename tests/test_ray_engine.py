@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 
 import transferlab
 from conftest import link_hymenoptera
-from transferlab.cli import app
-from transferlab.errors import TransferlabError
-from transferlab.features import FeatureExtractor
-from transferlab.files import bytes_digest, file_digest
+from transferlab.cli.app import app
+from transferlab.core.errors import TransferlabError
+from transferlab.features.extractor import FeatureExtractor
+from transferlab.core.files import bytes_digest, file_digest
 
 pytestmark = [pytest.mark.ray, pytest.mark.integration]
 ray = pytest.importorskip("ray")
@@ -49,14 +49,14 @@ def test_bytes_digest_is_the_file_digest(photos):
 
 
 def test_local_imports_do_not_import_ray():
-    code = ("import sys, transferlab.cli, transferlab.api, transferlab.pipeline, transferlab.embed, "
-            "transferlab.engines, transferlab.bulk_predict; print('ray' in sys.modules)")
+    code = ("import sys, transferlab.cli.app, transferlab.api, transferlab.runs.pipeline, transferlab.engines.embed, "
+            "transferlab.engines.local, transferlab.engines.bulk_predict; print('ray' in sys.modules)")
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, check=True)
     assert shown.stdout.strip() == "False"
 
 
 def test_ray_features_equal_local_features_under_the_same_cache_keys(cluster, photos, tmp_path):
-    from transferlab import ray_engine
+    from transferlab.engines import ray_extraction as ray_engine
 
     paths = every_path(photos)
     FeatureExtractor(cache_dir=tmp_path / "ray", quiet=True).extract(paths[:10])  # cached by a local run before
@@ -73,8 +73,8 @@ def test_ray_features_equal_local_features_under_the_same_cache_keys(cluster, ph
 
 
 def test_a_cpu_trunk_actor_reads_hashes_and_decodes_batches_of_paths_itself(photos, tmp_path):
-    from transferlab import ray_engine
-    from transferlab.features import cache_key
+    from transferlab.engines import ray_extraction as ray_engine
+    from transferlab.features.extractor import cache_key
 
     paths = every_path(photos)[:5] + [photos / BROKEN]
     extractor = FeatureExtractor(cache_dir=tmp_path, quiet=True)
@@ -86,7 +86,7 @@ def test_a_cpu_trunk_actor_reads_hashes_and_decodes_batches_of_paths_itself(phot
 
 
 def test_a_lost_worker_node_still_gives_identical_features(cluster, photos, tmp_path):
-    from transferlab import ray_engine
+    from transferlab.engines import ray_extraction as ray_engine
 
     ray_cluster, workers = cluster
     paths = every_path(photos)
@@ -126,7 +126,7 @@ def test_train_with_the_ray_engine_writes_the_local_run(cluster, photos, trained
 
 
 def bulk(run: Path, photos: Path, out: Path, top_k: int = 2):
-    from transferlab.bulk_predict import predict_folder
+    from transferlab.engines.bulk_predict import predict_folder
 
     return predict_folder(run, every_path(photos), out, top_k=top_k, quiet=True)
 

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 import transferlab
 from conftest import link_hymenoptera
-from transferlab.cli import app
-from transferlab.compare import COLUMNS
-from transferlab.errors import TransferlabError
+from transferlab.cli.app import app
+from transferlab.runs.compare import COLUMNS
+from transferlab.core.errors import TransferlabError
 
 pytestmark = [pytest.mark.ray, pytest.mark.integration]
 ray = pytest.importorskip("ray")
@@ -49,12 +49,12 @@ def test_two_worker_ddp_finetuning_writes_a_loadable_run_scoring_as_the_single_p
 
 
 def test_a_rerun_resumes_from_the_last_checkpoint(cluster, photos, tmp_path):
-    from transferlab import ray_train
-    from transferlab.backbones import create_backbone
-    from transferlab.options import FitConfig, TrainOptions
-    from transferlab.ray_engine import portable
+    from transferlab.engines import ray_training as ray_train
+    from transferlab.backbones.registry import create_backbone
+    from transferlab.core.config import FitConfig, TrainOptions
+    from transferlab.engines.ray_extraction import portable
     from transferlab.strategies.base import make_extractor
-    from transferlab.trunk import Trunk
+    from transferlab.backbones.trunk import Trunk
 
     paths = [str(p) for p in sorted(photos.rglob("*.jpg"))]
     labels = np.array([0 if "/ants/" in p else 1 for p in paths])
@@ -80,7 +80,7 @@ def test_a_worker_dying_mid_fine_tuning_resumes_from_the_last_checkpoint_and_wri
         cluster, photos, tmp_path, monkeypatch):
     """A training worker's process is killed (SIGKILL) at the start of phase 2, once: Ray Train restarts the worker
     group and the run resumes from the phase-1 checkpoint instead of training phase 1 again."""
-    from transferlab import ray_train
+    from transferlab.engines import ray_training as ray_train
 
     marker, log = tmp_path / "killed", tmp_path / "worker.log"
 

@@ -10,13 +10,13 @@ import torch
 from PIL import Image
 
 from conftest import COLOURS, write_colour_images
-from transferlab.errors import TransferlabError
-from transferlab.feature_cache import TABLE, FeatureCache, checksum, not_damage
-from transferlab.features import FeatureExtractor
-from transferlab.heads import HeadConfig, build_head
-from transferlab.options import FitConfig
-from transferlab.runtimes import RUNTIMES, register_runtime
-from transferlab.training import fit
+from transferlab.core.errors import TransferlabError
+from transferlab.features.cache import TABLE, FeatureCache, checksum, not_damage
+from transferlab.features.extractor import FeatureExtractor
+from transferlab.model.heads import HeadConfig, build_head
+from transferlab.core.config import FitConfig
+from transferlab.features.runtimes import RUNTIMES, register_runtime
+from transferlab.model.training import fit
 
 
 @pytest.fixture

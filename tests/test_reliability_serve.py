@@ -15,12 +15,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-import transferlab.serve as serve_module
+import transferlab.deploy.serve as serve_module
 from conftest import make_colour_run
 from transferlab.api import load
-from transferlab.classifier import Classifier
-from transferlab.report import write_report
-from transferlab.serve import create_app, hosts_for
+from transferlab.model.classifier import Classifier
+from transferlab.reports.report import write_report
+from transferlab.deploy.serve import create_app, hosts_for
 
 LOCAL = "http://127.0.0.1:8000"
 
@@ -80,7 +80,7 @@ def test_upload_within_the_pixel_cap_is_classified(client):
 
 
 def test_default_pixel_cap_refuses_a_10000_by_10000_png_far_below_the_training_limit(default_client):
-    from transferlab.decoding import MAX_IMAGE_PIXELS
+    from transferlab.data.decoding import MAX_IMAGE_PIXELS
 
     assert serve_module.DEFAULT_MAX_UPLOAD_MEGAPIXELS * 1e6 <= MAX_IMAGE_PIXELS / 2
     buffer = io.BytesIO()

@@ -18,11 +18,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import transferlab
-from transferlab.cli import app
-from transferlab.errors import TransferlabError
-from transferlab.plots import plot_comparison
-from transferlab.report import REPORT_NAME, run_context, write_report
-from transferlab.training import History
+from transferlab.cli.app import app
+from transferlab.core.errors import TransferlabError
+from transferlab.reports.plots import plot_comparison
+from transferlab.reports.report import REPORT_NAME, run_context, write_report
+from transferlab.model.training import History
 
 TRICKY_CLASS = '<b>x&y "q"'  # a folder name (no "/" on Linux) that would be markup if it were not escaped
 ESCAPED_CLASS = str(escape(TRICKY_CLASS))

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import make_colour_run
-from transferlab.metrics import most_confused_submatrix
-from transferlab.report import CONFUSED_CLASSES, REPORT_NAME, write_report
+from transferlab.model.metrics import most_confused_submatrix
+from transferlab.reports.report import CONFUSED_CLASSES, REPORT_NAME, write_report
 
 N_CLASSES = 40
 

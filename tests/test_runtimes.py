@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import transferlab
-from transferlab.errors import TransferlabError
-from transferlab.features import FeatureExtractor
-from transferlab.runtimes import RUNTIMES, TorchRuntime, TrunkSource, register_runtime
+from transferlab.core.errors import TransferlabError
+from transferlab.features.extractor import FeatureExtractor
+from transferlab.features.runtimes import RUNTIMES, TorchRuntime, TrunkSource, register_runtime
 
 
 class CountingRuntime:

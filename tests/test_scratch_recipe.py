@@ -13,13 +13,13 @@ from typer.testing import CliRunner
 
 import transferlab
 import transferlab.strategies.scratch as scratch
-from transferlab.augment import AugmentConfig
-from transferlab.backbones import create_backbone
-from transferlab.cli import app
-from transferlab.errors import TransferlabError
-from transferlab.heads import HeadConfig, build_head
-from transferlab.options import SCRATCH_RECIPES, scratch_recipe
-from transferlab.training import fit as real_fit
+from transferlab.data.augment import AugmentConfig
+from transferlab.backbones.registry import create_backbone
+from transferlab.cli.app import app
+from transferlab.core.errors import TransferlabError
+from transferlab.model.heads import HeadConfig, build_head
+from transferlab.core.config import SCRATCH_RECIPES, scratch_recipe
+from transferlab.model.training import fit as real_fit
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_cli_recipe_flag_reaches_train(colours, monkeypatch):
 
 
 def test_compare_names_the_scratch_recipe_it_ran(colours, fit_calls, tmp_path):
-    comparison = transferlab.compare(colours, ["scratch"], out=tmp_path / "cmp", quiet=True)
+    comparison = transferlab.runs.compare(colours, ["scratch"], out=tmp_path / "cmp", quiet=True)
     assert comparison.rows[0]["recipe"] == "default"
     assert "scratch (default recipe)" in (tmp_path / "cmp" / "compare.md").read_text()
 

@@ -13,8 +13,8 @@ from PIL import Image
 
 import transferlab
 from conftest import make_colour_run
-from transferlab.errors import TransferlabError
-from transferlab.serve import create_app
+from transferlab.core.errors import TransferlabError
+from transferlab.deploy.serve import create_app
 
 TINY_CAP_MB = 0.01  # 10 KiB: a generated 48 px JPEG (~2 KB) fits, 20 KB does not
 
@@ -198,7 +198,7 @@ def test_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path):
 
 
 def test_onnx_runtime_serves_the_exported_model(run_dir):
-    from transferlab.export import export_float
+    from transferlab.deploy.export import export_float
 
     export_float(transferlab.load(run_dir), run_dir / "model.onnx")
     client = TestClient(create_app(run_dir, runtime="onnx"), base_url="http://127.0.0.1:8000")

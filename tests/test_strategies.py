@@ -11,16 +11,16 @@ import pytest
 import torch
 
 import transferlab
-from transferlab.augment import AugmentConfig
-from transferlab.backbones import create_backbone, get_spec
-from transferlab.errors import TransferlabError
-from transferlab.features import FeatureExtractor
-from transferlab.trunk import Trunk, split_backbone
+from transferlab.data.augment import AugmentConfig
+from transferlab.backbones.registry import create_backbone, get_spec
+from transferlab.core.errors import TransferlabError
+from transferlab.features.extractor import FeatureExtractor
+from transferlab.backbones.trunk import Trunk, split_backbone
 from transferlab.strategies import TrainOptions, run_strategy
 from transferlab.strategies.augment import FrozenBaseFeatures
 from transferlab.strategies.inputs import decode_images
 from transferlab.strategies.finetune import TailNet
-from transferlab.options import FitConfig
+from transferlab.core.config import FitConfig
 
 from conftest import write_colour_classes
 
@@ -237,9 +237,9 @@ def test_finetune_on_real_photos_beats_chance(shared, tmp_path):
 
 # -- featurewise standardisation (Keras' dataset-level options) ----------------------------------------
 def test_scratch_fits_featurewise_normalisation_and_keeps_it_at_prediction_and_export(colours, tmp_path):
-    from transferlab.augment import FeaturewiseStandardizer
-    from transferlab.export import export_run
-    from transferlab.onnx_predict import OnnxClassifier
+    from transferlab.data.augment import FeaturewiseStandardizer
+    from transferlab.deploy.export import export_run
+    from transferlab.deploy.onnx_predict import OnnxClassifier
 
     config = dataclasses.replace(AugmentConfig.none(), featurewise_center=True, featurewise_std_normalization=True)
     classifier = transferlab.train(colours, strategy="scratch", augment=config, out=tmp_path / "run", epochs=2,

@@ -9,13 +9,13 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from transferlab.backbones import create_backbone
-from transferlab.classifier import Classifier
-from transferlab.features import FeatureExtractor
-from transferlab.cli import app
-from transferlab.errors import TransferlabError
-from transferlab.heads import HeadConfig, build_head
-from transferlab.summary import summarize, summarize_backbone, summarize_run, summary_of
+from transferlab.backbones.registry import create_backbone
+from transferlab.model.classifier import Classifier
+from transferlab.features.extractor import FeatureExtractor
+from transferlab.cli.app import app
+from transferlab.core.errors import TransferlabError
+from transferlab.model.heads import HeadConfig, build_head
+from transferlab.model.summary import summarize, summarize_backbone, summarize_run, summary_of
 
 
 def rows_by_name(summary):

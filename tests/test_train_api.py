@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import transferlab
-from transferlab.errors import TransferlabError
+from transferlab.core.errors import TransferlabError
 
 RUN_FILES = [
     "config.json", "split.csv", "skipped.csv", "history.csv", "metrics.json", "model.safetensors",
@@ -93,7 +93,7 @@ def test_warm_rerun_builds_no_network(colour_folder, tmp_path):
     transferlab.train(colour_folder, out=tmp_path / "cold", epochs=2, quiet=True)
     code = (
         "import sys\n"
-        "from transferlab.cli import main\n"
+        "from transferlab.cli.app import main\n"
         f"sys.argv = ['transferlab', '--quiet', 'train', {str(colour_folder)!r}, '--epochs', '2', "
         f"'--out', {str(tmp_path / 'warm')!r}]\n"
         "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
@@ -107,9 +107,9 @@ def test_warm_rerun_builds_no_network(colour_folder, tmp_path):
 def test_confidence_check_reuses_the_extract_strategy_features(colour_folder):
     """The extract strategy hands its split's features to the confidence check, which then reads nothing again;
     the fitted check equals the one fitted from features read back from the cache."""
-    from transferlab.data import load_dataset
-    from transferlab.options import FitConfig, TrainOptions
-    from transferlab.pipeline import fit_confidence_check
+    from transferlab.data.dataset import load_dataset
+    from transferlab.core.config import FitConfig, TrainOptions
+    from transferlab.runs.pipeline import fit_confidence_check
     from transferlab.strategies import run_strategy
 
     (colour_folder / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"0" * 2000)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from transferlab.errors import TransferlabError
-from transferlab.heads import HeadConfig, build_head
-from transferlab.metrics import evaluate_probabilities, most_confused_pairs
-from transferlab.plots import plot_training_curves, smooth
-from transferlab.options import FitConfig
-from transferlab.training import History, PlainAdam, class_weights, fit, torch_optimizer
+from transferlab.core.errors import TransferlabError
+from transferlab.model.heads import HeadConfig, build_head
+from transferlab.model.metrics import evaluate_probabilities, most_confused_pairs
+from transferlab.reports.plots import plot_training_curves, smooth
+from transferlab.core.config import FitConfig
+from transferlab.model.training import History, PlainAdam, class_weights, fit, torch_optimizer
 
 
 def blobs(n_per_class=40, n_classes=3, dim=16, seed=0):
@@ -96,7 +96,7 @@ def test_training_stops_before_an_epoch_that_would_end_after_the_deadline():
 
 
 def test_a_deadline_is_a_moment_not_a_setting_of_the_run():
-    from transferlab.options import TrainOptions
+    from transferlab.core.config import TrainOptions
 
     assert "deadline" not in TrainOptions(fit=FitConfig(deadline=1e9)).to_dict()["fit"]
 
@@ -179,9 +179,9 @@ def test_training_a_head_with_adam_does_not_import_torch_dynamo():
 
     code = (
         "import sys, torch\n"
-        "from transferlab.heads import HeadConfig, build_head\n"
-        "from transferlab.options import FitConfig\n"
-        "from transferlab.training import fit\n"
+        "from transferlab.model.heads import HeadConfig, build_head\n"
+        "from transferlab.core.config import FitConfig\n"
+        "from transferlab.model.training import fit\n"
         "x, y = torch.randn(32, 8), torch.randint(0, 2, (32,))\n"
         "fit(build_head(HeadConfig('mlp', 8, 2)), (x, y), (x, y), FitConfig(epochs=2), n_classes=2, quiet=True)\n"
         "print('torch._dynamo' in sys.modules)\n"

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import transferlab
-from transferlab.backbones import create_backbone
-from transferlab.errors import TransferlabError
-from transferlab.export import export_run
-from transferlab.options import FitConfig, TrainOptions
+from transferlab.backbones.registry import create_backbone
+from transferlab.core.errors import TransferlabError
+from transferlab.deploy.export import export_run
+from transferlab.core.config import FitConfig, TrainOptions
 from transferlab.strategies import run_strategy
 from transferlab.strategies.finetune import (
     EARLIEST_BLOCK_LR_FRACTION,
@@ -23,7 +23,7 @@ from transferlab.strategies.finetune import (
     discriminative_lr_scales,
     finetune_config,
 )
-from transferlab.training import fit, make_scheduler
+from transferlab.model.training import fit, make_scheduler
 
 from conftest import write_colour_classes
 

@@ -4,42 +4,28 @@ Names are imported lazily so that light entry points (ONNX-only prediction, the 
 pay for importing torch.
 """
 
-import sys
-import types
 from importlib import import_module
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
+_EXPORTS = {  # name -> module[:attribute]
     "train": "transferlab.api",
     "load": "transferlab.api",
     "dataset": "transferlab.api",
     "evaluate": "transferlab.api",
-    "show_augmentations": "transferlab.notebook",
-    "Classifier": "transferlab.classifier",
-    "Prediction": "transferlab.prediction",
-    "TransferlabError": "transferlab.errors",
+    "compare": "transferlab.runs.compare",
+    "export": "transferlab.deploy.export:export_run",
+    "summary": "transferlab.model.summary:summary_of",
+    "show_augmentations": "transferlab.reports.notebook",
+    "Classifier": "transferlab.model.classifier",
+    "Prediction": "transferlab.model.prediction",
+    "TransferlabError": "transferlab.core.errors",
 }
-# Functions named like their module: importing a submodule makes it an attribute of the package, so
-# `transferlab.compare` is the module as soon as anything imports it. These modules are therefore callable.
-CALLABLE_MODULES = ("compare", "export", "summary")
-__all__ = [*_EXPORTS, *CALLABLE_MODULES, "__version__"]
+__all__ = [*_EXPORTS, "__version__"]
 
 
 def __getattr__(name: str):
-    if name in CALLABLE_MODULES:
-        return import_module(f"transferlab.{name}")
     if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
+        module, _, attribute = _EXPORTS[name].partition(":")
+        return getattr(import_module(module), attribute or name)
     raise AttributeError(f"module 'transferlab' has no attribute {name!r}")
-
-
-def _make_callable(module_name: str, function) -> None:
-    """`transferlab.<module>(...)` calls `function` (see CALLABLE_MODULES)."""
-
-    class CallableModule(types.ModuleType):
-        def __call__(self, *args, **kwargs):
-            return function(*args, **kwargs)
-
-    CallableModule.__call__.__doc__ = function.__doc__
-    sys.modules[module_name].__class__ = CallableModule

@@ -1,27 +1,27 @@
 """The Python API: `transferlab.train("data/")` works; every knob is a keyword away.
 
-A thin front: training lives in `transferlab.pipeline`, comparisons in `transferlab.compare`, evaluations on new
-labelled folders in `transferlab.evaluation`.
+A thin front: training lives in `transferlab.runs.pipeline`, comparisons in `transferlab.runs.compare`, evaluations on new
+labelled folders in `transferlab.runs.evaluation`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from transferlab import pipeline
-from transferlab.auto import train_auto
-from transferlab.classifier import Classifier
-from transferlab.compare import Comparison, compare
-from transferlab.data import DatasetSplit, load_dataset
-from transferlab.errors import TransferlabError
-from transferlab.evaluation import Evaluation, evaluate
+from transferlab.runs import pipeline
+from transferlab.runs.auto import train_auto
+from transferlab.model.classifier import Classifier
+from transferlab.runs.compare import Comparison, compare
+from transferlab.data.dataset import DatasetSplit, load_dataset
+from transferlab.core.errors import TransferlabError
+from transferlab.runs.evaluation import Evaluation, evaluate
 
 
 def train(data: str | Path, *, strategy: str = "extract", budget: float | None = None, **kwargs) -> Classifier:
-    """Train a classifier on a folder of images (see `transferlab.pipeline.train` for every keyword).
+    """Train a classifier on a folder of images (see `transferlab.runs.pipeline.train` for every keyword).
 
     `strategy="auto"` tries backbones and strategies within `budget` seconds (None: fitted to the data size)
-    and keeps the best on validation (see `transferlab.auto`).
+    and keeps the best on validation (see `transferlab.runs.auto`).
     """
     if strategy == "auto" and kwargs.get("engine", "local") != "local":
         raise TransferlabError("--engine ray takes a strategy whose features it computes, not auto",

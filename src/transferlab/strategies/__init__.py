@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from transferlab.data import DatasetSplit
-from transferlab.options import TrainOptions, check_strategy
+from transferlab.data.dataset import DatasetSplit
+from transferlab.core.config import TrainOptions, check_strategy
 from transferlab.strategies import augment, extract, finetune, scratch
 from transferlab.strategies.base import StrategyResult, Trained, build_result
 

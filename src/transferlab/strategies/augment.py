@@ -16,10 +16,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from transferlab.augment import AugmentConfig
-from transferlab.data import DatasetSplit
-from transferlab.features import FeatureExtractor
-from transferlab.heads import HeadConfig
+from transferlab.data.augment import AugmentConfig
+from transferlab.data.dataset import DatasetSplit
+from transferlab.features.extractor import FeatureExtractor
+from transferlab.model.heads import HeadConfig
 from transferlab.strategies.base import (
     Trained,
     TrainOptions,
@@ -30,7 +30,7 @@ from transferlab.strategies.base import (
     train_head,
 )
 from transferlab.strategies.inputs import CHANNELS_LAST, ImageBatches, decode_images, extract_views
-from transferlab.training import History
+from transferlab.model.training import History
 
 # Views of a frozen base's training images: the light preset. The notebooks' settings (rotation 40, shear,
 # zoom 0.2) drew the head's training features away from the clean test images on Caltech-101/97 (93.1% test

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transferlab.data import DatasetSplit
+from transferlab.data.dataset import DatasetSplit
 from transferlab.strategies.base import Trained, TrainOptions, extract_split, make_extractor, tensors, train_head
 
 

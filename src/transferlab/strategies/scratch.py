@@ -14,18 +14,18 @@ import dataclasses
 import numpy as np
 import torch
 
-from transferlab.augment import AugmentConfig, FeaturewiseStandardizer
-from transferlab.backbones import create_backbone, keras_init
-from transferlab.data import DatasetSplit
-from transferlab.features import FeatureExtractor
-from transferlab.errors import TransferlabError
-from transferlab.heads import HeadConfig, build_head
-from transferlab.options import scratch_recipe
+from transferlab.data.augment import AugmentConfig, FeaturewiseStandardizer
+from transferlab.backbones.registry import create_backbone, keras_init
+from transferlab.data.dataset import DatasetSplit
+from transferlab.features.extractor import FeatureExtractor
+from transferlab.core.errors import TransferlabError
+from transferlab.model.heads import HeadConfig, build_head
+from transferlab.core.config import scratch_recipe
 from transferlab.strategies.augment import augment_config
 from transferlab.strategies.base import Trained, TrainOptions, make_extractor, training_device
 from transferlab.strategies.inputs import CHANNELS_LAST, ImageBatches, decode_images
-from transferlab.training import fit
-from transferlab.trunk import Trunk
+from transferlab.model.training import fit
+from transferlab.backbones.trunk import Trunk
 
 
 def train(split: DatasetSplit, options: TrainOptions) -> Trained:

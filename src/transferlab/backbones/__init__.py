@@ -1,0 +1,3 @@
+"""Backbones: our name -> timm architecture, weights source and preprocessing; the frozen trunk; ImageNet labels.
+
+May import: core, data."""

@@ -1,0 +1,255 @@
+"""Keras-style model summaries: layer, type, output shape, parameters, trainable or frozen.
+
+`summarize(model, input_size)` runs one dummy image through the model with forward hooks to learn each
+layer's output shape. Hooks are written by hand rather than with torchinfo: torchinfo has had no release
+since 2023, and the few lines here return plain data (for the report and tests) instead of a string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from rich.table import Table
+from torch import nn
+
+from transferlab.backbones.registry import create_backbone, get_spec, list_specs
+from transferlab.model.classifier import Classifier
+from transferlab.core.errors import TransferlabError
+
+Shape = tuple[int, ...]
+TrainablePredicate = Callable[[str, nn.Parameter], bool]
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One row of a summary; `level` 0 is a top-level child of the model, 1 a child of that, and so on."""
+
+    name: str
+    type: str
+    level: int
+    output_shape: Shape | list[Shape] | None  # without the batch dimension; None: not run by the forward pass
+    params: int
+    trainable: int
+
+    @property
+    def status(self) -> str:
+        """'trainable', 'frozen', 'partly trainable' or '' (no parameters)."""
+        if self.params == 0:
+            return ""
+        if self.trainable == self.params:
+            return "trainable"
+        return "frozen" if self.trainable == 0 else "partly trainable"
+
+    @property
+    def shape_text(self) -> str:
+        if self.output_shape is None:
+            return "not used"
+        shapes = self.output_shape if isinstance(self.output_shape, list) else [self.output_shape]
+        return ", ".join("×".join(map(str, shape)) or "scalar" for shape in shapes)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Rows plus totals over every parameter of the model (shared parameters counted once)."""
+
+    title: str
+    input_shape: Shape  # without the batch dimension
+    rows: list[LayerRow]
+    total: int
+    trainable: int
+
+    @property
+    def non_trainable(self) -> int:
+        return self.total - self.trainable
+
+    def to_dict(self) -> dict:
+        rows = [{**asdict(row), "status": row.status, "output": row.shape_text} for row in self.rows]
+        return {
+            "title": self.title,
+            "input_shape": list(self.input_shape),
+            "rows": rows,
+            "total": self.total,
+            "trainable": self.trainable,
+            "non_trainable": self.non_trainable,
+        }
+
+    def _repr_html_(self) -> str:
+        from transferlab.reports.notebook import summary_html  # notebooks only
+
+        return summary_html(self)
+
+    @classmethod
+    def from_dict(cls, value: dict) -> Summary:
+        """The inverse of to_dict (summaries are stored in run folders as JSON)."""
+        rows = [
+            LayerRow(row["name"], row["type"], row["level"], _shape_from_json(row["output_shape"]), row["params"],
+                     row["trainable"])
+            for row in value["rows"]
+        ]
+        return cls(value["title"], tuple(value["input_shape"]), rows, value["total"], value["trainable"])
+
+    def table(self) -> Table:
+        table = Table(
+            title=self.title,
+            caption=(
+                f"Total params: {self.total:,}\nTrainable params: {self.trainable:,}\n"
+                f"Non-trainable params: {self.non_trainable:,}"
+            ),
+            caption_justify="left",
+        )
+        table.add_column("layer")
+        table.add_column("type")
+        table.add_column("output shape", justify="right")
+        table.add_column("params", justify="right")
+        table.add_column("trainable")
+        colours = {"trainable": "green", "frozen": "cyan", "partly trainable": "yellow"}
+        for row in self.rows:
+            style = "bold" if row.level == 0 else "dim" if row.output_shape is None else None
+            status = f"[{colours[row.status]}]{row.status}[/]" if row.status else ""
+            table.add_row("  " * row.level + row.name, row.type, row.shape_text, f"{row.params:,}", status, style=style)
+        return table
+
+
+def _shape_from_json(shape) -> Shape | list[Shape] | None:
+    """JSON turns tuples into lists: a list of lists was several outputs, a list of numbers one shape."""
+    if shape is None:
+        return None
+    if shape and isinstance(shape[0], list):
+        return [tuple(s) for s in shape]
+    return tuple(shape)
+
+
+def summarize(
+    model: nn.Module,
+    input_size: int | Sequence[int],
+    *,
+    depth: int = 1,
+    title: str = "",
+    is_trainable: TrainablePredicate | None = None,
+) -> Summary:
+    """Summary of `model` fed one 3×input_size×input_size image (one per size when `input_size` lists several:
+    a trunk that combines backbones); `depth` levels of nesting below the top.
+
+    `is_trainable(name, parameter)` decides the trainable column (default: `parameter.requires_grad`).
+    """
+    if depth < 0:
+        raise TransferlabError(f"depth must be >= 0, got {depth}")
+    is_trainable = is_trainable or (lambda _name, parameter: parameter.requires_grad)
+    first_size = input_size if isinstance(input_size, int) else input_size[0]
+    listed = list(_listed_modules(model, "", "", 0, depth))
+    shapes = _output_shapes(model, input_size, [module for _, _, _, module in listed])
+    rows = []
+    for path, name, level, module in listed:
+        params = dict(module.named_parameters(prefix=path))
+        rows.append(LayerRow(
+            name=name,
+            type=type(module).__name__,
+            level=level,
+            output_shape=shapes.get(id(module)),
+            params=sum(p.numel() for p in params.values()),
+            trainable=sum(p.numel() for n, p in params.items() if is_trainable(n, p)),
+        ))
+    every = dict(model.named_parameters())
+    return Summary(
+        title=title or type(model).__name__,
+        input_shape=(3, first_size, first_size),
+        rows=rows,
+        total=sum(p.numel() for p in every.values()),
+        trainable=sum(p.numel() for n, p in every.items() if is_trainable(n, p)),
+    )
+
+
+def _listed_modules(module: nn.Module, path: str, shown: str, level: int, depth: int) -> Iterator[tuple]:
+    """(module path, shown name, level, module) depth first; a lone child is looked through, not listed,
+    because its row would repeat its parent's (e.g. a wrapper around the timm model)."""
+    children = [(_join(path, name), name, child) for name, child in module.named_children()]
+    while len(children) == 1 and next(children[0][2].children(), None) is not None:
+        only_path, _, only = children[0]
+        children = [(_join(only_path, name), name, child) for name, child in only.named_children()]
+    for child_path, name, child in children:
+        child_shown = _join(shown, name)
+        yield child_path, child_shown, level, child
+        if level < depth:
+            yield from _listed_modules(child, child_path, child_shown, level + 1, depth)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _output_shapes(
+    model: nn.Module, input_size: int | Sequence[int], modules: list[nn.Module]
+) -> dict[int, Shape | list[Shape]]:
+    """Output shape (batch dimension dropped) of each module the forward pass runs, by id(module)."""
+    shapes: dict[int, Shape | list[Shape]] = {}
+
+    def record(module: nn.Module, _inputs, output) -> None:
+        shapes.setdefault(id(module), _shape_of(output))  # first call wins, as in Keras' first node
+
+    handles = [module.register_forward_hook(record) for module in modules]
+    was_training = model.training
+    try:
+        with torch.inference_mode():
+            sizes = [input_size] if isinstance(input_size, int) else input_size
+            model.eval()(*(torch.zeros(1, 3, size, size) for size in sizes))
+    except RuntimeError as exc:
+        raise TransferlabError(
+            f"the model does not run on a {input_size}×{input_size} input: {str(exc).splitlines()[0]}",
+            hint="use the backbone's own input size (leave out --input-size) or one it supports",
+        ) from exc
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+def _shape_of(output) -> Shape | list[Shape] | None:
+    if isinstance(output, torch.Tensor):
+        return tuple(output.shape[1:])
+    if isinstance(output, (list, tuple)):
+        return [tuple(t.shape[1:]) for t in output if isinstance(t, torch.Tensor)]
+    return None
+
+
+def summarize_backbone(name: str, input_size: int | None = None, depth: int = 1) -> Summary:
+    """A registered backbone with its ImageNet head, every layer trainable (before freezing); no weights needed."""
+    spec = get_spec(name)
+    size = input_size or spec.input_size
+    model = create_backbone(name, pretrained=False)  # shapes and counts do not depend on the weights
+    source = f" (timm {spec.timm_name})" if spec.timm_name else ""
+    return summarize(model, size, depth=depth, title=f"{name}{source} at {size}×{size}")
+
+
+def summarize_run(run: str | Path | Classifier, input_size: int | None = None, depth: int = 1) -> Summary:
+    """A trained model: backbone trunk + head. The trunk is frozen except the tensors the run trained
+    (fine-tuned blocks or a network trained from scratch save them under `backbone.` in model.safetensors)."""
+    classifier = run if isinstance(run, Classifier) else Classifier.load(run)
+    trained = {f"backbone.model.{name}" for name in classifier.backbone_state or {}}
+    sizes = [input_size] if input_size else classifier.extractor.input_sizes
+    shown = " + ".join(f"{size}×{size}" for size in sizes)
+    return summarize(
+        classifier.network(),
+        sizes,
+        depth=depth,
+        title=f"{classifier.backbone} + {classifier.head_config.kind} head ({classifier.strategy}) at {shown}",
+        is_trainable=lambda name, _parameter: name.startswith("head.") or name in trained,
+    )
+
+
+def summary_of(target: str | Path | Classifier, input_size: int | None = None, depth: int = 1) -> Summary:
+    """`target` is a Classifier, a run folder (it holds model.json) or a backbone name."""
+    if isinstance(target, Classifier) or Path(target).is_dir():
+        return summarize_run(target, input_size, depth)
+    if str(target) not in {spec.name for spec in list_specs()}:
+        raise TransferlabError(
+            f"{str(target)!r} is neither a run folder nor a backbone",
+            hint=f"pass a folder written by `transferlab train`, or one of: {', '.join(s.name for s in list_specs())}",
+        )
+    return summarize_backbone(str(target), input_size, depth)
+
+
+__all__ = ["LayerRow", "Summary", "summarize", "summarize_backbone", "summarize_run", "summary_of"]

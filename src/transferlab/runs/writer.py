@@ -1,0 +1,175 @@
+"""The run folder: every artifact of a training run, written so that it can be read and reproduced."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from transferlab.model.classifier import Classifier
+from transferlab.core.errors import TransferlabError
+from transferlab.core.files import atomic_write_bytes, disk_full_as_error
+from transferlab.strategies.base import StrategyResult
+from transferlab.model.summary import Summary, summarize_run
+
+TEST_PREDICTIONS = "test_predictions.csv"
+SUMMARY = "summary.json"
+
+VERSIONED_PACKAGES = ("transferlab", "torch", "torchvision", "timm", "onnxruntime", "numpy", "scikit-learn", "pillow")
+
+
+def unique_run_dir(out: str | Path | None, data: str | Path, strategy: str, root: Path = Path("runs")) -> Path:
+    """`out` as given, or runs/<data>-<strategy>, runs/<data>-<strategy>-2, ... (never overwrite a run)."""
+    if out is not None:
+        return Path(out)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(data).resolve().name) or "data"
+    candidate = root / f"{stem}-{strategy}"
+    n = 2
+    while candidate.exists():
+        candidate = root / f"{stem}-{strategy}-{n}"
+        n += 1
+    return candidate
+
+
+def check_destination(run_dir: Path, overwrite: bool) -> None:
+    """Before any work: the run folder must be new (or empty), or `overwrite` must say to replace it."""
+    if run_dir.is_file():
+        raise TransferlabError(f"--out {run_dir} is a file, not a folder", hint="choose another --out")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+        raise TransferlabError(
+            f"{run_dir} already holds a run", hint="choose another --out, or add --overwrite to replace the whole folder"
+        )
+
+
+def clear_destination(folder: Path, overwrite: bool) -> None:
+    """check_destination, then, with `overwrite`, the old folder removed (for a folder of runs such as compare's)."""
+    check_destination(folder, overwrite)
+    if overwrite and folder.is_dir():
+        shutil.rmtree(folder)
+
+
+@contextmanager
+def staged(run_dir: Path) -> Iterator[Path]:
+    """A temporary sibling folder to write a run into; moved into place (replacing any old run as a whole) only
+    when the block completes, and removed when it fails. So a run folder never mixes two runs, and a run that
+    fails (full disk, kill -9) leaves the old one untouched."""
+    with disk_full_as_error(run_dir):
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.partial-"))
+    os.chmod(staging, 0o755)  # mkdtemp makes private folders; run folders are meant to be shared
+    try:
+        with disk_full_as_error(run_dir):
+            yield staging
+        if run_dir.exists():
+            old = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.old-"))
+            os.replace(run_dir, old / run_dir.name)
+            os.replace(staging, run_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, run_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def environment() -> dict:
+    versions = {}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions}
+
+
+def write_json(path: Path, value) -> Path:
+    atomic_write_bytes(path, (json.dumps(value, indent=2, default=str) + "\n").encode())
+    return path
+
+
+@dataclass
+class TestPredictions:
+    """The test split's class probabilities, computed once after training: one array per view (the image
+    itself, then the TTA views), for the images that decoded."""
+
+    paths: list[Path]
+    labels: np.ndarray  # int64 [n]
+    views: np.ndarray  # [views, n, classes]
+    classes: list[str]
+    root: Path
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        return self.views.mean(axis=0)
+
+    def write_csv(self, path: Path) -> Path:
+        """path (relative to the data root), class, predicted, p_predicted, p_true: one row per image."""
+        probabilities = self.probabilities
+        predicted = probabilities.argmax(axis=1)
+        with path.open("w", newline="", encoding="utf-8") as file:
+            writer = csv.writer(file)
+            writer.writerow(["path", "class", "predicted", "p_predicted", "p_true"])
+            for i, image in enumerate(self.paths):
+                relative = image.relative_to(self.root).as_posix() if image.is_relative_to(self.root) else str(image)
+                writer.writerow([
+                    relative, self.classes[self.labels[i]], self.classes[predicted[i]],
+                    f"{probabilities[i, predicted[i]]:.6f}", f"{probabilities[i, self.labels[i]]:.6f}",
+                ])
+        return path
+
+
+def write_run(
+    run_dir: Path, result: StrategyResult, *, config: dict, metrics: dict, test: TestPredictions
+) -> dict[str, Path]:
+    """config.json, split.csv, skipped.csv, history.csv, metrics.json, test_predictions.csv, summary.json,
+    model files and plots."""
+    from transferlab.reports.plots import plot_confusion_matrix, plot_training_curves  # matplotlib only when drawing
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    files = {
+        "config": write_json(run_dir / "config.json", {**config, "environment": environment()}),
+        "metrics": write_json(run_dir / "metrics.json", metrics),
+    }
+    result.split.write_split_csv(run_dir / "split.csv")
+    result.split.write_skipped_csv(run_dir / "skipped.csv")
+    result.history.write_csv(run_dir / "history.csv")
+    files.update(split=run_dir / "split.csv", skipped=run_dir / "skipped.csv", history=run_dir / "history.csv")
+    files["test_predictions"] = test.write_csv(run_dir / TEST_PREDICTIONS)
+    result.classifier.save(run_dir)
+    files["model"] = run_dir / "model.safetensors"
+    files["summary"] = write_json(run_dir / SUMMARY, model_summary(result.classifier).to_dict())
+    accuracy_png, loss_png = plot_training_curves(result.history.epochs, run_dir)
+    files.update(accuracy_plot=accuracy_png, loss_plot=loss_png)
+    files["confusion_plot"] = plot_confusion_matrix(
+        metrics["test"]["confusion_matrix"], result.split.classes, run_dir / "confusion_matrix.png"
+    )
+    return files
+
+
+def model_summary(classifier: Classifier) -> Summary:
+    """The Keras-style summary of the trained network, remembered in the cache by everything it depends on
+    (building the network to summarise it costs seconds, a large share of a run on cached features)."""
+    extractor = classifier.extractor
+    identity = json.dumps([extractor.key, classifier.head_config.to_dict(), classifier.strategy], sort_keys=True)
+    path = extractor.cache_dir / "summaries" / f"{hashlib.blake2b(identity.encode(), digest_size=12).hexdigest()}.json"
+    if path.is_file():
+        try:
+            return Summary.from_dict(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError):
+            pass  # a damaged entry is recomputed and replaced
+    summary = summarize_run(classifier)
+    write_json(path, summary.to_dict())
+    return summary
