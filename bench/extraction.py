@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 import torch
-
 from common import CALTECH_EXCLUDED, machine, require_caltech
+
 from transferlab.data.dataset import load_dataset
 from transferlab.features.extractor import FeatureExtractor
 

@@ -15,8 +15,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import transferlab
 from common import CALTECH_EXCLUDED, machine, require_caltech
+
+import transferlab
 
 
 def phase2_epoch_seconds(data: Path, out: Path, end_to_end: bool, args: argparse.Namespace) -> tuple[float, int]:

@@ -30,12 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from common import require_caltech
 
+from transferlab.core.config import FitConfig
 from transferlab.features.extractor import FeatureExtractor
 from transferlab.model.heads import HeadConfig, build_head
-from transferlab.core.config import FitConfig
 from transferlab.model.training import fit
 
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import CALTECH_EXCLUDED, machine, require_caltech
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))

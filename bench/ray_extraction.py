@@ -71,8 +71,8 @@ class PeakSampler:
 
 
 def measure(mode: str, data: Path, limit: int | None, image_size: int | None) -> dict:
-    from transferlab.features.extractor import FeatureExtractor
     from transferlab.data.layouts import image_files
+    from transferlab.features.extractor import FeatureExtractor
 
     paths = image_files([data])[:limit] if limit else image_files([data])
     extractor = FeatureExtractor(cache_dir=os.environ["TRANSFERLAB_CACHE"], quiet=True, image_size=image_size)

@@ -13,18 +13,18 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import CALTECH_EXCLUDED, require_caltech
-from transferlab.data.augment import AugmentConfig
+
 from transferlab.backbones.registry import create_backbone, keras_init
+from transferlab.backbones.trunk import Trunk
+from transferlab.core.config import FitConfig
+from transferlab.data.augment import AugmentConfig
 from transferlab.data.dataset import load_dataset
 from transferlab.features.extractor import FeatureExtractor
 from transferlab.model.heads import HeadConfig, build_head
-from transferlab.core.config import FitConfig
+from transferlab.model.training import fit, predict_logits
 from transferlab.strategies.inputs import CHANNELS_LAST, ImageBatches, decode_images
 from transferlab.strategies.scratch import feature_size, featurewise_normalization
-from transferlab.model.training import fit, predict_logits
-from transferlab.backbones.trunk import Trunk
 
 
 def decoded(extractor: FeatureExtractor, split, cache: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

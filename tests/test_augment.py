@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from transferlab.core.errors import TransferlabError
 from transferlab.data.augment import (
     AugmentConfig,
     FeaturewiseStandardizer,
@@ -18,7 +19,6 @@ from transferlab.data.augment import (
     sample_transform,
 )
 from transferlab.data.previews import featurewise_preview, preview_grid, save_augmented
-from transferlab.core.errors import TransferlabError
 
 SEEDS = range(24)
 

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from conftest import write_colour_images
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import write_colour_images
 from transferlab.cli.app import app
 
 runner = CliRunner()

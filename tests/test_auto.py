@@ -8,10 +8,18 @@ import time
 import pytest
 
 import transferlab
-from transferlab.runs.auto import (AUGMENTED_VIEW_COST, RUN_SECONDS, Attempt, Candidate, CostModel, better,
-                             standard_error, train_auto)
-from transferlab.core.errors import TransferlabError
 from transferlab.core.config import parse_duration
+from transferlab.core.errors import TransferlabError
+from transferlab.runs.auto import (
+    AUGMENTED_VIEW_COST,
+    RUN_SECONDS,
+    Attempt,
+    Candidate,
+    CostModel,
+    better,
+    standard_error,
+    train_auto,
+)
 
 
 def test_a_tiny_budget_trains_only_the_cheapest_candidate_and_logs_the_rest(colour_folder, tmp_path):

@@ -13,8 +13,10 @@ import timm
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from weights_server import WeightsServer, refused_url
 
 from transferlab.backbones import registry as backbones
+from transferlab.backbones.imagenet import imagenet_labels, predict_imagenet
 from transferlab.backbones.registry import (
     BackboneSpec,
     backbone_status,
@@ -26,9 +28,7 @@ from transferlab.backbones.registry import (
     weights_fingerprint,
     weights_path,
 )
-from transferlab.backbones.imagenet import imagenet_labels, predict_imagenet
 from transferlab.core.errors import TransferlabError
-from weights_server import WeightsServer, refused_url
 
 EMBEDDED = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 DOWNLOADED = [

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import make_colour_run
+from PIL import Image
 from server_harness import running_server
 
 CHROMIUM = Path("/usr/bin/chromium")

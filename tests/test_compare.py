@@ -7,14 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import write_colour_classes
 from PIL import Image
 from typer.testing import CliRunner
 
 from transferlab.api import compare
 from transferlab.cli.app import app
 from transferlab.core.errors import TransferlabError
-
-from conftest import write_colour_classes
 
 
 @pytest.fixture(scope="module")

@@ -7,16 +7,17 @@ import json
 
 import pytest
 import torch
+from conftest import write_colour_classes
 from rich.console import Console
 from typer.testing import CliRunner
 
-from conftest import write_colour_classes
 from transferlab.cli.app import app
-from transferlab.model.heads import HeadConfig, build_head
 from transferlab.core.config import FitConfig
+from transferlab.core.history import History
+from transferlab.model.heads import HeadConfig, build_head
+from transferlab.model.training import describe_stop, fit
 from transferlab.runs.console import epoch_table, finetune_line, shown_epochs
 from transferlab.strategies.finetune import Phases
-from transferlab.model.training import History, describe_stop, fit
 
 runner = CliRunner()
 

@@ -1,8 +1,8 @@
 """Tests for transferlab.data.dataset: layouts, splits, skipped files and robust decoding."""
 
 import csv
-import zlib
 import io
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -11,10 +11,10 @@ import pytest
 from PIL import ExifTags, Image
 from rich.console import Console
 
+from transferlab.core.errors import TransferlabError
 from transferlab.data import decoding
 from transferlab.data.dataset import DatasetSplit, Skipped, load_dataset
 from transferlab.data.decoding import ImageDecodeError, open_image
-from transferlab.core.errors import TransferlabError
 
 CALTECH_EXCLUDED = ["BACKGROUND_Google", "Motorbikes", "airplanes", "Faces_easy", "Faces"]
 

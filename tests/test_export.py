@@ -10,12 +10,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import make_colour_run
 from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
 
 import transferlab
-from conftest import make_colour_run
 from transferlab.backbones.registry import get_spec, preprocess
 from transferlab.cli.app import app
 from transferlab.core.errors import TransferlabError

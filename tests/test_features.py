@@ -9,8 +9,8 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-
 from conftest import COLOURS, write_colour_images
+
 from transferlab.core.errors import TransferlabError
 from transferlab.features.cache import FeatureCache
 from transferlab.features.extractor import FeatureExtractor

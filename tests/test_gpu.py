@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import COLOURS, write_colour_classes, write_colour_images
 
 import transferlab
-from conftest import COLOURS, write_colour_classes, write_colour_images
+from transferlab.core.config import FitConfig
 from transferlab.features.extractor import FeatureExtractor
 from transferlab.model.heads import HeadConfig, build_head
-from transferlab.core.config import FitConfig
 from transferlab.model.training import fit
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 import transferlab
+from transferlab.core.config import TrainOptions
 from transferlab.core.errors import TransferlabError
 from transferlab.deploy.export import export_run
 from transferlab.deploy.onnx_predict import OnnxClassifier
 from transferlab.features.extractor import FeatureExtractor, quantized_trunk_name
-from transferlab.core.config import TrainOptions
 from transferlab.features.runtimes import verified
 
 

@@ -10,12 +10,12 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import make_colour_run
 from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
-from conftest import make_colour_run
 from transferlab.cli.app import app
 from transferlab.model.confidence import REFERENCE_KEY, fit_confidence, reference_rows
 

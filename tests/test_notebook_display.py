@@ -8,14 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import COLOURS, write_colour_images
 from matplotlib.figure import Figure
 from PIL import Image
 
 import transferlab
-from transferlab.data.augment import AugmentConfig
 from transferlab.core.errors import TransferlabError
-
-from conftest import COLOURS, write_colour_images
+from transferlab.data.augment import AugmentConfig
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -154,8 +153,8 @@ def test_comparison_plot_draws_one_line_per_strategy_for_accuracy_and_loss(compa
 
 
 def test_compare_and_summary_stay_callable_from_the_package_once_their_modules_are_imported():
-    import transferlab.runs.compare  # noqa: F401  (importing a submodule makes it the package's attribute)
     import transferlab.model.summary  # noqa: F401
+    import transferlab.runs.compare  # noqa: F401  (importing a submodule makes it the package's attribute)
 
     assert callable(transferlab.runs.compare) and callable(transferlab.model.summary)
     assert transferlab.runs.compare.Comparison.__name__ == "Comparison"  # and they are still the modules

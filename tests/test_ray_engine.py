@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -15,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import link_hymenoptera
 from typer.testing import CliRunner
 
 import transferlab
-from conftest import link_hymenoptera
 from transferlab.cli.app import app
 from transferlab.core.errors import TransferlabError
-from transferlab.features.extractor import FeatureExtractor
 from transferlab.core.files import bytes_digest, file_digest
+from transferlab.features.extractor import FeatureExtractor
 
 pytestmark = [pytest.mark.ray, pytest.mark.integration]
 ray = pytest.importorskip("ray")

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import link_hymenoptera
 from typer.testing import CliRunner
 
 import transferlab
-from conftest import link_hymenoptera
 from transferlab.cli.app import app
-from transferlab.runs.compare import COLUMNS
 from transferlab.core.errors import TransferlabError
+from transferlab.runs.compare import COLUMNS
 
 pytestmark = [pytest.mark.ray, pytest.mark.integration]
 ray = pytest.importorskip("ray")
@@ -49,12 +49,12 @@ def test_two_worker_ddp_finetuning_writes_a_loadable_run_scoring_as_the_single_p
 
 
 def test_a_rerun_resumes_from_the_last_checkpoint(cluster, photos, tmp_path):
-    from transferlab.engines import ray_training as ray_train
     from transferlab.backbones.registry import create_backbone
+    from transferlab.backbones.trunk import Trunk
     from transferlab.core.config import FitConfig, TrainOptions
+    from transferlab.engines import ray_training as ray_train
     from transferlab.engines.ray_extraction import portable
     from transferlab.strategies.base import make_extractor
-    from transferlab.backbones.trunk import Trunk
 
     paths = [str(p) for p in sorted(photos.rglob("*.jpg"))]
     labels = np.array([0 if "/ants/" in p else 1 for p in paths])

@@ -7,15 +7,15 @@ import sqlite3
 import numpy as np
 import pytest
 import torch
+from conftest import COLOURS, write_colour_images
 from PIL import Image
 
-from conftest import COLOURS, write_colour_images
+from transferlab.core.config import FitConfig
 from transferlab.core.errors import TransferlabError
 from transferlab.features.cache import TABLE, FeatureCache, checksum, not_damage
 from transferlab.features.extractor import FeatureExtractor
-from transferlab.model.heads import HeadConfig, build_head
-from transferlab.core.config import FitConfig
 from transferlab.features.runtimes import RUNTIMES, register_runtime
+from transferlab.model.heads import HeadConfig, build_head
 from transferlab.model.training import fit
 
 

@@ -6,9 +6,9 @@ import os
 import shutil
 
 import pytest
+from conftest import COLOURS, write_colour_classes, write_colour_images
 
 import transferlab
-from conftest import COLOURS, write_colour_classes, write_colour_images
 
 
 def test_symlink_loop_visits_each_file_once(tmp_path):

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import transferlab
+from transferlab.backbones.trunk import export_onnx
 from transferlab.core.errors import TransferlabError
 from transferlab.runs.writer import staged
-from transferlab.backbones.trunk import export_onnx
 
 
 def test_out_onto_an_existing_run_is_refused_before_any_work(colour_folder, tmp_path):

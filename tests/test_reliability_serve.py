@@ -12,15 +12,15 @@ import time
 import httpx
 import numpy as np
 import pytest
+from conftest import make_colour_run
 from fastapi.testclient import TestClient
 from PIL import Image
 
 import transferlab.deploy.serve as serve_module
-from conftest import make_colour_run
 from transferlab.api import load
+from transferlab.deploy.serve import create_app, hosts_for
 from transferlab.model.classifier import Classifier
 from transferlab.reports.report import write_report
-from transferlab.deploy.serve import create_app, hosts_for
 
 LOCAL = "http://127.0.0.1:8000"
 

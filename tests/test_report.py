@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 import transferlab
 from transferlab.cli.app import app
 from transferlab.core.errors import TransferlabError
+from transferlab.core.history import History
 from transferlab.reports.plots import plot_comparison
-from transferlab.reports.report import REPORT_NAME, run_context, write_report
-from transferlab.model.training import History
+from transferlab.reports.report import REPORT, run_context, write_report
 
 TRICKY_CLASS = '<b>x&y "q"'  # a folder name (no "/" on Linux) that would be markup if it were not escaped
 ESCAPED_CLASS = str(escape(TRICKY_CLASS))
@@ -60,12 +60,12 @@ def run_dir(compare_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def html(run_dir) -> str:
-    return (run_dir / REPORT_NAME).read_text(encoding="utf-8")
+    return (run_dir / REPORT).read_text(encoding="utf-8")
 
 
 def test_train_writes_the_report_into_the_run_folder(run_dir):
-    assert (run_dir / REPORT_NAME).is_file()
-    assert [p.name for p in run_dir.glob("*.html")] == [REPORT_NAME]
+    assert (run_dir / REPORT).is_file()
+    assert [p.name for p in run_dir.glob("*.html")] == [REPORT]
 
 
 def test_report_is_self_contained(html):
@@ -120,7 +120,7 @@ def test_compare_report_shows_strategies_side_by_side(compare_dir):
     page = write_report(compare_dir).read_text(encoding="utf-8")
     assert "Strategies side by side" in page and "F1 per class" in page
     assert page.index('href="mlp/report.html"') < page.index('href="linear/report.html"')  # compare.csv's order
-    assert (compare_dir / "linear" / REPORT_NAME).is_file()
+    assert (compare_dir / "linear" / REPORT).is_file()
     assert len(DATA_URI.findall(page)) >= 2 + 2  # compare curves and one confusion matrix per strategy
     assert ESCAPED_CLASS in page and TRICKY_CLASS not in page
 
@@ -131,8 +131,8 @@ def test_report_of_a_folder_that_is_no_run_is_a_clear_error(tmp_path):
 
 
 def test_cli_report_command_writes_the_page(run_dir):
-    (run_dir / REPORT_NAME).unlink()
+    (run_dir / REPORT).unlink()
     result = CliRunner().invoke(app, ["--json", "report", str(run_dir)])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output) == {"report": str(run_dir / REPORT_NAME)}
-    assert (run_dir / REPORT_NAME).stat().st_size > 10_000
+    assert json.loads(result.output) == {"report": str(run_dir / REPORT)}
+    assert (run_dir / REPORT).stat().st_size > 10_000

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import make_colour_run
-from transferlab.model.metrics import most_confused_submatrix
-from transferlab.reports.report import CONFUSED_CLASSES, REPORT_NAME, write_report
+
+from transferlab.reports.confusion import most_confused_submatrix
+from transferlab.reports.report import CONFUSED_CLASSES, REPORT, write_report
 
 N_CLASSES = 40
 
@@ -60,7 +60,7 @@ def many_class_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def html(many_class_run) -> str:
-    return (many_class_run / REPORT_NAME).read_text(encoding="utf-8")
+    return (many_class_run / REPORT).read_text(encoding="utf-8")
 
 
 def test_many_classes_show_the_most_confused_sub_matrix_beside_the_overview(many_class_run, html):
@@ -80,7 +80,7 @@ def test_many_classes_show_the_most_confused_sub_matrix_beside_the_overview(many
 
 def test_few_classes_show_the_plain_matrix(tmp_path):
     run = make_colour_run(tmp_path, epochs=2)
-    text = (run / REPORT_NAME).read_text(encoding="utf-8")
+    text = (run / REPORT).read_text(encoding="utf-8")
     assert 'id="confused-part"' not in text and 'alt="confusion matrix"' in text
 
 

@@ -8,7 +8,12 @@ import pytest
 import transferlab
 from transferlab.core.errors import TransferlabError
 from transferlab.features.extractor import FeatureExtractor
-from transferlab.features.runtimes import RUNTIMES, TorchRuntime, TrunkSource, register_runtime
+from transferlab.features.runtimes import (
+    RUNTIMES,
+    TorchRuntime,
+    TrunkSource,
+    register_runtime,
+)
 
 
 class CountingRuntime:

@@ -13,12 +13,12 @@ from typer.testing import CliRunner
 
 import transferlab
 import transferlab.strategies.scratch as scratch
-from transferlab.data.augment import AugmentConfig
 from transferlab.backbones.registry import create_backbone
 from transferlab.cli.app import app
-from transferlab.core.errors import TransferlabError
-from transferlab.model.heads import HeadConfig, build_head
 from transferlab.core.config import SCRATCH_RECIPES, scratch_recipe
+from transferlab.core.errors import TransferlabError
+from transferlab.data.augment import AugmentConfig
+from transferlab.model.heads import HeadConfig, build_head
 from transferlab.model.training import fit as real_fit
 
 

@@ -8,11 +8,11 @@ import struct
 import zlib
 
 import pytest
+from conftest import make_colour_run
 from fastapi.testclient import TestClient
 from PIL import Image
 
 import transferlab
-from conftest import make_colour_run
 from transferlab.core.errors import TransferlabError
 from transferlab.deploy.serve import create_app
 

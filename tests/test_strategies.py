@@ -9,20 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_colour_classes
 
 import transferlab
-from transferlab.data.augment import AugmentConfig
 from transferlab.backbones.registry import create_backbone, get_spec
-from transferlab.core.errors import TransferlabError
-from transferlab.features.extractor import FeatureExtractor
 from transferlab.backbones.trunk import Trunk, split_backbone
+from transferlab.core.config import FitConfig
+from transferlab.core.errors import TransferlabError
+from transferlab.data.augment import AugmentConfig
+from transferlab.features.extractor import FeatureExtractor
 from transferlab.strategies import TrainOptions, run_strategy
 from transferlab.strategies.augment import FrozenBaseFeatures
-from transferlab.strategies.inputs import decode_images
 from transferlab.strategies.finetune import TailNet
-from transferlab.core.config import FitConfig
-
-from conftest import write_colour_classes
+from transferlab.strategies.inputs import decode_images
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,17 @@ from torch import nn
 from typer.testing import CliRunner
 
 from transferlab.backbones.registry import create_backbone
-from transferlab.model.classifier import Classifier
-from transferlab.features.extractor import FeatureExtractor
 from transferlab.cli.app import app
 from transferlab.core.errors import TransferlabError
+from transferlab.features.extractor import FeatureExtractor
+from transferlab.model.classifier import Classifier
 from transferlab.model.heads import HeadConfig, build_head
-from transferlab.model.summary import summarize, summarize_backbone, summarize_run, summary_of
+from transferlab.model.summary import (
+    summarize,
+    summarize_backbone,
+    summarize_run,
+    summary_of,
+)
 
 
 def rows_by_name(summary):

@@ -107,8 +107,8 @@ def test_warm_rerun_builds_no_network(colour_folder, tmp_path):
 def test_confidence_check_reuses_the_extract_strategy_features(colour_folder):
     """The extract strategy hands its split's features to the confidence check, which then reads nothing again;
     the fitted check equals the one fitted from features read back from the cache."""
-    from transferlab.data.dataset import load_dataset
     from transferlab.core.config import FitConfig, TrainOptions
+    from transferlab.data.dataset import load_dataset
     from transferlab.runs.pipeline import fit_confidence_check
     from transferlab.strategies import run_strategy
 

@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from transferlab.core.errors import TransferlabError
-from transferlab.model.heads import HeadConfig, build_head
-from transferlab.model.metrics import evaluate_probabilities, most_confused_pairs
-from transferlab.reports.plots import plot_training_curves, smooth
 from transferlab.core.config import FitConfig
-from transferlab.model.training import History, PlainAdam, class_weights, fit, torch_optimizer
+from transferlab.core.errors import TransferlabError
+from transferlab.core.history import History
+from transferlab.model.heads import HeadConfig, build_head
+from transferlab.model.metrics import evaluate_probabilities
+from transferlab.model.training import PlainAdam, class_weights, fit, torch_optimizer
+from transferlab.reports.confusion import most_confused_pairs
+from transferlab.reports.plots import plot_training_curves, smooth
 
 
 def blobs(n_per_class=40, n_classes=3, dim=16, seed=0):

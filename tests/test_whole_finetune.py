@@ -10,12 +10,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import write_colour_classes
 
 import transferlab
 from transferlab.backbones.registry import create_backbone
+from transferlab.core.config import FitConfig, TrainOptions
 from transferlab.core.errors import TransferlabError
 from transferlab.deploy.export import export_run
-from transferlab.core.config import FitConfig, TrainOptions
+from transferlab.model.training import fit, make_scheduler
 from transferlab.strategies import run_strategy
 from transferlab.strategies.finetune import (
     EARLIEST_BLOCK_LR_FRACTION,
@@ -23,9 +25,6 @@ from transferlab.strategies.finetune import (
     discriminative_lr_scales,
     finetune_config,
 )
-from transferlab.model.training import fit, make_scheduler
-
-from conftest import write_colour_classes
 
 
 @pytest.fixture(scope="module")

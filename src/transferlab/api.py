@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from transferlab.core.errors import TransferlabError
+from transferlab.data.dataset import DatasetSplit, load_dataset
+from transferlab.model.classifier import Classifier
 from transferlab.runs import pipeline
 from transferlab.runs.auto import train_auto
-from transferlab.model.classifier import Classifier
 from transferlab.runs.compare import Comparison, compare
-from transferlab.data.dataset import DatasetSplit, load_dataset
-from transferlab.core.errors import TransferlabError
 from transferlab.runs.evaluation import Evaluation, evaluate
 
 

@@ -10,7 +10,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from transferlab.backbones.registry import BackboneSpec, create_backbone, get_spec, preprocess
+from transferlab.backbones.registry import (
+    BackboneSpec,
+    create_backbone,
+    get_spec,
+    preprocess,
+)
 from transferlab.core.config import DEFAULT_BACKBONE
 
 _PREDICT_BATCH = 32

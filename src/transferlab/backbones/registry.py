@@ -26,9 +26,9 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
-from transferlab.data.decoding import resize_and_crop
 from transferlab.core.errors import TransferlabError
 from transferlab.core.files import atomic_path, memoized_file_digest
+from transferlab.data.decoding import resize_and_crop
 
 # timm and torchvision are imported where a network is built or an image resized, not here: importing them
 # (timm's model zoo pulls in torchvision and torch._dynamo) costs ~2.5 s, a large share of a warm `train` run

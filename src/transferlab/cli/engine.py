@@ -9,7 +9,14 @@ from typing import Annotated
 import typer
 
 from transferlab.cli import preflight
-from transferlab.cli.common import EngineOption, RayAddressOption, SplitOption, emit_json, out, state
+from transferlab.cli.common import (
+    EngineOption,
+    RayAddressOption,
+    SplitOption,
+    emit_json,
+    out,
+    state,
+)
 from transferlab.core.config import DEFAULT_BACKBONE, split_fractions
 
 

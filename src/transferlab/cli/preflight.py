@@ -13,13 +13,20 @@ from __future__ import annotations
 
 import errno
 import importlib.util
-import json
 import socket
-import struct
 from pathlib import Path
 
+from transferlab.core.config import (
+    MIN_IMAGE_SIZE,
+    check_data_folder,
+    check_device,
+    check_strategies,
+    check_strategy,
+    check_tta,
+    parse_duration,
+)
 from transferlab.core.errors import TransferlabError
-from transferlab.core.config import MIN_IMAGE_SIZE, check_data_folder, check_device, check_strategies, check_strategy, check_tta, parse_duration
+from transferlab.core.run_folder import check_run_folder
 
 # The names `backbones.py` registers, written out so that checking a name costs no torch import. A test keeps
 # this list equal to the registry (`test_preflight_backbone_names_match_the_registry`).
@@ -32,7 +39,6 @@ COMBINE = "+"  # extractors.SEPARATOR
 PREDICTION_RUNTIMES = ("auto", "torch", "onnx")
 OUTPUT_FORMATS = ("table", "csv", "json")
 GLOBAL_FLAGS = ("--quiet", "-q", "--json", "--debug")  # the callback's options in cli.py
-RUN_HINT = "pass the folder written by `transferlab train --out DIR`"
 
 
 def at_least(option: str, value: int | float | None, low: int | float) -> None:
@@ -68,44 +74,6 @@ def check_out(out: Path | None, overwrite: bool) -> None:
 def check_existing_file(option: str, path: Path | None) -> None:
     if path is not None and not path.is_file():
         raise TransferlabError(f"{option} {path}: no such file")
-
-
-def check_run_folder(run: Path) -> None:
-    """A run folder with a readable model.json and a complete model.safetensors (header and size agree)."""
-    if not run.is_dir():
-        what = "is a file" if run.exists() else "does not exist"
-        raise TransferlabError(f"run folder {run} {what}", hint=RUN_HINT)
-    description = run / "model.json"
-    if not description.is_file():
-        raise TransferlabError(f"{run} is not a transferlab run folder (no model.json)", hint=RUN_HINT)
-    try:
-        json.loads(description.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        raise TransferlabError(f"{description} is damaged (not valid JSON)",
-                               hint="train the run again; model.json is written with the model") from None
-    check_safetensors(run / "model.safetensors")
-
-
-def check_safetensors(path: Path) -> None:
-    """The file exists and is as long as its own header says: a truncated or overwritten model is refused here,
-    instead of as a SafetensorError traceback from the loader."""
-    if not path.is_file():
-        raise TransferlabError(f"{path.parent} has no model.safetensors (the trained weights)",
-                               hint="train the run again, or copy the whole run folder")
-    size = path.stat().st_size
-    damaged = TransferlabError(f"{path} is damaged or truncated ({size:,} bytes)",
-                               hint="train the run again, or copy the file again from where it was made")
-    try:
-        with path.open("rb") as file:
-            (header_length,) = struct.unpack("<Q", file.read(8))
-            if header_length > size - 8:
-                raise damaged
-            header = json.loads(file.read(header_length))
-        end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
-    except (struct.error, ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError):
-        raise damaged from None
-    if 8 + header_length + end != size:
-        raise damaged
 
 
 def prediction_runtime(run: Path, runtime: str) -> str:

@@ -190,33 +190,6 @@ def check_tta(tta: int) -> int:
     return tta
 
 
-def check_runtime(runtime: str) -> str:
-    from transferlab.features.runtimes import RUNTIMES  # torch-free; a table that code outside the package may extend
-
-    if runtime != "auto" and runtime not in RUNTIMES:
-        raise TransferlabError(f"unknown runtime {runtime!r}", hint=f"choose one of: auto, {', '.join(RUNTIMES)}")
-    return runtime
-
-
-def check_precision(precision: str, runtime: str = "auto", strategy: str = "extract") -> str:
-    """float32 | int8 | auto; int8 needs ONNX Runtime (the CPU runtime) and a strategy with a frozen trunk."""
-    from transferlab.features.runtimes import RUNTIMES, supports_int8  # torch-free
-
-    if precision not in PRECISIONS:
-        raise TransferlabError(f"unknown precision {precision!r}", hint=f"choose one of: {', '.join(PRECISIONS)}")
-    if precision == "int8" and runtime != "auto" and runtime in RUNTIMES and not supports_int8(runtime):
-        raise TransferlabError(
-            f"--precision int8 runs on ONNX Runtime only, not on the {runtime} runtime",
-            hint="use --runtime onnx (on a CPU), or --precision float32",
-        )
-    if precision == "int8" and strategy not in INT8_STRATEGIES:
-        raise TransferlabError(
-            f"--precision int8 quantises the frozen trunk of {' and '.join(INT8_STRATEGIES)}, not strategy {strategy!r}",
-            hint="drop --precision, or use --strategy extract",
-        )
-    return precision
-
-
 def precision_for(strategy: str, precision: str) -> str:
     """The precision a strategy of a compare or auto run gets: the one asked for where int8 applies, else float32."""
     return precision if strategy in INT8_STRATEGIES else "float32"
@@ -327,8 +300,6 @@ class TrainOptions:
         if self.batchnorm not in BATCHNORM_MODES:
             raise TransferlabError(f"unknown batchnorm mode {self.batchnorm!r}", hint=f"choose one of: {', '.join(BATCHNORM_MODES)}")
         check_device(self.device)
-        check_runtime(self.runtime)
-        check_precision(self.precision, self.runtime)
 
     def to_dict(self) -> dict:
         values = asdict(self)

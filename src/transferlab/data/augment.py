@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
+
 from transferlab.core.errors import TransferlabError
 
 # Keras fill modes as numpy.pad modes (Keras docs: nearest aaaa|abcd, reflect abcddcba|abcd, wrap abcdabcd|abcd).
@@ -198,7 +199,9 @@ def apply_transform(
     image: Image.Image, params: TransformParams, *, fill_mode: str = "nearest", cval: float = 0.0
 ) -> Image.Image:
     """Apply `params` to `image` in Keras' order: affine (bilinear), flips, brightness. Returns RGB."""
-    from torchvision.transforms.v2 import functional as F  # imported on first use: see transferlab.backbones.registry
+    from torchvision.transforms.v2 import (
+        functional as F,  # imported on first use: see transferlab.backbones.registry
+    )
 
     if fill_mode not in FILL_MODES:
         raise _invalid("fill_mode", fill_mode, f"use one of {', '.join(FILL_MODES)}")

@@ -24,8 +24,12 @@ import numpy as np
 from rich.table import Table
 from sklearn.model_selection import train_test_split
 
+from transferlab.core.config import (
+    check_data_folder,
+    check_split_csv_alone,
+    split_fractions,
+)
 from transferlab.core.errors import TransferlabError
-from transferlab.core.config import check_data_folder, check_split_csv_alone, split_fractions
 from transferlab.data.layouts import (
     SPLITS,
     Entry,
@@ -38,7 +42,6 @@ from transferlab.data.layouts import (
     relative,
     without_duplicates,
 )
-
 
 AUTO_VALIDATION_FRACTION = 0.15  # share of train held out when a layout brings no validation set
 

@@ -12,9 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from transferlab.data.decoding import IMAGE_EXTENSIONS, ImageDecodeError, opened
 from transferlab.core.errors import TransferlabError
 from transferlab.core.files import memoized_file_digest
+from transferlab.data.decoding import IMAGE_EXTENSIONS, ImageDecodeError, opened
 
 SPLITS = ("train", "validation", "test")
 SPLIT_FOLDER_ALIASES = {

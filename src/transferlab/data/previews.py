@@ -9,9 +9,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from transferlab.data.augment import AugmentConfig, FeaturewiseStandardizer, augment_image
-from transferlab.data.decoding import ImageDecodeError, open_image
 from transferlab.core.errors import TransferlabError
+from transferlab.data.augment import (
+    AugmentConfig,
+    FeaturewiseStandardizer,
+    augment_image,
+)
+from transferlab.data.decoding import ImageDecodeError, open_image
 from transferlab.data.layouts import image_files
 
 # Preview tiles are shrunk to fit this box (never enlarged) and get a label strip of this height beneath.

@@ -19,13 +19,18 @@ import numpy as np
 import torch
 from rich.table import Table
 
-from transferlab.model.classifier import Classifier
-from transferlab.data.dataset import DatasetSplit, Subset, load_dataset
-from transferlab.core.errors import TransferlabError
-from transferlab.features.combined import CombinedExtractor
-from transferlab.core.files import atomic_path, atomic_write_bytes
 from transferlab.backbones.trunk import export_onnx, input_names
-from transferlab.deploy.onnx_predict import MODEL_FILE, ONNX_FORMAT, OnnxClassifier, metadata_path
+from transferlab.core.errors import TransferlabError
+from transferlab.core.files import atomic_path, atomic_write_bytes
+from transferlab.data.dataset import DatasetSplit, Subset, load_dataset
+from transferlab.deploy.onnx_predict import (
+    MODEL_FILE,
+    ONNX_FORMAT,
+    OnnxClassifier,
+    metadata_path,
+)
+from transferlab.features.combined import CombinedExtractor
+from transferlab.model.classifier import Classifier
 
 INT8_FILE = "model.int8.onnx"
 QUANTIZATIONS = ("int8",)

@@ -18,9 +18,16 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from transferlab.data.decoding import open_image, resize_and_crop
 from transferlab.core.errors import TransferlabError
-from transferlab.model.prediction import ImageInput, ImageLike, Prediction, checked_probabilities, image_inputs, predictions_of
+from transferlab.data.decoding import open_image, resize_and_crop
+from transferlab.model.prediction import (
+    ImageInput,
+    ImageLike,
+    Prediction,
+    checked_probabilities,
+    image_inputs,
+    predictions_of,
+)
 
 ONNX_FORMAT = "transferlab-onnx/1"
 MODEL_FILE = "model.onnx"

@@ -32,8 +32,8 @@ from fastapi.staticfiles import StaticFiles
 from PIL import ExifTags, Image
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from transferlab.data.decoding import opened
 from transferlab.core.errors import TransferlabError
+from transferlab.data.decoding import opened
 
 STATIC_DIR = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD_MB = 20.0
@@ -66,9 +66,9 @@ def load_predictor(run_dir: Path, runtime: str) -> tuple[Predictor, dict]:
         return model, {"backbone": model.metadata["backbone"], "strategy": model.metadata["strategy"],
                        "model_file": model.path.name}
     if runtime == "torch":
-        from transferlab.api import load
+        from transferlab.model.classifier import Classifier
 
-        classifier = load(run_dir)
+        classifier = Classifier.load(run_dir)
         return classifier, {"backbone": classifier.backbone, "strategy": classifier.strategy,
                             "model_file": "model.safetensors"}
     raise TransferlabError(f"unknown runtime {runtime!r}", hint="use torch (the default) or onnx")

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.model.classifier import Classifier
 from transferlab.core.errors import TransferlabError
-from transferlab.features.extractor import FeatureExtractor
 from transferlab.core.files import atomic_path
+from transferlab.features.extractor import FeatureExtractor
+from transferlab.model.classifier import Classifier
 
 FORMATS = (".parquet", ".csv")
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.data.dataset import load_dataset
-from transferlab.engines.local import check_engine, precompute
-from transferlab.core.errors import TransferlabError
-from transferlab.features.combined import build_extractor
-from transferlab.core.files import atomic_path
-from transferlab.data.layouts import relative
 from transferlab.core.config import DEFAULT_BACKBONE, DEFAULT_SPLIT
+from transferlab.core.errors import TransferlabError
+from transferlab.core.files import atomic_path
+from transferlab.data.dataset import load_dataset
+from transferlab.data.layouts import relative
+from transferlab.engines.local import check_engine, precompute
+from transferlab.features.combined import build_extractor
 
 ROWS_PER_GROUP = 4096  # rows written at a time: the file grows by row groups, never held whole as a table
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from transferlab.core.config import TrainOptions
+from transferlab.core.errors import TransferlabError
 from transferlab.data.augment import AugmentConfig
 from transferlab.data.dataset import DatasetSplit
-from transferlab.core.errors import TransferlabError
 from transferlab.features.combined import CombinedExtractor
 from transferlab.features.extractor import FeatureExtractor
-from transferlab.core.config import TrainOptions
 from transferlab.strategies import StrategyResult, run_strategy
 from transferlab.strategies.augment import augment_config
 from transferlab.strategies.base import build_result, make_extractor, runs_end_to_end

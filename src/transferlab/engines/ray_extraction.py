@@ -28,10 +28,10 @@ import numpy as np
 import ray
 import ray.data
 
-from transferlab.data.augment import AugmentConfig
 from transferlab.core.errors import TransferlabError
-from transferlab.features.extractor import FeatureExtractor, cache_key
 from transferlab.core.files import bytes_digest, memoized_file_digest
+from transferlab.data.augment import AugmentConfig
+from transferlab.features.extractor import FeatureExtractor, cache_key
 from transferlab.features.runtimes import OnnxRuntime, TrunkSource, verified
 
 DECODE_BATCH = 16  # images a GPU-feeding decoding task prepares at once (~2.4 MB of 224 px uint8 images)

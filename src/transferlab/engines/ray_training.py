@@ -36,21 +36,38 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from transferlab.data.augment import AugmentConfig
 from transferlab.backbones.registry import create_backbone, keras_init
-from transferlab.data.dataset import DatasetSplit
+from transferlab.backbones.trunk import Trunk
+from transferlab.core.config import FitConfig, TrainOptions, scratch_recipe
 from transferlab.core.errors import TransferlabError
+from transferlab.core.history import History
+from transferlab.data.augment import AugmentConfig
+from transferlab.data.dataset import DatasetSplit
+from transferlab.engines.ray_extraction import portable
 from transferlab.features.extractor import FeatureExtractor
 from transferlab.model.heads import HeadConfig, build_head
-from transferlab.core.config import FitConfig, TrainOptions, scratch_recipe
-from transferlab.engines.ray_extraction import portable
+from transferlab.model.training import (
+    _train_one_epoch,
+    class_weights,
+    make_scheduler,
+    predict_logits,
+    torch_optimizer,
+)
 from transferlab.strategies.augment import augment_config
 from transferlab.strategies.base import Trained, make_extractor
-from transferlab.strategies.finetune import Phases, finetune_config, finetune_result, unfrozen_groups, unfrozen_state_keys
+from transferlab.strategies.finetune import (
+    Phases,
+    finetune_config,
+    finetune_result,
+    unfrozen_groups,
+    unfrozen_state_keys,
+)
 from transferlab.strategies.inputs import CHANNELS_LAST, ImageBatches, decode_images
-from transferlab.strategies.scratch import augmentation, feature_size, featurewise_normalization
-from transferlab.model.training import History, _train_one_epoch, class_weights, make_scheduler, predict_logits, torch_optimizer
-from transferlab.backbones.trunk import Trunk
+from transferlab.strategies.scratch import (
+    augmentation,
+    feature_size,
+    featurewise_normalization,
+)
 
 MAX_FAILURES = 3  # worker-group restarts (a lost node) before the job fails; each resumes from the last checkpoint
 CHECKPOINT = "state.pt"

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from transferlab.data.augment import AugmentConfig
 from transferlab.backbones.registry import get_spec
 from transferlab.core.errors import TransferlabError
+from transferlab.data.augment import AugmentConfig
 from transferlab.features.extractor import ExtractionResult, FeatureExtractor
 
 SEPARATOR = "+"

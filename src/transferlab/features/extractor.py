@@ -23,17 +23,28 @@ import torch
 from PIL import Image
 
 from transferlab.backbones import registry as backbones
+from transferlab.backbones.trunk import Trunk, split_backbone, stage_count
+from transferlab.core.config import (
+    DEFAULT_BACKBONE,
+    INT8_DEFAULT_BACKBONES,
+    MIN_IMAGE_SIZE,
+)
+from transferlab.core.errors import TransferlabError
+from transferlab.core.files import atomic_write_bytes, memoized_file_digest
+from transferlab.core.progress import make_progress
 from transferlab.data.augment import AugmentConfig, augment_image
 from transferlab.data.decoding import ImageDecodeError, open_image
-from transferlab.core.errors import TransferlabError
 from transferlab.features.cache import FeatureCache
-from transferlab.core.files import atomic_write_bytes, memoized_file_digest
-from transferlab.core.config import DEFAULT_BACKBONE, INT8_DEFAULT_BACKBONES, MIN_IMAGE_SIZE
-from transferlab.core.progress import make_progress
 from transferlab.features.runtimes import (
-    Runtime, TrunkSource, digest_path, make_runtime, resolve_device, resolve_precision, resolve_runtime, verified,
+    Runtime,
+    TrunkSource,
+    digest_path,
+    make_runtime,
+    resolve_device,
+    resolve_precision,
+    resolve_runtime,
+    verified,
 )
-from transferlab.backbones.trunk import Trunk, split_backbone, stage_count
 
 FORMAT_VERSION = 1  # bump when the trunk wrapper or the preprocessing changes meaning
 CALIBRATION_IMAGES = 300  # int8 calibration: a few hundred training images (ranges settle well before that)

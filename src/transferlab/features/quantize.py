@@ -59,7 +59,13 @@ def quantize_int8(float_path: Path, out_path: Path, calibration: Iterable[Feeds]
     a CPU. Shape arithmetic stays in float (see `shape_arithmetic_nodes`).
     """
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
 
     feeds = iter(calibration)
     first = next(feeds, None)

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from transferlab.core.config import INT8_STRATEGIES, PRECISIONS
 from transferlab.core.errors import TransferlabError, warn
 from transferlab.core.files import atomic_write_bytes, file_digest
 
@@ -175,6 +176,29 @@ def resolve_precision(precision: str, runtime: str, int8_default: bool) -> str:
 
 def supports_int8(runtime: str) -> bool:
     return bool(getattr(RUNTIMES.get(runtime), "supports_int8", False))
+
+
+def check_runtime(runtime: str) -> str:
+    if runtime != "auto" and runtime not in RUNTIMES:
+        raise TransferlabError(f"unknown runtime {runtime!r}", hint=f"choose one of: auto, {', '.join(RUNTIMES)}")
+    return runtime
+
+
+def check_precision(precision: str, runtime: str = "auto", strategy: str = "extract") -> str:
+    """float32 | int8 | auto; int8 needs ONNX Runtime (the CPU runtime) and a strategy with a frozen trunk."""
+    if precision not in PRECISIONS:
+        raise TransferlabError(f"unknown precision {precision!r}", hint=f"choose one of: {', '.join(PRECISIONS)}")
+    if precision == "int8" and runtime != "auto" and runtime in RUNTIMES and not supports_int8(runtime):
+        raise TransferlabError(
+            f"--precision int8 runs on ONNX Runtime only, not on the {runtime} runtime",
+            hint="use --runtime onnx (on a CPU), or --precision float32",
+        )
+    if precision == "int8" and strategy not in INT8_STRATEGIES:
+        raise TransferlabError(
+            f"--precision int8 quantises the frozen trunk of {' and '.join(INT8_STRATEGIES)}, not strategy {strategy!r}",
+            hint="drop --precision, or use --strategy extract",
+        )
+    return precision
 
 
 def make_runtime(runtime: str, source: TrunkSource) -> Runtime:

@@ -16,19 +16,26 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from transferlab.data.augment import AugmentConfig
-from transferlab.model.confidence import REFERENCE_KEY, ConfidenceCheck
+from transferlab.core.config import check_tta
 from transferlab.core.errors import TransferlabError
+from transferlab.core.files import atomic_path, atomic_write_bytes
+from transferlab.core.run_folder import check_run_folder
+from transferlab.data.augment import AugmentConfig
 from transferlab.data.decoding import ImageDecodeError
-from transferlab.model.prediction import ImageInput, ImageLike, Prediction, checked_probabilities, image_inputs, predictions_of
 from transferlab.features.combined import CombinedExtractor, build_extractor
 from transferlab.features.extractor import FeatureExtractor, quantized_trunk_name
-from transferlab.core.files import atomic_path, atomic_write_bytes
+from transferlab.features.runtimes import digest_path
+from transferlab.model.confidence import REFERENCE_KEY, ConfidenceCheck
 from transferlab.model.heads import HeadConfig, build_head
 from transferlab.model.metrics import evaluate_probabilities
-from transferlab.core.config import check_tta
-from transferlab.cli.preflight import check_run_folder
-from transferlab.features.runtimes import digest_path
+from transferlab.model.prediction import (
+    ImageInput,
+    ImageLike,
+    Prediction,
+    checked_probabilities,
+    image_inputs,
+    predictions_of,
+)
 
 MODEL_FORMAT = "transferlab-model/1"
 

@@ -18,9 +18,9 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from transferlab.data.decoding import IMAGE_EXTENSIONS
 from transferlab.core.errors import TransferlabError
 from transferlab.core.progress import make_progress
+from transferlab.data.decoding import IMAGE_EXTENSIONS
 
 # What `predict` and `predict_proba` accept: one of these or a list of them. A folder stands for the image files
 # inside it (recursively, sorted); a 4-d array for a batch of HxWxC images.

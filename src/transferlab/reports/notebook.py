@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from transferlab.core.errors import TransferlabError
+from transferlab.core.history import History
+from transferlab.core.run_folder import REPORT, TEST_PREDICTIONS, read_run_json
 from transferlab.data.augment import AugmentConfig
 from transferlab.data.previews import featurewise_preview, preview_variants
-from transferlab.core.errors import TransferlabError
-from transferlab.reports.report import REPORT_NAME, _run_json, formatted, jinja_environment, key_numbers, timings, top_losses
-from transferlab.runs.writer import TEST_PREDICTIONS
-from transferlab.model.training import History
+from transferlab.reports.html import formatted, jinja_environment, render_card
+from transferlab.reports.report import key_numbers, timings, top_losses
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -51,7 +52,7 @@ def classifier_card(classifier) -> str:
     curves = figure_uri(curves_figure(history.epochs, size=CARD_CURVES_SIZE)) if history and history.epochs else None
     card = {"title": f"transferlab Classifier: {classifier.strategy} on {classifier.backbone}", "rows": rows,
             "curves": curves, **folder_links(classifier.run_dir)}
-    return render("classifier_card", card)
+    return render_card("classifier_card", card)
 
 
 def comparison_card(comparison) -> str:
@@ -66,16 +67,7 @@ def comparison_card(comparison) -> str:
         "curves": figure_uri(comparison_plot(comparison, size=(12, 4))) if comparison.classifiers else None,
         **folder_links(comparison.out),
     }
-    return render("comparison_card", card)
-
-
-def summary_html(summary) -> str:
-    """The Keras-style layer table as the run report shows it."""
-    return render("model_summary", summary)
-
-
-def render(macro: str, value) -> str:
-    return getattr(jinja_environment().get_template("notebook.html.j2").module, macro)(value)
+    return render_card("comparison_card", card)
 
 
 def classes_text(classifier) -> str:
@@ -90,7 +82,7 @@ def folder_links(folder: Path | None) -> dict:
     if folder is None:
         return {"folder": None, "report": None}
     folder = Path(folder).resolve()
-    report = folder / REPORT_NAME
+    report = folder / REPORT
     inside = relative_to_cwd(folder)
     return {"folder": {"path": inside or str(folder), "href": href(folder)},
             "report": {"href": href(report)} if report.is_file() else None}
@@ -157,7 +149,7 @@ def show_top_losses(classifier, n: int = 9) -> Figure:
     from transferlab.reports.plots import image_grid_figure
 
     run = run_folder(classifier)
-    data_root = Path(_run_json(run, "config.json")["data"])
+    data_root = Path(read_run_json(run, "config.json")["data"])
     losses = top_losses(run, data_root, classifier.metrics.get("test_is_validation", False), limit=n)
     items = [item for item in losses["items"] if (data_root / item["path"]).is_file()]
     titles = [f"{item['true']} / {item['predicted']}\np={item['p_predicted']:.2f}" for item in items]

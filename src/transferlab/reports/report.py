@@ -8,71 +8,72 @@ Opened from disk, the page needs no server and no network.
 
 from __future__ import annotations
 
-import base64
-import csv
-import io
 import json
 import math
 from collections import Counter, defaultdict
-from datetime import datetime
 from pathlib import Path
 
-from jinja2 import Environment, PackageLoader
-
-from transferlab.data.decoding import ImageDecodeError, open_image
-from transferlab.core.errors import TransferlabError
 from transferlab.core.files import atomic_write_bytes
-from transferlab.model.metrics import most_confused_pairs, most_confused_submatrix
-from transferlab.runs.writer import SUMMARY, TEST_PREDICTIONS
-from transferlab.model.summary import Summary
+from transferlab.core.run_folder import REPORT, SUMMARY, TEST_PREDICTIONS, read_run_json
+from transferlab.reports.confusion import most_confused_pairs, most_confused_submatrix
+from transferlab.reports.html import (
+    jinja_environment,
+    now_text,
+    percent,
+    png_uri,
+    png_uris,
+    read_csv_rows,
+    read_lines,
+    thumbnail_uri,
+)
+from transferlab.reports.model_summary import Summary
 
-REPORT_NAME = "report.html"
 SPLIT_COLUMNS = ("train", "validation", "test")
 SAMPLES_PER_CLASS = 4
 MAX_SAMPLE_CLASSES = 40
 MAX_TOP_LOSSES = 16
 MAX_SKIPPED_ROWS = 200
-THUMBNAIL_PX = 128
 MANY_CLASSES = 30  # above this, the full confusion matrix is an overview and its most confused part is shown
 CONFUSED_CLASSES = 20  # classes in that part
 
 
-def write_report(directory: str | Path, location: Path | None = None) -> Path:
+def write_report(directory: str | Path, location: Path | None = None, summary: Summary | None = None) -> Path:
     """Write `report.html` into a run folder, or into a compare folder (detected by its compare.csv), from the
-    files in it alone. `location` is where the folder will be, when it is written elsewhere first."""
+    files in it alone. `location` is where the folder will be, when it is written elsewhere first; `summary`
+    stands in for a run folder's summary.json where it has none."""
     folder = Path(directory)
     if (folder / "compare.csv").is_file():
         html = jinja_environment().get_template("compare.html.j2").render(**compare_context(folder))
     else:
-        html = jinja_environment().get_template("run.html.j2").render(**run_context(folder, location))
-    path = folder / REPORT_NAME
+        html = jinja_environment().get_template("run.html.j2").render(**run_context(folder, location, summary))
+    path = folder / REPORT
     atomic_write_bytes(path, html.encode("utf-8"))
     return path
 
 
 # -- run report -----------------------------------------------------------------------------------
-def run_context(run: Path, location: Path | None = None) -> dict:
+def run_context(run: Path, location: Path | None = None, summary: Summary | None = None) -> dict:
     """Everything the run template shows, as plain values."""
-    metrics, config, model = _run_json(run, "metrics.json"), _run_json(run, "config.json"), _run_json(run, "model.json")
+    metrics, config, model = read_run_json(run, "metrics.json"), read_run_json(run, "config.json"), read_run_json(run, "model.json")
     classes = model["classes"]
-    rows = _read_csv(run / "split.csv")
+    rows = read_csv_rows(run / "split.csv")
     data_root = Path(config.get("data", run))
     test = metrics["test"]
     return {
         "title": f"{data_root.name}: {config.get('strategy', model.get('strategy'))} on {model['backbone']}",
-        "generated": _now(),
+        "generated": now_text(),
         "run": str((location or run).resolve()),
         "key_numbers": key_numbers(metrics),
         "dataset": dataset_context(run, rows, classes, data_root, metrics.get("test_is_validation", False)),
         "settings": flatten({k: v for k, v in config.items() if k != "environment"}),
         "environment": flatten(config.get("environment", {})),
-        "curves": _png_uris(run / "accuracy.png", run / "loss.png"),
+        "curves": png_uris(run / "accuracy.png", run / "loss.png"),
         "test": test,
-        "confusion_png": _png_uri(run / "confusion_matrix.png"),
+        "confusion_png": png_uri(run / "confusion_matrix.png"),
         "confused_pairs": most_confused_pairs(test["confusion_matrix"], classes),
         "confused_part": confused_part(test["confusion_matrix"], classes) if len(classes) > MANY_CLASSES else None,
         "top_losses": top_losses(run, data_root, test_is_validation=metrics.get("test_is_validation", False)),
-        "summary": stored_summary(run),
+        "summary": stored_summary(run) or summary,
         "timings": timings(metrics),
     }
 
@@ -95,12 +96,12 @@ def confused_part(confusion: list[list[int]], classes: list[str]) -> dict:
 def key_numbers(metrics: dict) -> list[tuple[str, str]]:
     """The header's (label, value) pairs."""
     where = "validation accuracy (no test split)" if metrics.get("test_is_validation") else "test accuracy"
-    numbers = [(where, _percent(metrics.get("test_accuracy")))]
+    numbers = [(where, percent(metrics.get("test_accuracy")))]
     if metrics.get("top5_accuracy") is not None:
-        numbers.append(("top-5 accuracy", _percent(metrics["top5_accuracy"])))
+        numbers.append(("top-5 accuracy", percent(metrics["top5_accuracy"])))
     numbers += [
         ("macro F1", f"{metrics['macro_f1']:.3f}" if metrics.get("macro_f1") is not None else "–"),
-        ("best validation accuracy", _percent(metrics.get("val_accuracy"))),
+        ("best validation accuracy", percent(metrics.get("val_accuracy"))),
         ("classes", str(metrics.get("n_classes", "–"))),
         ("images train / val / test", f"{metrics.get('n_train', 0)} / {metrics.get('n_val', 0)} / {metrics.get('n_test', 0)}"),
         ("total time", f"{metrics.get('total_seconds', 0):.1f} s"),
@@ -113,7 +114,7 @@ def dataset_context(run: Path, rows: list[dict], classes: list[str], data_root: 
     counts = Counter((row["class"], row["split"]) for row in rows)
     if test_is_validation:  # split.csv leaves the test rows out: the test set is the validation set
         counts.update({(cls, "test"): n for (cls, split), n in list(counts.items()) if split == "validation"})
-    skipped = _read_csv(run / "skipped.csv")
+    skipped = read_csv_rows(run / "skipped.csv")
     shown = classes[:MAX_SAMPLE_CLASSES]
     samples = [
         {"class": cls, "images": [uri for uri in map(thumbnail_uri, paths) if uri]}
@@ -146,7 +147,7 @@ def top_losses(run: Path, data_root: Path, test_is_validation: bool = False, lim
     """Misclassified test images (validation images when there is no test split), highest loss first, from the
     test predictions the run recorded."""
     split = "validation" if test_is_validation else "test"
-    recorded = _read_csv(run / TEST_PREDICTIONS)
+    recorded = read_csv_rows(run / TEST_PREDICTIONS)
     wrong = sorted((row for row in recorded if row["class"] != row["predicted"]), key=lambda row: float(row["p_true"]))
     items, missing = [], 0
     for row in wrong[:limit]:  # lowest p(true class) = highest loss
@@ -164,14 +165,10 @@ def top_losses(run: Path, data_root: Path, test_is_validation: bool = False, lim
     return {"split": split, "items": items, "n_wrong": len(wrong), "missing": missing, "recorded": bool(recorded)}
 
 
-def stored_summary(run: Path) -> Summary:
-    """The model summary recorded at training time; run folders from before it was recorded build the network."""
+def stored_summary(run: Path) -> Summary | None:
+    """The model summary recorded at training time (None for run folders from before it was recorded)."""
     path = run / SUMMARY
-    if path.is_file():
-        return Summary.from_dict(json.loads(path.read_text()))
-    from transferlab.model.summary import summarize_run
-
-    return summarize_run(run)
+    return Summary.from_dict(json.loads(path.read_text())) if path.is_file() else None
 
 
 def timings(metrics: dict) -> list[tuple[str, str]]:
@@ -190,30 +187,30 @@ def timings(metrics: dict) -> list[tuple[str, str]]:
 # -- compare report -------------------------------------------------------------------------------
 def compare_context(folder: Path) -> dict:
     """The strategies of a compare folder side by side; each strategy's own report is written too."""
-    runs = _compare_runs(folder, _read_csv(folder / "compare.csv"))
+    runs = _compare_runs(folder, read_csv_rows(folder / "compare.csv"))
     for run in runs:
-        if not (run / REPORT_NAME).is_file():
+        if not (run / REPORT).is_file():
             write_report(run)
-    metrics = {run.name: _run_json(run, "metrics.json") for run in runs}
-    configs = {run.name: _run_json(run, "config.json") for run in runs}
+    metrics = {run.name: read_run_json(run, "metrics.json") for run in runs}
+    configs = {run.name: read_run_json(run, "config.json") for run in runs}
     first = runs[0] if runs else None
     dataset = None
     if first is not None:
-        classes = _read_lines(first / "labels.txt")
-        dataset = dataset_context(first, _read_csv(first / "split.csv"), classes, Path(configs[first.name].get("data", first)),
+        classes = read_lines(first / "labels.txt")
+        dataset = dataset_context(first, read_csv_rows(first / "split.csv"), classes, Path(configs[first.name].get("data", first)),
                                   metrics[first.name].get("test_is_validation", False))
     return {
         "title": f"{folder.resolve().name}: {len(runs)} strategies compared",
-        "generated": _now(),
+        "generated": now_text(),
         "run": str(folder.resolve()),
         "strategies": [
             _strategy_row(run.name, metrics[run.name], configs[run.name].get("options", {}).get("backbone", ""))
             for run in runs
         ],
         "differences": differing_settings(configs),
-        "curves": _png_uris(folder / "compare_accuracy.png", folder / "compare_loss.png"),
+        "curves": png_uris(folder / "compare_accuracy.png", folder / "compare_loss.png"),
         "per_class": per_class_side_by_side(metrics),
-        "confusions": [{"name": run.name, "image": _png_uri(run / "confusion_matrix.png")} for run in runs],
+        "confusions": [{"name": run.name, "image": png_uri(run / "confusion_matrix.png")} for run in runs],
         "dataset": dataset,
     }
 
@@ -228,7 +225,7 @@ def _compare_runs(folder: Path, table: list[dict]) -> list[Path]:
 def _strategy_row(name: str, metrics: dict, backbone: str) -> dict:
     keys = ("test_accuracy", "top5_accuracy", "macro_f1", "val_accuracy", "epochs_run",
             "extract_seconds", "train_seconds", "total_seconds")
-    return {"name": name, "backbone": backbone, "link": f"{name}/{REPORT_NAME}", **{k: metrics.get(k) for k in keys}}
+    return {"name": name, "backbone": backbone, "link": f"{name}/{REPORT}", **{k: metrics.get(k) for k in keys}}
 
 
 def per_class_side_by_side(metrics: dict[str, dict]) -> dict:
@@ -261,86 +258,6 @@ def flatten(value: dict, prefix: str = "") -> list[tuple[str, str]]:
     return pairs
 
 
-def thumbnail_uri(path: Path) -> str | None:
-    """A small JPEG of the image as a data: URI; None when the file is gone or does not decode."""
-    try:
-        image = open_image(path, draft_size=(THUMBNAIL_PX, THUMBNAIL_PX))
-    except ImageDecodeError:
-        return None
-    image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=75)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+__all__ = ["REPORT", "write_report", "run_context", "compare_context"]
 
-
-def _png_uri(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-
-
-def _png_uris(*paths: Path) -> list[str]:
-    """The pictures that exist, as data: URIs."""
-    return [uri for uri in map(_png_uri, paths) if uri]
-
-
-def _run_json(run: Path, name: str) -> dict:
-    path = run / name
-    if not path.is_file():
-        raise TransferlabError(
-            f"{run} is not a transferlab run folder (no {name})",
-            hint="pass the folder written by `transferlab train --out DIR` or `transferlab compare`",
-        )
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _read_csv(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open(newline="", encoding="utf-8") as file:
-        return list(csv.DictReader(file))
-
-
-def _read_lines(path: Path) -> list[str]:
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if line] if path.is_file() else []
-
-
-def _percent(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1%}"
-
-
-def _now() -> str:
-    return datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-
-
-def jinja_environment() -> Environment:
-    environment = Environment(
-        loader=PackageLoader("transferlab.reports", "templates"),
-        autoescape=True,  # class names are folder names: escape everything
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    environment.filters["percent"] = _percent
-    environment.filters["number"] = lambda value, digits=3: "–" if value is None else f"{value:.{digits}f}"
-    return environment
-
-
-__all__ = ["REPORT_NAME", "write_report", "run_context", "compare_context"]
-
-
-def formatted(row: dict) -> list[str]:
-    """Table cells: accuracies as percentages, times in seconds, '-' for what does not apply."""
-
-    def percent(value):
-        return "-" if value is None else f"{value:.1%}"
-
-    def number(value, digits=1):
-        return "-" if not value else f"{value:.{digits}f}"
-
-    recipe = f" ({row['recipe']} recipe)" if row.get("recipe") else ""
-    return [
-        row["strategy"] + recipe, row["backbone"], percent(row["test_accuracy"]), percent(row["top5_accuracy"]),
-        number(row["train_seconds"]), number(row["extract_seconds"]), number(row["total_seconds"]),
-        number(row["images_per_second"], 0),
-    ]
 

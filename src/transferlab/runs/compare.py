@@ -18,9 +18,11 @@ from transferlab.model.classifier import Classifier
 from transferlab.data.dataset import load_dataset
 from transferlab.engines.local import check_engine
 from transferlab.core.errors import TransferlabError
-from transferlab.core.config import COMPARE_STRATEGIES, check_split_csv_alone, check_strategies, check_verbose, check_precision, precision_for
+from transferlab.core.config import COMPARE_STRATEGIES, check_split_csv_alone, check_strategies, check_verbose, precision_for
+from transferlab.features.runtimes import check_precision
 from transferlab.runs.pipeline import train
-from transferlab.reports.report import formatted, write_report
+from transferlab.reports.html import formatted
+from transferlab.reports.report import write_report
 from transferlab.runs.writer import clear_destination, unique_run_dir
 COLUMNS = (
     "strategy", "backbone", "recipe", "test_accuracy", "top5_accuracy", "val_accuracy", "epochs_run",

@@ -22,10 +22,11 @@ from rich.table import Table
 from transferlab.model.classifier import Classifier
 from transferlab.core.errors import TransferlabError
 from transferlab.data.layouts import Skipped, checked, discover, listing
-from transferlab.model.metrics import evaluate_probabilities, most_confused_pairs
+from transferlab.model.metrics import evaluate_probabilities
+from transferlab.reports.confusion import most_confused_pairs
 from transferlab.model.prediction import ImageInput
 from transferlab.core.config import check_data_folder
-from transferlab.reports.report import _now, jinja_environment
+from transferlab.reports.html import jinja_environment, now_text
 from transferlab.runs.writer import staged
 
 EVALUATIONS = "evaluations"
@@ -144,7 +145,7 @@ def write_evaluation(evaluation: Evaluation, entries: list[tuple[Path, str]], pr
             writer.writerows([item.path, item.reason] for item in evaluation.failed)
         plot_confusion_matrix(metrics["confusion_matrix"], metrics["classes"], folder / "confusion_matrix.png")
         html = jinja_environment().get_template("evaluation.html.j2").render(
-            title=f"Evaluation on {evaluation.data.name}", generated=_now(), evaluation=evaluation, m=metrics,
+            title=f"Evaluation on {evaluation.data.name}", generated=now_text(), evaluation=evaluation, m=metrics,
             confusion_png=png_uri(folder / "confusion_matrix.png"),
             confused_pairs=most_confused_pairs(metrics["confusion_matrix"], metrics["classes"]),
         )

@@ -14,6 +14,7 @@ from transferlab.data.augment import AugmentConfig
 from transferlab.model.classifier import Classifier
 from transferlab.model.confidence import fit_confidence, reference_rows
 from transferlab.data.dataset import load_dataset
+from transferlab.features.runtimes import check_precision, check_runtime
 from transferlab.engines.local import RAY_TRAINED, check_engine, train_strategy
 from transferlab.core.errors import TransferlabError
 from transferlab.features.combined import backbone_names
@@ -23,7 +24,6 @@ from transferlab.core.config import (
     INT8_STRATEGIES,
     FitConfig,
     TrainOptions,
-    check_precision,
     check_featurewise,
     check_split_csv_alone,
     check_strategy,
@@ -126,6 +126,7 @@ def train(
     fractions = split_fractions(split)
     check_split_csv_alone(split_csv, include=include, exclude=exclude, max_per_class=max_per_class)
     check_tta(tta)
+    check_runtime(runtime)
     check_precision(precision, runtime, strategy)
     default_batch_size, default_lr, default_epochs = default_fit(strategy, recipe)
     options = TrainOptions(

@@ -19,7 +19,7 @@ from transferlab.backbones.registry import default_cache_dir
 from transferlab.model.classifier import Classifier
 from transferlab.runs.pipeline import train
 from transferlab.engines.ray_extraction import connect
-from transferlab.model.training import History
+from transferlab.core.history import History
 
 TASK_CPUS = 1
 RETRIES = 2  # a task lost with its node runs again (its run folder appears only when complete)

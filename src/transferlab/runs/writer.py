@@ -22,11 +22,12 @@ import numpy as np
 from transferlab.model.classifier import Classifier
 from transferlab.core.errors import TransferlabError
 from transferlab.core.files import atomic_write_bytes, disk_full_as_error
+from transferlab.core.run_folder import MODEL_JSON, SUMMARY, TEST_PREDICTIONS
+from transferlab.reports.report import write_report
 from transferlab.strategies.base import StrategyResult
-from transferlab.model.summary import Summary, summarize_run
+from transferlab.model.summary import summarize_run
+from transferlab.reports.model_summary import Summary
 
-TEST_PREDICTIONS = "test_predictions.csv"
-SUMMARY = "summary.json"
 
 VERSIONED_PACKAGES = ("transferlab", "torch", "torchvision", "timm", "onnxruntime", "numpy", "scikit-learn", "pillow")
 
@@ -173,3 +174,11 @@ def model_summary(classifier: Classifier) -> Summary:
     summary = summarize_run(classifier)
     write_json(path, summary.to_dict())
     return summary
+
+
+def write_run_report(folder: str | Path) -> Path:
+    """report.html of a run or compare folder; a run folder from before summaries were recorded gets its summary
+    built from its model (seconds)."""
+    folder = Path(folder)
+    is_old_run = (folder / MODEL_JSON).is_file() and not (folder / SUMMARY).is_file()
+    return write_report(folder, summary=summarize_run(folder) if is_old_run else None)

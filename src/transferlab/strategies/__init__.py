@@ -1,12 +1,14 @@
 """Training strategies: each composes data, features, heads and training into a `Trained`; `run_strategy`
-builds the classifier and the result from it."""
+builds the classifier and the result from it.
+
+May import: core, data, reports, backbones, features, model."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from transferlab.data.dataset import DatasetSplit
 from transferlab.core.config import TrainOptions, check_strategy
+from transferlab.data.dataset import DatasetSplit
 from transferlab.strategies import augment, extract, finetune, scratch
 from transferlab.strategies.base import StrategyResult, Trained, build_result
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from transferlab.core.history import History
 from transferlab.data.augment import AugmentConfig
 from transferlab.data.dataset import DatasetSplit
 from transferlab.features.extractor import FeatureExtractor
@@ -29,8 +30,12 @@ from transferlab.strategies.base import (
     tensors,
     train_head,
 )
-from transferlab.strategies.inputs import CHANNELS_LAST, ImageBatches, decode_images, extract_views
-from transferlab.model.training import History
+from transferlab.strategies.inputs import (
+    CHANNELS_LAST,
+    ImageBatches,
+    decode_images,
+    extract_views,
+)
 
 # Views of a frozen base's training images: the light preset. The notebooks' settings (rotation 40, shear,
 # zoom 0.2) drew the head's training features away from the clean test images on Caltech-101/97 (93.1% test

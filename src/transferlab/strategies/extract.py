@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from transferlab.data.dataset import DatasetSplit
-from transferlab.strategies.base import Trained, TrainOptions, extract_split, make_extractor, tensors, train_head
+from transferlab.strategies.base import (
+    Trained,
+    TrainOptions,
+    extract_split,
+    make_extractor,
+    tensors,
+    train_head,
+)
 
 
 def train(split: DatasetSplit, options: TrainOptions) -> Trained:

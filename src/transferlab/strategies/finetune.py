@@ -26,16 +26,33 @@ import numpy as np
 import torch
 
 from transferlab.backbones.registry import create_backbone, get_spec
-from transferlab.data.dataset import DatasetSplit
+from transferlab.backbones.trunk import Trunk, split_backbone
+from transferlab.core.config import FitConfig
 from transferlab.core.errors import TransferlabError
+from transferlab.core.history import History
+from transferlab.data.dataset import DatasetSplit
 from transferlab.features.extractor import ExtractionResult
 from transferlab.model.heads import HeadConfig
-from transferlab.core.config import FitConfig
-from transferlab.strategies.augment import augment_config, fit_augmented_head, train_head_on_views
-from transferlab.strategies.base import Trained, TrainOptions, make_extractor, runs_end_to_end, tensors, training_device
-from transferlab.strategies.inputs import CHANNELS_LAST, ImageBatches, decode_images, extract_views
-from transferlab.model.training import BatchTransform, History, describe_stop, fit
-from transferlab.backbones.trunk import Trunk, split_backbone
+from transferlab.model.training import BatchTransform, describe_stop, fit
+from transferlab.strategies.augment import (
+    augment_config,
+    fit_augmented_head,
+    train_head_on_views,
+)
+from transferlab.strategies.base import (
+    Trained,
+    TrainOptions,
+    make_extractor,
+    runs_end_to_end,
+    tensors,
+    training_device,
+)
+from transferlab.strategies.inputs import (
+    CHANNELS_LAST,
+    ImageBatches,
+    decode_images,
+    extract_views,
+)
 
 FINETUNE_OPTIMIZER = "rmsprop"  # the notebooks' choice for fine-tuning the top block from cached activations
 FINETUNE_LR = 1e-5
@@ -63,7 +80,9 @@ def block_groups(model: torch.nn.Module) -> list[list[str]]:
             f"{type(model).__name__} has no pretrained blocks to fine-tune",
             hint="use a pretrained backbone (see `transferlab backbones`), or --strategy scratch",
         )
-    from timm.models import group_parameters  # timm is imported where a network is built: see transferlab.backbones.registry
+    from timm.models import (
+        group_parameters,  # timm is imported where a network is built: see transferlab.backbones.registry
+    )
 
     classifier = model.pretrained_cfg.get("classifier") or "classifier"
     groups = group_parameters(model, model.group_matcher(coarse=True))

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from transferlab.core.progress import make_progress
 from transferlab.data.augment import AugmentConfig, augment_image
 from transferlab.data.decoding import ImageDecodeError
 from transferlab.features.extractor import ExtractionResult, FeatureExtractor
-from transferlab.core.progress import make_progress
 
 # End-to-end training feeds images and networks in this layout: oneDNN's CPU convolutions run ~1.5x faster in it.
 CHANNELS_LAST = torch.channels_last

@@ -14,18 +14,23 @@ import dataclasses
 import numpy as np
 import torch
 
-from transferlab.data.augment import AugmentConfig, FeaturewiseStandardizer
 from transferlab.backbones.registry import create_backbone, keras_init
+from transferlab.backbones.trunk import Trunk
+from transferlab.core.config import scratch_recipe
+from transferlab.core.errors import TransferlabError
+from transferlab.data.augment import AugmentConfig, FeaturewiseStandardizer
 from transferlab.data.dataset import DatasetSplit
 from transferlab.features.extractor import FeatureExtractor
-from transferlab.core.errors import TransferlabError
 from transferlab.model.heads import HeadConfig, build_head
-from transferlab.core.config import scratch_recipe
-from transferlab.strategies.augment import augment_config
-from transferlab.strategies.base import Trained, TrainOptions, make_extractor, training_device
-from transferlab.strategies.inputs import CHANNELS_LAST, ImageBatches, decode_images
 from transferlab.model.training import fit
-from transferlab.backbones.trunk import Trunk
+from transferlab.strategies.augment import augment_config
+from transferlab.strategies.base import (
+    Trained,
+    TrainOptions,
+    make_extractor,
+    training_device,
+)
+from transferlab.strategies.inputs import CHANNELS_LAST, ImageBatches, decode_images
 
 
 def train(split: DatasetSplit, options: TrainOptions) -> Trained:

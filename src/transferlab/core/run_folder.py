@@ -1,0 +1,76 @@
+"""The run folder's file names and the checks of a folder before it is read: one leaf that every layer may use.
+
+A run folder (written by `runs.writer`) holds the model (`model.json`, `model.safetensors`, `labels.txt`), what
+produced it (`config.json`, `split.csv`), what it measured (`metrics.json`, `history.csv`, `test_predictions.csv`,
+`summary.json`) and its pictures and report.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from transferlab.core.errors import TransferlabError
+
+MODEL_JSON = "model.json"
+WEIGHTS = "model.safetensors"
+LABELS = "labels.txt"
+CONFIG = "config.json"
+METRICS = "metrics.json"
+HISTORY = "history.csv"
+SPLIT = "split.csv"
+TEST_PREDICTIONS = "test_predictions.csv"
+SUMMARY = "summary.json"
+REPORT = "report.html"
+ONNX_MODEL = "model.onnx"
+RUN_HINT = "pass the folder written by `transferlab train --out DIR`"
+
+
+def read_run_json(run: Path, name: str) -> dict:
+    """One of the run folder's JSON files; a folder without it is not a run folder (one clear line)."""
+    path = run / name
+    if not path.is_file():
+        raise TransferlabError(
+            f"{run} is not a transferlab run folder (no {name})",
+            hint="pass the folder written by `transferlab train --out DIR` or `transferlab compare`",
+        )
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def check_run_folder(run: Path) -> None:
+    """A run folder with a readable model.json and a complete model.safetensors (header and size agree)."""
+    if not run.is_dir():
+        what = "is a file" if run.exists() else "does not exist"
+        raise TransferlabError(f"run folder {run} {what}", hint=RUN_HINT)
+    description = run / MODEL_JSON
+    if not description.is_file():
+        raise TransferlabError(f"{run} is not a transferlab run folder (no model.json)", hint=RUN_HINT)
+    try:
+        json.loads(description.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise TransferlabError(f"{description} is damaged (not valid JSON)",
+                               hint="train the run again; model.json is written with the model") from None
+    check_safetensors(run / WEIGHTS)
+
+
+def check_safetensors(path: Path) -> None:
+    """The file exists and is as long as its own header says: a truncated or overwritten model is refused here,
+    instead of as a SafetensorError traceback from the loader."""
+    if not path.is_file():
+        raise TransferlabError(f"{path.parent} has no model.safetensors (the trained weights)",
+                               hint="train the run again, or copy the whole run folder")
+    size = path.stat().st_size
+    damaged = TransferlabError(f"{path} is damaged or truncated ({size:,} bytes)",
+                               hint="train the run again, or copy the file again from where it was made")
+    try:
+        with path.open("rb") as file:
+            (header_length,) = struct.unpack("<Q", file.read(8))
+            if header_length > size - 8:
+                raise damaged
+            header = json.loads(file.read(header_length))
+        end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+    except (struct.error, ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError):
+        raise damaged from None
+    if 8 + header_length + end != size:
+        raise damaged
