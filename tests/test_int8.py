@@ -151,5 +151,5 @@ def test_train_with_int8_then_predict_elsewhere_and_export_use_the_runs_int8_tru
 
 def test_compare_refuses_an_unknown_precision_before_any_work(colour_folder, tmp_path):
     with pytest.raises(TransferlabError, match="unknown precision 'int4'"):
-        transferlab.runs.compare(colour_folder, precision="int4", out=tmp_path / "compare", quiet=True)
+        transferlab.compare(colour_folder, precision="int4", out=tmp_path / "compare", quiet=True)
     assert not (tmp_path / "compare").exists()

@@ -31,7 +31,7 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def comparison(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("notebook-compare") / "out"
-    return transferlab.runs.compare(data, ["extract", "augment"], out=out, epochs=6, views=1, lr=3e-3, verbose=0)
+    return transferlab.compare(data, ["extract", "augment"], out=out, epochs=6, views=1, lr=3e-3, verbose=0)
 
 
 @pytest.fixture(scope="module")
@@ -152,17 +152,19 @@ def test_comparison_plot_draws_one_line_per_strategy_for_accuracy_and_loss(compa
     assert all(len(ax.lines) == 2 for ax in fig.axes)
 
 
-def test_compare_and_summary_stay_callable_from_the_package_once_their_modules_are_imported():
-    import transferlab.model.summary  # noqa: F401
-    import transferlab.runs.compare  # noqa: F401  (importing a submodule makes it the package's attribute)
+def test_compare_export_and_summary_are_functions_of_the_package_even_once_their_modules_are_imported():
+    import inspect
 
-    assert callable(transferlab.runs.compare) and callable(transferlab.model.summary)
-    assert transferlab.runs.compare.Comparison.__name__ == "Comparison"  # and they are still the modules
+    import transferlab.deploy.export  # noqa: F401
+    import transferlab.model.summary  # noqa: F401
+    import transferlab.runs.compare  # noqa: F401
+
+    assert all(inspect.isfunction(getattr(transferlab, name)) for name in ("compare", "export", "summary"))
 
 
 def test_summary_is_callable_from_the_package_and_shows_as_a_table(clf):
 
-    summary = transferlab.model.summary(clf)
+    summary = transferlab.summary(clf)
     html = summary._repr_html_()
     assert "total parameters" in html and f"{summary.total:,}" in html and "<table>" in html
 

@@ -32,7 +32,7 @@ def clf(run_dir):
 
 @pytest.fixture(scope="module")
 def exported(run_dir):
-    transferlab.deploy.export(run_dir)  # the top-level callable
+    transferlab.export(run_dir)  # the top-level callable
     from transferlab.deploy.onnx_predict import OnnxClassifier
 
     return OnnxClassifier(run_dir)

@@ -105,7 +105,7 @@ def test_cli_recipe_flag_reaches_train(colours, monkeypatch):
 
 
 def test_compare_names_the_scratch_recipe_it_ran(colours, fit_calls, tmp_path):
-    comparison = transferlab.runs.compare(colours, ["scratch"], out=tmp_path / "cmp", quiet=True)
+    comparison = transferlab.compare(colours, ["scratch"], out=tmp_path / "cmp", quiet=True)
     assert comparison.rows[0]["recipe"] == "default"
     assert "scratch (default recipe)" in (tmp_path / "cmp" / "compare.md").read_text()
 

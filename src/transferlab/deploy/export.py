@@ -48,7 +48,7 @@ def export_run(
     seed: int = 0,
 ) -> dict:
     """Write RUN/model.onnx (+ model.int8.onnx with quantize="int8") and RUN/export.json; return its content.
-    `run` is a run folder or a Classifier that has one (`transferlab.deploy.export(clf)`)."""
+    `run` is a run folder or a Classifier that has one (`transferlab.export(clf)`)."""
     if isinstance(run, Classifier):
         if run.run_dir is None:
             raise TransferlabError("this classifier has no run folder to export", hint="train it with out=FOLDER, or save it")

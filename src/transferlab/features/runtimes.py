@@ -19,7 +19,6 @@ from transferlab.core.config import INT8_STRATEGIES, PRECISIONS
 from transferlab.core.errors import TransferlabError, warn
 from transferlab.core.files import atomic_write_bytes, file_digest
 
-
 def resolve_device(device: str = "auto") -> str:
     """'auto' means CUDA when a GPU is present, else CPU."""
     import torch
@@ -31,10 +30,6 @@ def resolve_device(device: str = "auto") -> str:
     if device != "cpu" and not device.startswith("cuda"):
         raise TransferlabError(f"unknown device {device!r}", hint="use auto, cpu or cuda")
     return device
-
-
-PRECISIONS = ("float32", "int8")
-
 
 @dataclass
 class TrunkSource:
@@ -50,11 +45,9 @@ class TrunkSource:
     quantized_path: Path | None = None
     calibration: Callable[[], Iterable[np.ndarray]] | None = None
 
-
 class Runtime(Protocol):
     def run(self, images: np.ndarray) -> np.ndarray:
         """uint8 [n, 3, h, w] -> features [n, ...] (float32 or float16)."""
-
 
 class OnnxRuntime:
     """The trunk exported once to ONNX (cached beside the features), run by ONNX Runtime on the CPU; with
@@ -111,16 +104,13 @@ class OnnxRuntime:
     def run(self, images: np.ndarray) -> np.ndarray:
         return self.session().run(None, {"images": images})[0]
 
-
 def digest_path(onnx_path: Path) -> Path:
     return onnx_path.with_name(onnx_path.name + ".blake2b")
-
 
 def verified(onnx_path: Path) -> bool:
     """Whether the cached ONNX file exists and still has the digest recorded when it was exported."""
     record = digest_path(onnx_path)
     return onnx_path.is_file() and record.is_file() and record.read_text().strip() == file_digest(onnx_path)
-
 
 class TorchRuntime:
     """The trunk in PyTorch on the source's device."""
@@ -138,15 +128,12 @@ class TorchRuntime:
             batch = torch.from_numpy(images).to(self.source.device, non_blocking=True)
             return self._trunk(batch).float().cpu().numpy()
 
-
 RuntimeFactory = Callable[[TrunkSource], Runtime]
 RUNTIMES: dict[str, RuntimeFactory] = {"onnx": OnnxRuntime, "torch": TorchRuntime}
-
 
 def register_runtime(name: str, factory: RuntimeFactory) -> None:
     """Make `name` a valid runtime choice (a name already there is replaced)."""
     RUNTIMES[name] = factory
-
 
 def resolve_runtime(runtime: str, device: str) -> str:
     """'auto' means ONNX Runtime on a CPU (2-4x faster here) and PyTorch on CUDA."""
@@ -158,31 +145,20 @@ def resolve_runtime(runtime: str, device: str) -> str:
         raise TransferlabError(f"unknown runtime {runtime!r}", hint=f"choose one of: auto, {', '.join(RUNTIMES)}")
     return runtime
 
-
 def resolve_precision(precision: str, runtime: str, int8_default: bool) -> str:
     """'auto' means int8 where it is measured to cost at most 0.3 points (`int8_default`) and the runtime is
     ONNX Runtime, else float32; int8 needs a runtime that can run it (ONNX Runtime)."""
     if precision == "auto":
         return "int8" if int8_default and supports_int8(runtime) else "float32"
-    if precision not in PRECISIONS:
-        raise TransferlabError(f"unknown precision {precision!r}", hint="choose one of: auto, float32, int8")
-    if precision == "int8" and not supports_int8(runtime):
-        raise TransferlabError(
-            f"--precision int8 runs on ONNX Runtime only, not on the {runtime} runtime",
-            hint="use --runtime onnx (on a CPU), or --precision float32",
-        )
-    return precision
-
+    return check_precision(precision, runtime)
 
 def supports_int8(runtime: str) -> bool:
     return bool(getattr(RUNTIMES.get(runtime), "supports_int8", False))
-
 
 def check_runtime(runtime: str) -> str:
     if runtime != "auto" and runtime not in RUNTIMES:
         raise TransferlabError(f"unknown runtime {runtime!r}", hint=f"choose one of: auto, {', '.join(RUNTIMES)}")
     return runtime
-
 
 def check_precision(precision: str, runtime: str = "auto", strategy: str = "extract") -> str:
     """float32 | int8 | auto; int8 needs ONNX Runtime (the CPU runtime) and a strategy with a frozen trunk."""
@@ -199,7 +175,6 @@ def check_precision(precision: str, runtime: str = "auto", strategy: str = "extr
             hint="drop --precision, or use --strategy extract",
         )
     return precision
-
 
 def make_runtime(runtime: str, source: TrunkSource) -> Runtime:
     return RUNTIMES[resolve_runtime(runtime, source.device)](source)
