@@ -21,7 +21,7 @@ import transferlab
 from transferlab.cli.app import app
 from transferlab.core.errors import TransferlabError
 from transferlab.core.history import History
-from transferlab.reports.plots import plot_comparison
+from transferlab.reports.plots import save_comparison_curves
 from transferlab.reports.report import REPORT, run_context, write_report
 
 TRICKY_CLASS = '<b>x&y "q"'  # a folder name (no "/" on Linux) that would be markup if it were not escaped
@@ -44,7 +44,7 @@ def compare_dir(tmp_path_factory) -> Path:
     for name, head in (("mlp", "mlp"), ("linear", "linear")):
         transferlab.train(data, out=folder / name, head=head, epochs=1, lr=1e-4, quiet=True)
     histories = {d.name: History.read_csv(d / "history.csv").epochs for d in (folder / "mlp", folder / "linear")}
-    plot_comparison(histories, folder)
+    save_comparison_curves(histories, folder)
     with (folder / "compare.csv").open("w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["strategy", "test_accuracy", "run_dir"])

@@ -15,7 +15,7 @@ from transferlab.model.heads import HeadConfig, build_head
 from transferlab.model.metrics import evaluate_probabilities
 from transferlab.model.training import PlainAdam, class_weights, fit, torch_optimizer
 from transferlab.reports.confusion import most_confused_pairs
-from transferlab.reports.plots import plot_training_curves, smooth
+from transferlab.reports.plots import save_training_curves, smooth
 
 
 def blobs(n_per_class=40, n_classes=3, dim=16, seed=0):
@@ -148,7 +148,7 @@ def test_smoothing_is_the_notebooks_exponential_moving_average():
 
 def test_training_curves_are_written_as_png(tmp_path):
     _, history = fitted(FitConfig(epochs=3, patience=None))
-    paths = plot_training_curves(history.epochs, tmp_path)
+    paths = save_training_curves(history.epochs, tmp_path)
     assert [p.name for p in paths] == ["accuracy.png", "loss.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
 

@@ -75,9 +75,8 @@ def make_optimizer(name: str, groups: list[dict], lr: float, weight_decay: float
 
 
 def torch_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    # torch's default (foreach) kernels, not fused ones: for the Caltech head (1280-256-97, 34 epochs at batch 256)
-    # fused Adam trained in 3.2-3.7 s against 3.4-3.6 s, but its first construction in a process costs 1.2-1.5 s,
-    # a large share of a warm run (measured 2026-11-23 on the 2-core CPU).
+    # torch's default (foreach) kernels, not fused ones: fused Adam trains no faster on a CPU head and its first
+    # construction in a process costs over a second of a warm run (docs/benchmarks.md, "fused Adam").
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
     if name == "adam":

@@ -83,7 +83,7 @@ def history_figure(epochs: list[dict], factor: float | None = SMOOTHING, size: t
     return fig
 
 
-def plot_training_curves(epochs: list[dict], out_dir: Path) -> list[Path]:
+def save_training_curves(epochs: list[dict], out_dir: Path) -> list[Path]:
     """accuracy.png and loss.png: training vs validation, raw (left) and smoothed (right)."""
     return [save_figure(metric_curves_figure(epochs, metric), out_dir / f"{metric}.png") for metric in METRICS]
 
@@ -120,7 +120,7 @@ def confusion_matrix_figure(matrix: list[list[int]], classes: list[str]) -> Figu
     return fig
 
 
-def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], path: Path) -> Path:
+def save_confusion_matrix(matrix: list[list[int]], classes: list[str], path: Path) -> Path:
     return save_figure(confusion_matrix_figure(matrix, classes), path, tight=False)  # laid out when built
 
 
@@ -139,7 +139,7 @@ def plot_comparison_on(ax, histories: dict[str, list[dict]], metric: str) -> Non
     label_epoch_axes(ax, f"validation {metric} per epoch")
 
 
-def plot_comparison(histories: dict[str, list[dict]], out_dir: Path) -> list[Path]:
+def save_comparison_curves(histories: dict[str, list[dict]], out_dir: Path) -> list[Path]:
     """Validation accuracy and loss per epoch, one line per strategy (compare_accuracy.png, compare_loss.png)."""
     return [
         save_figure(comparison_figure(histories, [metric]), out_dir / f"compare_{metric}.png", tight=False)

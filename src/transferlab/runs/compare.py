@@ -163,6 +163,6 @@ def write_comparison(comparison: Comparison, title: str) -> list[Path]:
     ]
     md_path.write_text("\n".join(lines) + "\n")
     histories = {name: c.history.epochs for name, c in comparison.classifiers.items()}
-    from transferlab.reports.plots import plot_comparison  # matplotlib only when drawing: `import transferlab.api` stays light
+    from transferlab.reports.plots import save_comparison_curves  # matplotlib only when drawing: `import transferlab.api` stays light
 
-    return [csv_path, md_path, *plot_comparison(histories, comparison.out)]
+    return [csv_path, md_path, *save_comparison_curves(histories, comparison.out)]

@@ -128,7 +128,7 @@ def present_class_metrics(y_true: np.ndarray, probabilities: np.ndarray, classes
 def write_evaluation(evaluation: Evaluation, entries: list[tuple[Path, str]], probabilities: np.ndarray,
                      classes: list[str]) -> None:
     """The evaluation folder, written aside and moved into place when complete (see `runs.staged`)."""
-    from transferlab.reports.plots import plot_confusion_matrix  # matplotlib only when drawing: `import transferlab.api` stays light
+    from transferlab.reports.plots import save_confusion_matrix  # matplotlib only when drawing: `import transferlab.api` stays light
 
     metrics = evaluation.metrics
     with staged(evaluation.out) as folder:
@@ -143,7 +143,7 @@ def write_evaluation(evaluation: Evaluation, entries: list[tuple[Path, str]], pr
             writer = csv.writer(file)
             writer.writerow(["path", "reason"])
             writer.writerows([item.path, item.reason] for item in evaluation.failed)
-        plot_confusion_matrix(metrics["confusion_matrix"], metrics["classes"], folder / "confusion_matrix.png")
+        save_confusion_matrix(metrics["confusion_matrix"], metrics["classes"], folder / "confusion_matrix.png")
         html = jinja_environment().get_template("evaluation.html.j2").render(
             title=f"Evaluation on {evaluation.data.name}", generated=now_text(), evaluation=evaluation, m=metrics,
             confusion_png=png_uri(folder / "confusion_matrix.png"),

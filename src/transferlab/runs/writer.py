@@ -137,7 +137,7 @@ def write_run(
 ) -> dict[str, Path]:
     """config.json, split.csv, skipped.csv, history.csv, metrics.json, test_predictions.csv, summary.json,
     model files and plots."""
-    from transferlab.reports.plots import plot_confusion_matrix, plot_training_curves  # matplotlib only when drawing
+    from transferlab.reports.plots import save_confusion_matrix, save_training_curves  # matplotlib only when drawing
 
     run_dir.mkdir(parents=True, exist_ok=True)
     files = {
@@ -152,9 +152,9 @@ def write_run(
     result.classifier.save(run_dir)
     files["model"] = run_dir / "model.safetensors"
     files["summary"] = write_json(run_dir / SUMMARY, model_summary(result.classifier).to_dict())
-    accuracy_png, loss_png = plot_training_curves(result.history.epochs, run_dir)
+    accuracy_png, loss_png = save_training_curves(result.history.epochs, run_dir)
     files.update(accuracy_plot=accuracy_png, loss_plot=loss_png)
-    files["confusion_plot"] = plot_confusion_matrix(
+    files["confusion_plot"] = save_confusion_matrix(
         metrics["test"]["confusion_matrix"], result.split.classes, run_dir / "confusion_matrix.png"
     )
     return files
