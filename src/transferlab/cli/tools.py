@@ -27,6 +27,7 @@ def imagenet(
     from transferlab.backbones.imagenet import predict_imagenet
     from transferlab.data.decoding import ImageDecodeError, open_image
     from transferlab.data.layouts import image_files
+    from transferlab.model.prediction import short_source
 
     files = image_files(images)
     decoded, failures = [], []
@@ -40,10 +41,10 @@ def imagenet(
         emit_json([{"image": str(f), "top": [{"label": l, "probability": p} for l, p in top]} for (f, _), top in zip(decoded, results)])
         return
     for (f, _), top in zip(decoded, results):
-        table = Table("rank", "ImageNet class", "probability", title=str(f), title_justify="left")
+        table = Table("rank", "ImageNet class", "probability", title=short_source(str(f)), title_justify="left")
         for rank, (label, prob) in enumerate(top, 1):
             table.add_row(str(rank), label, f"{prob:.1%}")
-        out.print(table)
+        out.print(table, soft_wrap=True)
     for f, reason in failures:
         err.print(f"[yellow]skipped {f}: {reason}[/]")
 

@@ -63,13 +63,15 @@ class Prediction:
         """One row per image: the top class, its probability, the next ones (or why the image was skipped)."""
         checked = any(p.low_confidence is not None for p in predictions)
         table = Table("image", "prediction", "probability", "next", *(["check"] if checked else []))
+        table.columns[0].no_wrap = table.columns[1].no_wrap = True  # which image, and its class, stay readable
+        table.columns[0].overflow = "fold"
         for p in predictions:
             if p.error:
-                table.add_row(p.source, f"[red]skipped: {p.error}[/]", "", "", *([""] if checked else []))
+                table.add_row(short_source(p.source), f"[red]skipped: {p.error}[/]", "", "", *([""] if checked else []))
                 continue
             label, prob = p.top[0]
             rest = ", ".join(f"{name} {share:.1%}" for name, share in p.top[1:])
-            table.add_row(p.source, label, f"{prob:.1%}", rest, *([check_cell(p)] if checked else []))
+            table.add_row(short_source(p.source), label, f"{prob:.1%}", rest, *([check_cell(p)] if checked else []))
         return table
 
     @staticmethod
@@ -85,6 +87,12 @@ class Prediction:
             writer.writerows([p.source, rank, label, f"{prob:.6f}", "", *flag] for rank, (label, prob) in enumerate(p.top, 1))
             if p.error:
                 writer.writerow([p.source, "", "", "", p.error, "", ""])
+
+
+def short_source(source: str, parts: int = 2) -> str:
+    """The tail of an image's path (its folder and name): the part that tells rows apart in a table."""
+    path = Path(source)
+    return source if len(path.parts) <= parts else str(Path("…", *path.parts[-parts:]))
 
 
 @dataclass(frozen=True)

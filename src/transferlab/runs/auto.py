@@ -238,7 +238,7 @@ def finish(out_dir, data, attempts, classifiers, chosen, budget, n_val, console)
     for name in RUN_FILES:
         shutil.copy2(out_dir / "candidates" / chosen.label / name, out_dir / name)
     write_report(out_dir)
-    console.print(comparison.table())
+    console.print(comparison)
     console.print(f"[bold green]auto chose {chosen.label}[/]: {why}\nrun folder: {out_dir}")
     classifier = Classifier.load(out_dir)
     classifier.metrics = {**classifier.metrics, "auto": record}

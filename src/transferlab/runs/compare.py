@@ -28,6 +28,8 @@ COLUMNS = (
     "strategy", "backbone", "recipe", "test_accuracy", "top5_accuracy", "val_accuracy", "epochs_run",
     "train_seconds", "extract_seconds", "total_seconds", "images_per_second", "run_dir",
 )
+NUMBER_COLUMNS = ("test acc.", "top-5", "train s", "extraction s", "total s", "img/s")  # the order of `formatted`
+NARROW_NUMBER_COLUMNS = ("test acc.", "top-5", "total s")
 # Keywords that choose the files; they are applied once, then every run reads DIR/split.csv instead.
 SELECTION_KEYWORDS = ("split", "include", "exclude", "max_per_class")
 
@@ -59,13 +61,34 @@ class Comparison:
 
         return comparison_plot(self, metrics)
 
-    def table(self) -> Table:
+    def table(self, width: int = 120) -> Table:
+        """The rows side by side. Names stay whole; below 100 columns the timings other than the total give way."""
         table = Table(title=f"strategies compared ({self.out})")
-        for header in ("strategy", "backbone", "test acc.", "top-5", "train s", "extraction s", "total s", "img/s"):
-            table.add_column(header, justify="left" if header in ("strategy", "backbone") else "right")
+        table.add_column("strategy", no_wrap=True)
+        table.add_column("backbone", no_wrap=True)
+        numbers = NUMBER_COLUMNS if width >= 100 else NARROW_NUMBER_COLUMNS
+        for header in numbers:
+            table.add_column(header, justify="right")
         for row in self.rows:
-            table.add_row(*formatted(row))
+            name, backbone, *cells = formatted(row)
+            short = short_backbone(backbone)
+            values = dict(zip(NUMBER_COLUMNS, cells))
+            # auto's candidate names spell the backbone out: the backbone column says it once
+            table.add_row(name.replace("-" + backbone.replace("+", "_"), "") or name, short,
+                          *(values[header] for header in numbers))
         return table
+
+    def __rich_console__(self, console, options):
+        yield self.table(options.max_width)
+
+
+def short_backbone(name: str) -> str:
+    """efficientnet_lite0+efficientnet_lite1 -> lite0+lite1: the family prefix every part shares is left out."""
+    parts = name.split("+")
+    family = parts[0].rpartition("_")[0]
+    if family and len(parts) > 1 and all(part.startswith(family + "_") for part in parts):
+        return "+".join(part.removeprefix(family + "_") for part in parts)
+    return name
 
 
 def compare(
@@ -122,7 +145,7 @@ def compare(
     comparison = Comparison.of(classifiers, out_dir)
     write_comparison(comparison, title=f"{Path(data).resolve().name}: strategies compared on one split")
     write_report(out_dir)  # the strategies side by side, as every run folder has its own
-    console.print(comparison.table())
+    console.print(comparison)
     return comparison
 
 
