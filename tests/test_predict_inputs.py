@@ -4,6 +4,9 @@ a failed row beside the others, in the API, the CLI and the ONNX path alike."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,6 +123,39 @@ def test_onnx_predictor_takes_the_same_inputs(clf, exported, run_dir):
                                np.repeat(clf.predict_proba(path), 3, axis=0), atol=1e-4)
     probabilities, failed = exported.predict_proba([path, "nowhere.png"], return_failed=True)
     assert probabilities.shape == (1, 3) and failed == {"nowhere.png": "file not found"}
+
+
+@pytest.fixture
+def linked_classes(run_dir, tmp_path) -> Path:
+    """A folder of links to the run's red/, green/ and blue/ class folders (45 images), as `train` accepts it."""
+    folder = tmp_path / "linked"
+    folder.mkdir()
+    for colour in ("red", "green", "blue"):
+        (folder / colour).symlink_to(run_dir.parent / "data" / colour, target_is_directory=True)
+    return folder
+
+
+def test_predict_follows_linked_class_folders(clf, linked_classes):
+    predictions = clf.predict(linked_classes, top_k=1)
+    assert len(predictions) == 45 and not any(p.error for p in predictions)
+    assert sorted(Path(p.source).parent.name for p in predictions) == sorted(["blue", "green", "red"] * 15)
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_cli_predict_follows_linked_class_folders(run_dir, exported, linked_classes, runtime):
+    result = runner.invoke(app, ["predict", str(run_dir), str(linked_classes), "--runtime", runtime, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert len(rows) == 45 and {row["image"] for row in rows} == {str(p) for p in linked_classes.glob("*/*.jpg")}
+
+
+def test_predict_walks_a_link_loop_once(clf, run_dir, tmp_path):
+    folder = tmp_path / "looped"
+    shutil.copytree(run_dir.parent / "data" / "red", folder)
+    os.symlink(".", folder / "self")  # each image would otherwise appear again at every depth, without end
+    os.symlink(folder, folder / "again")
+    predictions = clf.predict(folder, top_k=1)
+    assert sorted(p.source for p in predictions) == sorted(str(p) for p in folder.glob("*.jpg"))
 
 
 class CountingModel:
