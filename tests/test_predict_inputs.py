@@ -158,6 +158,37 @@ def test_predict_walks_a_link_loop_once(clf, run_dir, tmp_path):
     assert sorted(p.source for p in predictions) == sorted(str(p) for p in folder.glob("*.jpg"))
 
 
+def with_a_fourth_class(run, file: str):
+    """A copy of the run whose class list in `file` names a class the network has no output for."""
+    if file == "labels.txt":
+        (run / file).write_text("red\ngreen\nblue\npurple\n")
+        return
+    key = "labels" if file == "model.onnx.json" else "classes"
+    description = json.loads((run / file).read_text())
+    description[key].append("purple")
+    (run / file).write_text(json.dumps(description))
+
+
+@pytest.mark.parametrize("file", ["labels.txt", "model.json"])
+def test_a_class_list_the_network_disagrees_with_is_refused_on_loading(run_dir, tmp_path, file):
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    with_a_fourth_class(run, file)
+    with pytest.raises(TransferlabError, match=f"{file} lists 4 classes but model.safetensors has 3 outputs"):
+        transferlab.load(run)
+    image = images_of(run_dir, "red")[0]
+    result = runner.invoke(app, ["predict", str(run), str(image), "--runtime", "torch", "--top-k", "4"])
+    assert isinstance(result.exception, TransferlabError) and f"{file} lists 4" in result.exception.message  # main() prints it
+
+
+def test_an_exported_label_list_the_network_disagrees_with_is_refused_on_loading(run_dir, exported, tmp_path):
+    from transferlab.onnx_predict import OnnxClassifier
+
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    with_a_fourth_class(run, "model.onnx.json")
+    with pytest.raises(TransferlabError, match="model.onnx.json lists 4 classes but model.onnx has 3 outputs"):
+        OnnxClassifier(run)
+
+
 class CountingModel:
     """Stands in for a classifier: records the chunk sizes it was asked to predict."""
 

@@ -20,6 +20,7 @@ from PIL import Image
 
 from transferlab.decoding import open_image, resize_and_crop
 from transferlab.errors import TransferlabError
+from transferlab.preflight import check_class_count
 from transferlab.prediction import ImageInput, ImageLike, Prediction, checked_probabilities, image_inputs, predictions_of
 
 ONNX_FORMAT = "transferlab-onnx/1"
@@ -92,6 +93,9 @@ class OnnxClassifier:
         self.input_size: int = self.inputs[0].input_size
         self.resize_size: int = max(graph_input.resize_size for graph_input in self.inputs)
         self.session = make_session(self.path, threads)
+        outputs = self.session.get_outputs()[0].shape[-1]  # a name where the export left the size open
+        check_class_count(self.path.parent, {metadata_path(self.path).name: self.classes}, self.path.name,
+                          outputs if isinstance(outputs, int) else None)
 
     def __repr__(self) -> str:
         return f"OnnxClassifier({str(self.path)!r}, classes={len(self.classes)})"
