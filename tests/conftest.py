@@ -56,6 +56,11 @@ def shared() -> Path:
     return SHARED
 
 
+def folder_contents(folder: Path) -> dict[str, bytes]:
+    """Every file below `folder` (relative path -> bytes): a folder's state, to compare before and after."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def make_colour_run(root: Path, epochs: int = 15) -> Path:
     """Train a small run on red/green/blue images under `root` (data in root/data); returns root/run."""
     import transferlab

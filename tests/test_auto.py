@@ -8,8 +8,10 @@ import time
 import pytest
 
 import transferlab
+from conftest import folder_contents
 from transferlab.core.config import parse_duration
 from transferlab.core.errors import TransferlabError
+from transferlab.runs import auto
 from transferlab.runs.auto import (
     AUGMENTED_VIEW_COST,
     RUN_SECONDS,
@@ -35,6 +37,40 @@ def test_a_tiny_budget_trains_only_the_cheapest_candidate_and_logs_the_rest(colo
     image = next((colour_folder / "red").glob("*.jpg"))
     assert transferlab.load(tmp_path / "auto").predict([image], top_k=1)[0].top[0][0] == "red"
     assert (tmp_path / "auto" / "compare.csv").is_file() and (tmp_path / "auto" / "report.html").is_file()
+
+
+LITE0 = Candidate("extract", "efficientnet_lite0")
+LITE0_LINEAR = Candidate("extract", "efficientnet_lite0", head="linear")
+
+
+def test_a_failed_auto_rerun_leaves_the_old_folder_untouched(colour_folder, tmp_path, monkeypatch):
+    out = tmp_path / "auto"
+    train_auto(colour_folder, budget=600, out=out, epochs=2, candidates=(LITE0,), quiet=True)
+    before = folder_contents(out)
+    real_train = auto.train
+
+    def linear_fails(data, **keywords):
+        if keywords.get("head") == "linear":  # the second candidate, after the first one's run is written
+            raise RuntimeError("the machine lost power")
+        return real_train(data, **keywords)
+
+    monkeypatch.setattr(auto, "train", linear_fails)
+    with pytest.raises(RuntimeError, match="lost power"):
+        train_auto(colour_folder, budget=600, out=out, overwrite=True, epochs=2, candidates=(LITE0, LITE0_LINEAR),
+                   quiet=True)
+    assert folder_contents(out) == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_an_auto_rerun_replaces_the_old_folder_when_complete(colour_folder, tmp_path):
+    out = tmp_path / "auto"
+    train_auto(colour_folder, budget=600, out=out, epochs=2, candidates=(LITE0,), quiet=True)
+    classifier = train_auto(colour_folder, budget=600, out=out, overwrite=True, epochs=2, candidates=(LITE0_LINEAR,),
+                            quiet=True)
+    assert [p.name for p in (out / "candidates").iterdir()] == [LITE0_LINEAR.label]
+    assert classifier.run_dir == out and json.loads((out / "auto.json").read_text())["chosen"] == LITE0_LINEAR.label
+    assert json.loads((out / "config.json").read_text())["split_csv"] == str(out / "split.csv")
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_a_costlier_candidate_wins_only_beyond_one_standard_error():

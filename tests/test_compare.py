@@ -11,7 +11,9 @@ from conftest import write_colour_classes
 from PIL import Image
 from typer.testing import CliRunner
 
+from transferlab import compare as compare_module
 from transferlab.api import compare
+from conftest import folder_contents
 from transferlab.cli.app import app
 from transferlab.core.errors import TransferlabError
 
@@ -67,6 +69,38 @@ def test_compare_rejects_an_unknown_strategy_before_training(colours, tmp_path):
     with pytest.raises(TransferlabError, match="unknown strategy 'magic'"):
         compare(colours, ["extract", "magic"], out=tmp_path / "out", quiet=True)
     assert not (tmp_path / "out" / "extract").exists()
+
+
+def test_a_failed_compare_rerun_leaves_the_old_comparison_untouched(colours, tmp_path, monkeypatch):
+    out = tmp_path / "cmp"
+    compare(colours, ["extract"], out=out, epochs=2, quiet=True)
+    before = folder_contents(out)
+    real_train = compare_module.train
+
+    def scratch_fails(data, **keywords):
+        if keywords["strategy"] == "scratch":  # after extract's run is written: the rerun fails midway
+            raise RuntimeError("the machine lost power")
+        return real_train(data, **keywords)
+
+    monkeypatch.setattr(compare_module, "train", scratch_fails)
+    with pytest.raises(RuntimeError, match="lost power"):
+        compare(colours, ["extract", "scratch"], out=out, overwrite=True, epochs=2, quiet=True)
+    assert folder_contents(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["cmp"]  # nothing half-written beside it
+
+
+def test_a_compare_rerun_replaces_the_old_comparison_when_complete(colours, tmp_path):
+    out = tmp_path / "cmp"
+    compare(colours, ["extract"], out=out, epochs=2, quiet=True)
+    (out / "extract" / "stale.txt").write_text("from the first comparison")
+    comparison = compare(colours, ["augment"], out=out, overwrite=True, epochs=2, views=1, quiet=True)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["augment"]
+    assert comparison.out == out and comparison.classifiers["augment"].run_dir == out / "augment"
+    # what the runs record names where they are now, not the staging folder they were written in
+    assert json.loads((out / "augment" / "config.json").read_text())["split_csv"] == str(out / "split.csv")
+    assert str(out / "augment") in (out / "augment" / "report.html").read_text(encoding="utf-8")
+    assert ".partial-" not in (out / "report.html").read_text(encoding="utf-8")
+    assert [p.name for p in tmp_path.iterdir()] == ["cmp"]
 
 
 def test_cli_compare_writes_the_tables(colours, tmp_path):

@@ -15,7 +15,7 @@ from transferlab.cli.app import app
 from transferlab.core.config import FitConfig
 from transferlab.core.history import History
 from transferlab.model.heads import HeadConfig, build_head
-from transferlab.model.training import describe_stop, fit
+from transferlab.model.training import Tracker, describe_stop, fit
 from transferlab.runs.console import epoch_table, finetune_line, shown_epochs
 from transferlab.strategies.finetune import Phases
 
@@ -66,6 +66,31 @@ def test_a_run_that_used_every_epoch_says_so():
     history = fit(build_head(HeadConfig("linear", 8, 3)), blobs(), blobs(1), FitConfig(epochs=2, patience=None),
                   n_classes=3, quiet=True)
     assert history.stop_reason == f"ran all 2 epochs, best epoch {history.best_epoch} kept"
+
+
+def test_ray_trained_runs_say_how_many_epochs_they_planned_and_why_they_stopped(tmp_path):
+    """Ray Train's driver turns the workers' trackers into the run's history (here recorded without a cluster):
+    the epochs planned, the patience and the stop reason reach it as they do from the local loop."""
+    pytest.importorskip("ray")
+    import transferlab
+    from transferlab.engines import ray_training as ray_train
+    from transferlab.core.config import TrainOptions
+
+    class RecordingPlacement:  # stands in for ray_train.Placement: each phase recorded as train_phase records it
+        def train(self, job):
+            trackers = []
+            for phase in job.phases:
+                tracker, rows = Tracker.of(phase.config), iter(epochs(phase.config.epochs, best=2))
+                while not tracker.done():
+                    tracker.record(next(rows), job.network)
+                trackers.append(tracker)
+            return trackers, {}
+
+    options = TrainOptions(backbone="small_cnn", recipe="default", fit=FitConfig(epochs=10, patience=2), quiet=True)
+    split = transferlab.dataset(write_colour_classes(tmp_path / "data", 8))
+    history = ray_train.scratch(split, options, RecordingPlacement()).history
+    assert (history.planned_epochs, history.patience, len(history.epochs)) == (10, 2, 4)
+    assert history.stop_reason == "stopped early at epoch 4 (no val_loss improvement for 2 epochs), best epoch 2 kept"
 
 
 def test_fine_tuning_stop_reason_names_both_phases_in_the_combined_numbering():

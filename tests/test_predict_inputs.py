@@ -4,6 +4,9 @@ a failed row beside the others, in the API, the CLI and the ONNX path alike."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,6 +123,70 @@ def test_onnx_predictor_takes_the_same_inputs(clf, exported, run_dir):
                                np.repeat(clf.predict_proba(path), 3, axis=0), atol=1e-4)
     probabilities, failed = exported.predict_proba([path, "nowhere.png"], return_failed=True)
     assert probabilities.shape == (1, 3) and failed == {"nowhere.png": "file not found"}
+
+
+@pytest.fixture
+def linked_classes(run_dir, tmp_path) -> Path:
+    """A folder of links to the run's red/, green/ and blue/ class folders (45 images), as `train` accepts it."""
+    folder = tmp_path / "linked"
+    folder.mkdir()
+    for colour in ("red", "green", "blue"):
+        (folder / colour).symlink_to(run_dir.parent / "data" / colour, target_is_directory=True)
+    return folder
+
+
+def test_predict_follows_linked_class_folders(clf, linked_classes):
+    predictions = clf.predict(linked_classes, top_k=1)
+    assert len(predictions) == 45 and not any(p.error for p in predictions)
+    assert sorted(Path(p.source).parent.name for p in predictions) == sorted(["blue", "green", "red"] * 15)
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_cli_predict_follows_linked_class_folders(run_dir, exported, linked_classes, runtime):
+    result = runner.invoke(app, ["predict", str(run_dir), str(linked_classes), "--runtime", runtime, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert len(rows) == 45 and {row["image"] for row in rows} == {str(p) for p in linked_classes.glob("*/*.jpg")}
+
+
+def test_predict_walks_a_link_loop_once(clf, run_dir, tmp_path):
+    folder = tmp_path / "looped"
+    shutil.copytree(run_dir.parent / "data" / "red", folder)
+    os.symlink(".", folder / "self")  # each image would otherwise appear again at every depth, without end
+    os.symlink(folder, folder / "again")
+    predictions = clf.predict(folder, top_k=1)
+    assert sorted(p.source for p in predictions) == sorted(str(p) for p in folder.glob("*.jpg"))
+
+
+def with_a_fourth_class(run, file: str):
+    """A copy of the run whose class list in `file` names a class the network has no output for."""
+    if file == "labels.txt":
+        (run / file).write_text("red\ngreen\nblue\npurple\n")
+        return
+    key = "labels" if file == "model.onnx.json" else "classes"
+    description = json.loads((run / file).read_text())
+    description[key].append("purple")
+    (run / file).write_text(json.dumps(description))
+
+
+@pytest.mark.parametrize("file", ["labels.txt", "model.json"])
+def test_a_class_list_the_network_disagrees_with_is_refused_on_loading(run_dir, tmp_path, file):
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    with_a_fourth_class(run, file)
+    with pytest.raises(TransferlabError, match=f"{file} lists 4 classes but model.safetensors has 3 outputs"):
+        transferlab.load(run)
+    image = images_of(run_dir, "red")[0]
+    result = runner.invoke(app, ["predict", str(run), str(image), "--runtime", "torch", "--top-k", "4"])
+    assert isinstance(result.exception, TransferlabError) and f"{file} lists 4" in result.exception.message  # main() prints it
+
+
+def test_an_exported_label_list_the_network_disagrees_with_is_refused_on_loading(run_dir, exported, tmp_path):
+    from transferlab.deploy.onnx_predict import OnnxClassifier
+
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    with_a_fourth_class(run, "model.onnx.json")
+    with pytest.raises(TransferlabError, match="model.onnx.json lists 4 classes but model.onnx has 3 outputs"):
+        OnnxClassifier(run)
 
 
 class CountingModel:

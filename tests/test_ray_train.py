@@ -39,6 +39,8 @@ def test_two_worker_ddp_finetuning_writes_a_loadable_run_scoring_as_the_single_p
     metrics = json.loads((run / "metrics.json").read_text())
     assert (metrics["engine"], metrics["workers"], metrics["finetune_path"]) == ("ray", 2, "end-to-end")
     assert metrics["epochs_run"] == len(on_ray.history.epochs) == local.metrics["epochs_run"]
+    assert metrics["stop_reason"].startswith("head: ran all 2 epochs, best epoch ")  # as the local loop says it
+    assert "; fine-tuning: ran all 1 epochs, best epoch " in metrics["stop_reason"]
     one_image = 1 / metrics["n_test"]
     assert abs(metrics["test_accuracy"] - local.metrics["test_accuracy"]) <= one_image + 1e-9
     assert {"model.safetensors", "model.json", "report.html", "history.csv"} <= {p.name for p in run.iterdir()}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ import torch
 import transferlab
 from transferlab.backbones.trunk import export_onnx
 from transferlab.core.errors import TransferlabError
-from transferlab.runs.writer import staged
+from transferlab.runs.writer import process_start, staged, writer_gone
 
 
 def test_out_onto_an_existing_run_is_refused_before_any_work(colour_folder, tmp_path):
@@ -47,6 +49,53 @@ def test_a_run_that_fails_while_writing_leaves_the_old_run_untouched(tmp_path):
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["metrics.json"]
     assert (tmp_path / "run" / "metrics.json").read_text() == '{"old": true}'
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+# A writer that stays in the middle of writing runs to the destinations it is given, until it is killed.
+WRITER = """
+import sys, time
+from contextlib import ExitStack
+from pathlib import Path
+from transferlab.runs.writer import staged
+with ExitStack() as stack:
+    print(*(stack.enter_context(staged(Path(d))) for d in sys.argv[1:]), flush=True)
+    time.sleep(600)
+"""
+
+
+def start_writer(*destinations: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", WRITER, *map(str, destinations)], stdout=subprocess.PIPE, text=True)
+
+
+def partial_folders(writer: subprocess.Popen) -> list[Path]:
+    """The writer's partial folders, once they exist."""
+    return [Path(p) for p in writer.stdout.readline().split()]
+
+
+def test_a_killed_writers_partial_folder_is_removed_by_the_next_run_to_its_destination(tmp_path):
+    killed, live = start_writer(tmp_path / "x", tmp_path / "y"), start_writer(tmp_path / "x")
+    (dead_x, dead_y), (live_x,) = partial_folders(killed), partial_folders(live)
+    try:
+        killed.kill()  # SIGKILL, as kill -9: no clean-up runs
+        killed.wait()
+        assert dead_x.is_dir() and dead_y.is_dir()
+        with staged(tmp_path / "x") as staging:
+            (staging / "metrics.json").write_text("{}")
+        assert not dead_x.exists()  # the killed writer's partial folder of x
+        assert live_x.is_dir()  # a live writer's is kept: it is still writing
+        assert dead_y.is_dir()  # another destination's is left to the next run to y
+        assert (tmp_path / "x" / "metrics.json").is_file()
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_writer_whose_pid_now_names_another_process_counts_as_gone():
+    started = process_start(os.getpid())
+    if started is None:
+        pytest.skip("no /proc here: a process's start time is unknown")
+    assert not writer_gone(os.getpid(), started)
+    assert writer_gone(os.getpid(), started + 1)  # the pid was reused by a process started later
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ produced it (`config.json`, `split.csv`), what it measured (`metrics.json`, `his
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -39,7 +40,8 @@ def read_run_json(run: Path, name: str) -> dict:
 
 
 def check_run_folder(run: Path) -> None:
-    """A run folder with a readable model.json and a complete model.safetensors (header and size agree)."""
+    """A run folder with a readable model.json, a complete model.safetensors (header and size agree), and class
+    lists (model.json's, labels.txt) as long as the network has outputs."""
     if not run.is_dir():
         what = "is a file" if run.exists() else "does not exist"
         raise TransferlabError(f"run folder {run} {what}", hint=RUN_HINT)
@@ -47,16 +49,43 @@ def check_run_folder(run: Path) -> None:
     if not description.is_file():
         raise TransferlabError(f"{run} is not a transferlab run folder (no model.json)", hint=RUN_HINT)
     try:
-        json.loads(description.read_text(encoding="utf-8"))
+        model = json.loads(description.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError):
         raise TransferlabError(f"{description} is damaged (not valid JSON)",
                                hint="train the run again; model.json is written with the model") from None
-    check_safetensors(run / WEIGHTS)
+    outputs = head_outputs(check_safetensors(run / WEIGHTS))
+    labels = run / LABELS
+    lists = {"model.json": model.get("classes") if isinstance(model, dict) else None,
+             "labels.txt": read_labels(labels) if labels.is_file() else None}
+    check_class_count(run, lists, "model.safetensors", outputs)
 
 
-def check_safetensors(path: Path) -> None:
+def read_labels(path: Path) -> list[str]:
+    return [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+
+
+def head_outputs(header: dict) -> int | None:
+    """The network's number of outputs: the length of the head's last bias (every head ends in a Linear layer)."""
+    biases = {int(match[1]): entry.get("shape") for key, entry in header.items()
+              if (match := re.fullmatch(r"head\.(\d+)\.bias", key))}
+    last = biases[max(biases)] if biases else None
+    return last[0] if last else None
+
+
+def check_class_count(folder: Path, lists: dict[str, list | None], network: str, outputs: int | None) -> None:
+    """Each class list (file name -> classes, None where absent) names as many classes as the network has
+    outputs: a list edited by hand or copied from another run would otherwise name the wrong classes, silently."""
+    wrong = [f"{name} lists {len(classes)} classes" for name, classes in lists.items()
+             if classes is not None and outputs is not None and len(classes) != outputs]
+    if wrong:
+        raise TransferlabError(f"{folder}: {' and '.join(wrong)} but {network} has {outputs} outputs",
+                               hint="the class list and the network must come from the same run: copy the whole "
+                                    "run folder again, or train again")
+
+
+def check_safetensors(path: Path) -> dict:
     """The file exists and is as long as its own header says: a truncated or overwritten model is refused here,
-    instead of as a SafetensorError traceback from the loader."""
+    instead of as a SafetensorError traceback from the loader. Returns the header (tensor name -> dtype, shape)."""
     if not path.is_file():
         raise TransferlabError(f"{path.parent} has no model.safetensors (the trained weights)",
                                hint="train the run again, or copy the whole run folder")
@@ -74,3 +103,4 @@ def check_safetensors(path: Path) -> None:
         raise damaged from None
     if 8 + header_length + end != size:
         raise damaged
+    return header

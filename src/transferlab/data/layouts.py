@@ -72,9 +72,10 @@ def _subfolders(folder: Path) -> list[Path]:
     return sorted(child for child in folder.iterdir() if _visible(child.name) and child.is_dir())
 
 
-def _files_under(folder: Path) -> list[Path]:
-    """Every visible file below folder (any depth, symlinks followed), sorted. A folder reached twice (a link
-    loop such as `ln -s . self`, or two links to one folder) is walked once."""
+def files_under(folder: Path) -> list[Path]:
+    """Every visible file below folder (any depth, symlinks followed), sorted: the one walk of every command
+    that lists images (train, evaluate, embed, predict). A folder reached twice (a link loop such as
+    `ln -s . self`, or two links to one folder) is walked once."""
     found, walked = [], set()
     for parent, dirnames, filenames in os.walk(folder, followlinks=True):
         info = os.stat(parent)
@@ -89,7 +90,7 @@ def _files_under(folder: Path) -> list[Path]:
 
 def _scan_classes(folder: Path) -> tuple[list[str], list[Entry]]:
     class_folders = _subfolders(folder)
-    return [d.name for d in class_folders], [(path, d.name) for d in class_folders for path in _files_under(d)]
+    return [d.name for d in class_folders], [(path, d.name) for d in class_folders for path in files_under(d)]
 
 
 def _split_folders(root: Path) -> dict[str, Path]:
@@ -265,12 +266,17 @@ def _skip_reason(path: Path) -> str | None:
         return exc.message
 
 
+def folder_images(folder: Path) -> list[Path]:
+    """The image files below `folder` (by extension), as `files_under` walks it."""
+    return [path for path in files_under(folder) if path.suffix.lower() in IMAGE_EXTENSIONS]
+
+
 def image_files(sources: list[Path]) -> list[Path]:
     """Files as given; folders expanded to the image files inside them (recursively, sorted)."""
     files: list[Path] = []
     for source in sources:
         if source.is_dir():
-            files.extend(sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS))
+            files.extend(folder_images(source))
         elif source.exists():
             files.append(source)
         else:

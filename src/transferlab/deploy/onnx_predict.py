@@ -19,6 +19,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from transferlab.core.errors import TransferlabError
+from transferlab.core.run_folder import check_class_count
 from transferlab.data.decoding import open_image, resize_and_crop
 from transferlab.model.prediction import (
     ImageInput,
@@ -99,6 +100,9 @@ class OnnxClassifier:
         self.input_size: int = self.inputs[0].input_size
         self.resize_size: int = max(graph_input.resize_size for graph_input in self.inputs)
         self.session = make_session(self.path, threads)
+        outputs = self.session.get_outputs()[0].shape[-1]  # a name where the export left the size open
+        check_class_count(self.path.parent, {metadata_path(self.path).name: self.classes}, self.path.name,
+                          outputs if isinstance(outputs, int) else None)
 
     def __repr__(self) -> str:
         return f"OnnxClassifier({str(self.path)!r}, classes={len(self.classes)})"

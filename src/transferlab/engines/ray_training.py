@@ -22,11 +22,10 @@ import copy
 import gc
 import hashlib
 import json
-import math
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +39,6 @@ from transferlab.backbones.registry import create_backbone, keras_init
 from transferlab.backbones.trunk import Trunk
 from transferlab.core.config import FitConfig, TrainOptions, scratch_recipe
 from transferlab.core.errors import TransferlabError
-from transferlab.core.history import History
 from transferlab.data.augment import AugmentConfig
 from transferlab.data.dataset import DatasetSplit
 from transferlab.engines.ray_extraction import portable
@@ -63,11 +61,8 @@ from transferlab.strategies.finetune import (
     unfrozen_state_keys,
 )
 from transferlab.strategies.inputs import CHANNELS_LAST, ImageBatches, decode_images
-from transferlab.strategies.scratch import (
-    augmentation,
-    feature_size,
-    featurewise_normalization,
-)
+from transferlab.strategies.scratch import augmentation, feature_size, featurewise_normalization
+from transferlab.model.training import Tracker
 
 MAX_FAILURES = 3  # worker-group restarts (a lost node) before the job fails; each resumes from the last checkpoint
 CHECKPOINT = "state.pt"
@@ -97,40 +92,6 @@ class Job:
     augment: AugmentConfig | None
     n_classes: int
     phases: list[Phase]
-
-
-@dataclass
-class Tracker:
-    """training.fit's bookkeeping, kept in the checkpoint: history, best weights by validation loss, patience."""
-
-    patience: int | None
-    epochs: list[dict] = field(default_factory=list)
-    best_loss: float = math.inf
-    best_epoch: int = 0
-    best_state: dict | None = None
-    waited: int = 0
-    stopped_early: bool = False
-    diverged: bool = False
-
-    def record(self, row: dict, module: nn.Module) -> None:
-        self.epochs.append(row)
-        if not math.isfinite(row["loss"]):
-            self.diverged = True
-        elif row["val_loss"] < self.best_loss - 1e-6:
-            self.best_loss, self.best_epoch, self.waited = row["val_loss"], row["epoch"], 0
-            self.best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-        else:
-            self.waited += 1
-            self.stopped_early = self.patience is not None and self.waited >= self.patience
-
-    def done(self, epochs: int) -> bool:
-        return self.diverged or self.stopped_early or len(self.epochs) >= epochs
-
-    def column(self, name: str) -> list[float]:
-        return [row[name] for row in self.epochs]
-
-    def history(self, seconds: float) -> History:
-        return History(epochs=self.epochs, best_epoch=self.best_epoch, stopped_early=self.stopped_early, seconds=seconds)
 
 
 class FrozenBase(nn.Module):
@@ -212,7 +173,7 @@ def train_phase(job: Job, number: int, network: nn.Module, shard: Shard, done: l
     weight = class_weights(job.train[1], job.n_classes, phase.config.class_weight)
     loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device),
                                   label_smoothing=phase.config.label_smoothing)
-    tracker = Tracker(phase.config.patience)
+    tracker = Tracker.of(phase.config)
     batches, batch_size = ImageBatches(shard.images, job.augment), -(-phase.config.batch_size // world)
     # built before the optimizer's state is restored: the schedule's peak is each group's configured rate
     scheduler = make_scheduler(optimizer, phase.config, -(-steps // batch_size))
@@ -222,7 +183,7 @@ def train_phase(job: Job, number: int, network: nn.Module, shard: Shard, done: l
         tracker = saved["tracker"]
         if scheduler is not None:
             scheduler.load_state_dict(saved["scheduler"])
-    while not tracker.done(phase.config.epochs):
+    while not tracker.done():
         epoch, started = len(tracker.epochs) + 1, time.perf_counter()
         # seeded by phase, epoch and rank, so a resumed run shuffles and augments as an uninterrupted one
         generator = torch.Generator().manual_seed(phase.config.seed + 7919 * rank + 104729 * epoch + 15485863 * number)

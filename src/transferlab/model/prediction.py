@@ -20,10 +20,11 @@ from rich.table import Table
 
 from transferlab.core.errors import TransferlabError
 from transferlab.core.progress import make_progress
-from transferlab.data.decoding import IMAGE_EXTENSIONS
+from transferlab.data.layouts import folder_images
 
 # What `predict` and `predict_proba` accept: one of these or a list of them. A folder stands for the image files
-# inside it (recursively, sorted); a 4-d array for a batch of HxWxC images.
+# inside it (recursively, sorted, linked folders followed as `train` follows them); a 4-d array for a batch of
+# HxWxC images.
 ImageLike = str | Path | bytes | Image.Image | np.ndarray
 PROGRESS_CHUNK = 64  # images per progress-bar step: large enough to keep the runtime's batches full
 PROGRESS_THRESHOLD = 2 * PROGRESS_CHUNK  # fewer images finish before a bar would be worth reading
@@ -157,11 +158,6 @@ def _path_inputs(path: Path) -> list[ImageInput]:
     if not path.is_file():
         return [ImageInput(str(path), None, "not a regular file")]
     return [ImageInput(str(path), path)]
-
-
-def folder_images(folder: Path) -> list[Path]:
-    """The image files below `folder` (any depth, by extension), sorted."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def expand_paths(sources: Sequence[Path]) -> list[Path]:

@@ -6,9 +6,9 @@ on validation loss with the best weights restored.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
+from dataclasses import dataclass, field
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -28,6 +28,56 @@ from transferlab.core.errors import TransferlabError
 from transferlab.core.history import History
 
 BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+@dataclass
+class Tracker:
+    """The bookkeeping of one training loop, shared by `fit` and Ray Train's workers (which keep it in their
+    checkpoints): the epochs' rows, the best weights by validation loss, patience, the deadline, and from them
+    the History with why training stopped."""
+
+    planned_epochs: int
+    patience: int | None = None
+    deadline: float | None = None  # a time.time() value: no epoch starts that would end after it
+    epochs: list[dict] = field(default_factory=list)
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    best_state: dict | None = None  # on the CPU: a checkpoint pickles it
+    waited: int = 0
+    stopped_early: bool = False
+    out_of_time: bool = False
+    diverged: bool = False
+
+    @classmethod
+    def of(cls, config: FitConfig) -> Tracker:
+        return cls(config.epochs, config.patience, config.deadline)
+
+    def record(self, row: dict, module: nn.Module) -> None:
+        """One finished epoch's row (epoch, loss, accuracy, val_loss, val_accuracy, seconds) and its weights."""
+        self.epochs.append(row)
+        if not math.isfinite(row["loss"]):
+            self.diverged = True
+        elif row["val_loss"] < self.best_loss - 1e-6:
+            self.best_loss, self.best_epoch, self.waited = row["val_loss"], row["epoch"], 0
+            self.best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+        else:
+            self.waited += 1
+            self.stopped_early = self.patience is not None and self.waited >= self.patience
+        if not self.done() and no_time_for_another(self.epochs, self.deadline):
+            self.stopped_early = self.out_of_time = True
+
+    def done(self) -> bool:
+        return self.diverged or self.stopped_early or len(self.epochs) >= self.planned_epochs
+
+    def column(self, name: str) -> list[float]:
+        return [row[name] for row in self.epochs]
+
+    def history(self, seconds: float) -> History:
+        history = History(epochs=self.epochs, best_epoch=self.best_epoch, stopped_early=self.stopped_early,
+                          seconds=seconds, planned_epochs=self.planned_epochs, patience=self.patience,
+                          out_of_time=self.out_of_time)
+        history.stop_reason = describe_stop(history)
+        return history
 
 
 class PlainAdam:
@@ -152,8 +202,7 @@ def fit(
     )
     batches = -(-len(x_train) // config.batch_size)
     scheduler = make_scheduler(optimizer, config, batches)
-    history = History()
-    best_loss, best_state, waited = float("inf"), None, 0
+    tracker = Tracker.of(config)
     start = time.perf_counter()
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -182,7 +231,7 @@ def fit(
             logits = predict_logits(module, x_val, device=device)
             val_loss = float(eval_loss_fn(logits, y_val))
             val_accuracy = float((logits.argmax(1) == y_val).float().mean())
-            history.epochs.append(
+            tracker.record(
                 {
                     "epoch": epoch,
                     "loss": loss,
@@ -190,37 +239,26 @@ def fit(
                     "val_loss": val_loss,
                     "val_accuracy": val_accuracy,
                     "seconds": time.perf_counter() - epoch_start,
-                }
+                },
+                module,
             )
             stats = f"loss {loss:.3f} acc {accuracy:.3f} val_loss {val_loss:.3f} val_acc {val_accuracy:.3f}"
             progress.update(task, stats=stats)
             if log_epochs:
-                seconds = history.epochs[-1]["seconds"]
+                seconds = tracker.epochs[-1]["seconds"]
                 progress.console.print(f"{description}: epoch {epoch}/{config.epochs} - {seconds:.1f} s - {stats}",
                                        highlight=False)
-            if val_loss < best_loss - 1e-6:
-                best_loss, waited, history.best_epoch = val_loss, 0, epoch
-                best_state = copy.deepcopy(module.state_dict())
-            else:
-                waited += 1
-                if config.patience is not None and waited >= config.patience:
-                    history.stopped_early = True
-                    break
-            if epoch < config.epochs and no_time_for_another(history, config.deadline):
-                history.stopped_early = history.out_of_time = True
+            if tracker.done():
                 break
-    if best_state is not None:
-        module.load_state_dict(best_state)
+    if tracker.best_state is not None:
+        module.load_state_dict(tracker.best_state)
     module.cpu().eval()
-    history.seconds = time.perf_counter() - start
-    history.planned_epochs, history.patience = config.epochs, config.patience
-    history.stop_reason = describe_stop(history)
-    return history
+    return tracker.history(time.perf_counter() - start)
 
 
-def no_time_for_another(history: History, deadline: float | None) -> bool:
+def no_time_for_another(epochs: list[dict], deadline: float | None) -> bool:
     """Whether an epoch as long as the slowest so far would end after `deadline` (None: never)."""
-    return deadline is not None and time.time() + max(row["seconds"] for row in history.epochs) > deadline
+    return deadline is not None and time.time() + max(row["seconds"] for row in epochs) > deadline
 
 
 def describe_stop(history: History, offset: int = 0) -> str:

@@ -23,7 +23,7 @@ from transferlab.core.history import History
 from transferlab.core.run_folder import REPORT, TEST_PREDICTIONS, read_run_json
 from transferlab.data.augment import AugmentConfig
 from transferlab.data.previews import featurewise_preview, preview_variants
-from transferlab.reports.html import formatted, jinja_environment, render_card
+from transferlab.reports.html import formatted, render_card
 from transferlab.reports.report import key_numbers, timings, top_losses
 
 if TYPE_CHECKING:

@@ -43,7 +43,7 @@ def write_report(directory: str | Path, location: Path | None = None, summary: S
     stands in for a run folder's summary.json where it has none."""
     folder = Path(directory)
     if (folder / "compare.csv").is_file():
-        html = jinja_environment().get_template("compare.html.j2").render(**compare_context(folder))
+        html = jinja_environment().get_template("compare.html.j2").render(**compare_context(folder, location))
     else:
         html = jinja_environment().get_template("run.html.j2").render(**run_context(folder, location, summary))
     path = folder / REPORT
@@ -185,8 +185,9 @@ def timings(metrics: dict) -> list[tuple[str, str]]:
 
 
 # -- compare report -------------------------------------------------------------------------------
-def compare_context(folder: Path) -> dict:
+def compare_context(folder: Path, location: Path | None = None) -> dict:
     """The strategies of a compare folder side by side; each strategy's own report is written too."""
+    where = (location or folder).resolve()
     runs = _compare_runs(folder, read_csv_rows(folder / "compare.csv"))
     for run in runs:
         if not (run / REPORT).is_file():
@@ -200,9 +201,9 @@ def compare_context(folder: Path) -> dict:
         dataset = dataset_context(first, read_csv_rows(first / "split.csv"), classes, Path(configs[first.name].get("data", first)),
                                   metrics[first.name].get("test_is_validation", False))
     return {
-        "title": f"{folder.resolve().name}: {len(runs)} strategies compared",
+        "title": f"{where.name}: {len(runs)} strategies compared",
         "generated": now_text(),
-        "run": str(folder.resolve()),
+        "run": str(where),
         "strategies": [
             _strategy_row(run.name, metrics[run.name], configs[run.name].get("options", {}).get("backbone", ""))
             for run in runs

@@ -33,7 +33,7 @@ from transferlab.core.files import atomic_write_bytes
 from transferlab.core.config import TrainOptions, precision_for
 from transferlab.runs.pipeline import train
 from transferlab.reports.report import write_report
-from transferlab.runs.writer import clear_destination, unique_run_dir
+from transferlab.runs.writer import check_destination, staged, unique_run_dir
 
 # Measured once with torch.utils.flop_counter on the trunks (2 FLOPs per multiply-add), at each backbone's input size.
 GFLOPS_PER_IMAGE = {"efficientnet_lite0": 0.77, "efficientnet_lite1": 1.20, "efficientnet_lite2": 1.72}
@@ -179,21 +179,36 @@ def train_auto(
     if backbone is not None:
         raise TransferlabError("--strategy auto chooses the backbone itself", hint="drop --backbone")
     out_dir = unique_run_dir(out, data, "auto")
-    clear_destination(out_dir, overwrite)
+    check_destination(out_dir, overwrite)
     selection = {k: train_kwargs.pop(k) for k in ("split", "include", "exclude", "max_per_class") if k in train_kwargs}
     dataset = load_dataset(data, seed=seed, split_csv=split_csv, **selection)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dataset.write_split_csv(out_dir / "split.csv")
-    cost = CostModel(len(dataset.train), len(dataset.validation), len(dataset.test),
-                     train_kwargs.get("finetune_epochs", TrainOptions.finetune_epochs))
-    budget = budget or default_budget(cost)
+    with staged(out_dir) as staging:  # a rerun that fails leaves the old folder whole
+        dataset.write_split_csv(staging / "split.csv")
+        cost = CostModel(len(dataset.train), len(dataset.validation), len(dataset.test),
+                         train_kwargs.get("finetune_epochs", TrainOptions.finetune_epochs))
+        budget = budget or default_budget(cost)
+        attempts, classifiers, chosen = try_candidates(
+            data, staging, candidates, cost, deadline=started + budget - FINISH_SECONDS, n_val=len(dataset.validation),
+            train_keywords={"seed": seed, "quiet": quiet, "console": console, **train_kwargs}, views=views)
+        record = finish(staging, out_dir, data, attempts, classifiers, chosen, budget, len(dataset.validation), console)
+    classifier = Classifier.load(out_dir)
+    classifier.metrics = {**classifier.metrics, "auto": record}
+    classifier.history = classifiers[chosen.label].history
+    return classifier
+
+
+def try_candidates(data, staging: Path, candidates: tuple[Candidate, ...], cost: CostModel, *, deadline: float,
+                   n_val: int, train_keywords: dict, views: int) -> tuple[list[Attempt], dict[str, Classifier], Attempt]:
+    """Each candidate trained into staging/candidates/<label>, or skipped when it would end after `deadline` (a
+    `time.perf_counter()` value); (every attempt, the classifiers trained, the attempt chosen)."""
+    console = train_keywords["console"]
     attempts, classifiers, chosen = [], {}, None
     for candidate in candidates:
         candidate = replace(candidate, views=views) if candidate.views else candidate
         estimate = cost.estimate(candidate)
         attempt = Attempt(candidate.label, candidate.strategy, candidate.backbone, round(estimate, 1))
         attempts.append(attempt)
-        left = budget - FINISH_SECONDS - (time.perf_counter() - started)
+        left = deadline - time.perf_counter()
         if chosen is not None and estimate > left:
             attempt.reason = f"estimated {estimate:.0f} s, {max(left, 0):.0f} s of the budget left"
             console.print(f"[yellow]auto: skipped {candidate.label}: {attempt.reason}[/]")
@@ -202,14 +217,14 @@ def train_auto(
         run_started = time.perf_counter()
         chosen_here = {"views": views} if candidate.views else {}
         chosen_here.update({"head": candidate.head} if candidate.head else {})
-        if "precision" in train_kwargs:  # int8 quantises the frozen trunk of extract and augment only
-            chosen_here["precision"] = precision_for(candidate.strategy, train_kwargs["precision"])
+        if "precision" in train_keywords:  # int8 quantises the frozen trunk of extract and augment only
+            chosen_here["precision"] = precision_for(candidate.strategy, train_keywords["precision"])
         if chosen is not None:  # a fallback exists: training stops where the budget would run out
             chosen_here["deadline"] = time.time() + left - cost.after_training(candidate)
         classifier = train(
-            data, strategy=candidate.strategy, backbone=candidate.backbone, out=out_dir / "candidates" / candidate.label,
-            split_csv=out_dir / "split.csv", seed=seed, quiet=quiet, console=console,
-            **{**train_kwargs, **chosen_here},  # the candidate's own settings win over the shared ones
+            data, strategy=candidate.strategy, backbone=candidate.backbone, out=staging / "candidates" / candidate.label,
+            split_csv=staging / "split.csv",
+            **{**train_keywords, **chosen_here},  # the candidate's own settings win over the shared ones
         )
         attempt.seconds = round(time.perf_counter() - run_started, 1)
         cost.record(candidate, classifier.metrics, attempt.seconds)
@@ -218,15 +233,16 @@ def train_auto(
         attempt.status = "trained"
         attempt.reason = "training stopped where the budget ran out" if classifier.history.out_of_time else ""
         classifiers[candidate.label] = classifier
-        if chosen is None or better(attempt, chosen, len(dataset.validation)):
+        if chosen is None or better(attempt, chosen, n_val):
             chosen = attempt
-    return finish(out_dir, data, attempts, classifiers, chosen, budget, len(dataset.validation), console)
+    return attempts, classifiers, chosen
 
 
-def finish(out_dir, data, attempts, classifiers, chosen, budget, n_val, console) -> Classifier:
-    """compare table and report over the candidates, auto.json, and the chosen model copied into OUT."""
+def finish(staging, out_dir, data, attempts, classifiers, chosen, budget, n_val, console) -> dict:
+    """compare table and report over the candidates, auto.json (returned), and the chosen model copied into the
+    staging folder that becomes `out_dir`."""
     comparison = Comparison(
-        out_dir, [{**row_of(label, c, out_dir), "strategy": label} for label, c in classifiers.items()], classifiers
+        staging, [{**row_of(label, c, staging), "strategy": label} for label, c in classifiers.items()], classifiers
     )
     write_comparison(comparison, title=f"{Path(data).resolve().name}: auto, budget {budget:.0f} s")
     why = (f"highest validation accuracy ({chosen.val_accuracy:.2%}) among the candidates trained, a costlier one "
@@ -234,13 +250,10 @@ def finish(out_dir, data, attempts, classifiers, chosen, budget, n_val, console)
            f" on {n_val} validation images)")
     record = {"budget_seconds": round(budget, 1), "chosen": chosen.label, "why": why,
               "candidates": [asdict(a) for a in attempts]}
-    atomic_write_bytes(out_dir / "auto.json", (json.dumps(record, indent=2) + "\n").encode())
+    atomic_write_bytes(staging / "auto.json", (json.dumps(record, indent=2) + "\n").encode())
     for name in RUN_FILES:
-        shutil.copy2(out_dir / "candidates" / chosen.label / name, out_dir / name)
-    write_report(out_dir)
-    console.print(comparison)
+        shutil.copy2(staging / "candidates" / chosen.label / name, staging / name)
+    write_report(staging, location=out_dir)
+    console.print(Comparison(out_dir, comparison.rows, classifiers))
     console.print(f"[bold green]auto chose {chosen.label}[/]: {why}\nrun folder: {out_dir}")
-    classifier = Classifier.load(out_dir)
-    classifier.metrics = {**classifier.metrics, "auto": record}
-    classifier.history = classifiers[chosen.label].history
-    return classifier
+    return record

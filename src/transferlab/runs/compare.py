@@ -14,16 +14,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from transferlab.model.classifier import Classifier
+from transferlab.core.config import COMPARE_STRATEGIES, check_split_csv_alone, check_strategies, check_verbose, precision_for
+from transferlab.core.errors import TransferlabError
 from transferlab.data.dataset import load_dataset
 from transferlab.engines.local import check_engine
-from transferlab.core.errors import TransferlabError
-from transferlab.core.config import COMPARE_STRATEGIES, check_split_csv_alone, check_strategies, check_verbose, precision_for
 from transferlab.features.runtimes import check_precision
-from transferlab.runs.pipeline import train
+from transferlab.model.classifier import Classifier
 from transferlab.reports.html import formatted
 from transferlab.reports.report import write_report
-from transferlab.runs.writer import clear_destination, unique_run_dir
+from transferlab.runs.pipeline import train
+from transferlab.runs.writer import check_destination, final_location, staged, unique_run_dir
 COLUMNS = (
     "strategy", "backbone", "recipe", "test_accuracy", "top5_accuracy", "val_accuracy", "epochs_run",
     "train_seconds", "extract_seconds", "total_seconds", "images_per_second", "run_dir",
@@ -125,28 +125,36 @@ def compare(
     selection = {key: train_kwargs.pop(key) for key in SELECTION_KEYWORDS if key in train_kwargs}
     check_split_csv_alone(split_csv, **selection)
     out_dir = unique_run_dir(out, data, "compare")
-    clear_destination(out_dir, overwrite)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if split_csv is None:
-        split_csv = out_dir / "split.csv"
-        load_dataset(data, seed=seed, **selection).write_split_csv(split_csv)
-    runs = {strategy: run_keywords(strategy, train_kwargs, scratch_backbone, scratch_recipe) | {
-        "out": out_dir / strategy, "seed": seed, "split_csv": split_csv, "quiet": quiet, "verbose": verbose,
-    } for strategy in strategies}
-    if engine == "ray":
-        from transferlab.runs.ray_compare import train_all
+    check_destination(out_dir, overwrite)
+    with staged(out_dir) as staging:  # a rerun that fails leaves the old comparison whole
+        if split_csv is None:
+            split_csv = staging / "split.csv"
+            load_dataset(data, seed=seed, **selection).write_split_csv(split_csv)
+        runs = {strategy: run_keywords(strategy, train_kwargs, scratch_backbone, scratch_recipe) | {
+            "out": staging / strategy, "seed": seed, "split_csv": split_csv, "quiet": quiet, "verbose": verbose,
+        } for strategy in strategies}
+        if engine == "ray":
+            from transferlab.runs.ray_compare import train_all
 
-        classifiers = train_all(data, runs, address=ray_address, quiet=quiet)
-    else:
-        classifiers: dict[str, Classifier] = {}
-        for strategy, keywords in runs.items():
-            console.rule(f"[bold]{strategy}")
-            classifiers[strategy] = train(data, **keywords, console=console)
-    comparison = Comparison.of(classifiers, out_dir)
-    write_comparison(comparison, title=f"{Path(data).resolve().name}: strategies compared on one split")
-    write_report(out_dir)  # the strategies side by side, as every run folder has its own
+            classifiers = train_all(data, runs, address=ray_address, quiet=quiet)
+        else:
+            classifiers: dict[str, Classifier] = {}
+            for strategy, keywords in runs.items():
+                console.rule(f"[bold]{strategy}")
+                classifiers[strategy] = train(data, **keywords, console=console)
+        comparison = Comparison.of(classifiers, staging)
+        write_comparison(comparison, title=f"{Path(data).resolve().name}: strategies compared on one split")
+        write_report(staging, location=out_dir)  # the strategies side by side, as every run folder has its own
+    comparison = settled(comparison, out_dir)
     console.print(comparison)
     return comparison
+
+
+def settled(comparison: Comparison, out_dir: Path) -> Comparison:
+    """The comparison as it lies once its staging folder has been moved to `out_dir` (its runs with it)."""
+    for classifier in comparison.classifiers.values():
+        classifier.run_dir = final_location(classifier.run_dir)
+    return Comparison(out_dir, comparison.rows, comparison.classifiers)
 
 
 def run_keywords(strategy: str, train_kwargs: dict, scratch_backbone: str | None, scratch_recipe: str | None) -> dict:

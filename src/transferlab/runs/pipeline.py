@@ -35,7 +35,7 @@ from transferlab.core.config import (
 )
 from transferlab.reports.report import write_report
 from transferlab.runs.console import after_training
-from transferlab.runs.writer import TestPredictions, check_destination, staged, unique_run_dir, write_run
+from transferlab.runs.writer import TestPredictions, check_destination, final_location, staged, unique_run_dir, write_run
 from transferlab.strategies import StrategyResult
 from transferlab.strategies.base import runs_end_to_end
 
@@ -191,7 +191,7 @@ def train(
         "include": sorted(include) if include else None,
         "exclude": sorted(exclude) if exclude else None,
         "max_per_class": max_per_class,
-        "split_csv": str(split_csv) if split_csv else None,
+        "split_csv": str(final_location(split_csv)) if split_csv else None,  # compare's, inside its staging folder
         "tta": tta,
         "precision": result.classifier.extractor.precision,  # "auto" resolved: the trunk the head was trained on
         "options": options.to_dict(),
@@ -200,10 +200,10 @@ def train(
     }
     with staged(run_dir) as staging:  # the run folder appears complete, or not at all
         write_run(staging, result, config=config, metrics=metrics, test=test)
-        write_report(staging, location=run_dir)
+        write_report(staging, location=final_location(run_dir))
     classifier = result.classifier
     classifier.run_dir, classifier.metrics, classifier.history = run_dir, metrics, result.history
-    console.print(after_training(metrics, result.history.epochs, run_dir), soft_wrap=True)  # paths stay whole
+    console.print(after_training(metrics, result.history.epochs, final_location(run_dir)), soft_wrap=True)  # paths stay whole
     return classifier
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import json
 import os
 import platform
 import re
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -30,6 +32,10 @@ from transferlab.reports.model_summary import Summary
 
 
 VERSIONED_PACKAGES = ("transferlab", "torch", "torchvision", "timm", "onnxruntime", "numpy", "scikit-learn", "pillow")
+# A staging folder is named .<destination>.partial-<writer's pid>-<its start time>-<host>-<random>: a later run to
+# the same destination tells a killed writer's leftover (removed) from a live writer's folder (kept) by the name.
+PARTIAL = re.compile(r"\.(?P<name>.+)\.partial-(?P<pid>\d+)-(?P<started>\d+)-(?P<host>[0-9a-f]{8})-[a-z0-9_]+")
+HOST = hashlib.blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
 
 
 def unique_run_dir(out: str | Path | None, data: str | Path, strategy: str, root: Path = Path("runs")) -> Path:
@@ -55,21 +61,17 @@ def check_destination(run_dir: Path, overwrite: bool) -> None:
         )
 
 
-def clear_destination(folder: Path, overwrite: bool) -> None:
-    """check_destination, then, with `overwrite`, the old folder removed (for a folder of runs such as compare's)."""
-    check_destination(folder, overwrite)
-    if overwrite and folder.is_dir():
-        shutil.rmtree(folder)
-
-
 @contextmanager
 def staged(run_dir: Path) -> Iterator[Path]:
-    """A temporary sibling folder to write a run into; moved into place (replacing any old run as a whole) only
-    when the block completes, and removed when it fails. So a run folder never mixes two runs, and a run that
-    fails (full disk, kill -9) leaves the old one untouched."""
+    """A temporary sibling folder to write a run (or a folder of runs: compare, auto) into; moved into place
+    (replacing any old folder as a whole) only when the block completes, and removed when it fails. So a run
+    folder never mixes two runs, and a run that fails (full disk, kill -9) leaves the old one untouched. What a
+    killed writer left beside `run_dir` is removed here, by the next run to the same destination."""
     with disk_full_as_error(run_dir):
         run_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.partial-"))
+        remove_stale_partials(run_dir)
+        writer = f"{os.getpid()}-{process_start(os.getpid()) or 0}-{HOST}"
+        staging = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.partial-{writer}-"))
     os.chmod(staging, 0o755)  # mkdtemp makes private folders; run folders are meant to be shared
     try:
         with disk_full_as_error(run_dir):
@@ -83,6 +85,49 @@ def staged(run_dir: Path) -> Iterator[Path]:
             os.replace(staging, run_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def final_location(path: str | Path) -> Path:
+    """Where `path`, inside a staging folder, will be once that folder is moved into place: what a run records
+    (its report's location, config.json's split.csv) names the place it will have, not the one it is written in."""
+    return Path(*(match["name"] if (match := PARTIAL.fullmatch(part)) else part for part in Path(path).parts))
+
+
+def remove_stale_partials(run_dir: Path) -> list[Path]:
+    """Remove the staging folders of `run_dir` whose writer is gone (killed mid-run); returns them. Those of a live
+    writer, of another destination, and of another host (whose processes cannot be checked from here) are kept."""
+    stale = []
+    for folder in run_dir.parent.glob(f".{glob.escape(run_dir.name)}.partial-*"):
+        match = PARTIAL.fullmatch(folder.name)
+        if match and match["name"] == run_dir.name and match["host"] == HOST and \
+                writer_gone(int(match["pid"]), int(match["started"])):
+            shutil.rmtree(folder, ignore_errors=True)
+            stale.append(folder)
+    return stale
+
+
+def writer_gone(pid: int, started: int) -> bool:
+    """Whether process `pid` (started at `started`, 0: unknown) no longer runs on this host: no such process, or
+    a later one that was given the same pid."""
+    if pid <= 0 or os.name == "nt":  # os.kill(pid, 0) would end a Windows process; pid 0 means a process group
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # it runs, as another user
+    return started != 0 and process_start(pid) not in (None, started)
+
+
+def process_start(pid: int) -> int | None:
+    """When the process started (clock ticks after boot, field 22 of /proc/<pid>/stat): with the pid, it names a
+    process uniquely. None where /proc is absent."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])  # fields after the command name, which may hold spaces
 
 
 def environment() -> dict:
