@@ -25,7 +25,7 @@ runner = CliRunner()
 
 @pytest.fixture
 def without_ray(monkeypatch):
-    """Ray as a core-only install has it: `import ray` fails and find_spec("ray") is None (a None entry in
+    """Ray as a core-only install sees it: `import ray` fails and find_spec("ray") is None (a None entry in
     sys.modules does both), whether or not this environment has the extra."""
     monkeypatch.setitem(sys.modules, "ray", None)
 
