@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from transferlab.cli import preflight
 from transferlab.cli.common import (
@@ -307,9 +308,10 @@ def main() -> None:
     except TransferlabError as exc:
         if state.debug:
             raise
-        err.print(f"[bold red]error:[/] {exc.message}")
+        # escaped: rich would take "[ray]" in "pip install 'transferlab[ray]'" (or in a path) for markup and drop it
+        err.print(f"[bold red]error:[/] {escape(exc.message)}")
         if exc.hint:
-            err.print(f"[dim]hint:[/] {exc.hint}")
+            err.print(f"[dim]hint:[/] {escape(exc.hint)}")
         err.print("[dim](run with --debug for the traceback)[/]")
         sys.exit(2)
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ Ray is imported only here, and only when it is chosen.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +26,12 @@ RAY_STRATEGIES = ("extract", "augment")  # those whose frozen features the clust
 RAY_TRAINED = ("finetune", "scratch")  # trained data-parallel on Ray Train (finetune end to end)
 
 
+def require_ray() -> None:
+    """Ray is the optional [ray] extra: name it before anything imports Ray (find_spec imports nothing)."""
+    if importlib.util.find_spec("ray") is None:
+        raise TransferlabError("--engine ray needs Ray, which is not installed", hint="pip install 'transferlab[ray]'")
+
+
 def check_engine(engine: str, strategy: str | None = None, end_to_end: bool = False, workers: int | None = None) -> str:
     if engine not in ENGINES:
         raise TransferlabError(f"unknown engine {engine!r}", hint="use --engine local or --engine ray")
@@ -39,6 +46,8 @@ def check_engine(engine: str, strategy: str | None = None, end_to_end: bool = Fa
             "does not use them",
             hint="use --strategy extract or augment (with --cached), finetune --end-to-end or scratch, or --engine local",
         )
+    if engine == "ray":  # after the argument checks, which hold whether Ray is installed or not
+        require_ray()
     return engine
 
 
