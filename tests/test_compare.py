@@ -7,13 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import write_colour_classes
+from conftest import folder_contents, write_colour_classes
 from PIL import Image
 from typer.testing import CliRunner
 
-from transferlab import compare as compare_module
+from transferlab.runs import compare as compare_module
 from transferlab.api import compare
-from conftest import folder_contents
 from transferlab.cli.app import app
 from transferlab.core.errors import TransferlabError
 

@@ -91,7 +91,7 @@ def test_a_worker_dying_mid_fine_tuning_resumes_from_the_last_checkpoint_and_wri
         import signal
         import time
 
-        from transferlab import ray_train as on_worker
+        from transferlab.engines import ray_training as on_worker
 
         rank = ray.train.get_context().get_world_rank()
         real_epoch, real_resumed = on_worker._train_one_epoch, on_worker.resumed
