@@ -22,7 +22,7 @@ def running_server(run_dir: str | Path, *, runtime: str = "torch", startup_secon
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "transferlab", "serve", str(run_dir), "--port", str(port)]
     log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a pipe nobody reads would stall a chatty server
-    server = subprocess.Popen([*command, "--runtime", runtime],
+    server = subprocess.Popen([*command, "--model", runtime],
                               stdout=subprocess.DEVNULL, stderr=log, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

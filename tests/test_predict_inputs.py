@@ -107,10 +107,10 @@ def test_a_lone_non_image_is_a_failed_row_not_a_crash(clf, not_an_image):
 
 @pytest.mark.parametrize("runtime", ["torch", "onnx"])
 def test_cli_predict_prints_failed_rows_and_exits_1(run_dir, exported, not_an_image, tmp_path, runtime):
-    alone = runner.invoke(app, ["predict", str(run_dir), str(not_an_image), "--runtime", runtime])
+    alone = runner.invoke(app, ["predict", str(run_dir), str(not_an_image), "--model", runtime])
     assert alone.exit_code == 1 and "not an image" in alone.output and "Traceback" not in alone.output
     good = images_of(run_dir, "red")[0]
-    args = ["predict", str(run_dir), str(tmp_path / "gone.jpg"), str(good), "--runtime", runtime, "--format", "json"]
+    args = ["predict", str(run_dir), str(tmp_path / "gone.jpg"), str(good), "--model", runtime, "--format", "json"]
     mixed = runner.invoke(app, args)
     rows = json.loads(mixed.stdout)
     assert mixed.exit_code == 1 and rows[0]["error"] == "file not found" and rows[1]["top"][0]["label"] == "red"

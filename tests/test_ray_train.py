@@ -72,8 +72,8 @@ def test_a_rerun_resumes_from_the_last_checkpoint(cluster, photos, tmp_path):
                              [ray_train.Phase(fit)])
 
     placement = ray_train.Placement(2, tmp_path / "checkpoints", use_gpu=False)
-    (first,), _ = placement.train(job(2))
-    (resumed,), _ = placement.train(job(3))  # as if the first attempt had died after epoch 2
+    (first,), _ = placement.run(job(2))
+    (resumed,), _ = placement.run(job(3))  # as if the first attempt had died after epoch 2
     assert [row["epoch"] for row in resumed.epochs] == [1, 2, 3]
     assert resumed.epochs[:2] == first.epochs  # epochs 1-2 come from the checkpoint, not trained again
 

@@ -25,6 +25,12 @@ EndToEndOption = Annotated[Optional[bool], typer.Option(
     "(default: end to end on a GPU, cached on a CPU).",
 )]
 # --engine ray (transferlab.engines.local): Ray is imported only when it is chosen
+# Which file predicts, not what runs a trunk (train's --runtime): hence its own name; --runtime still answers here.
+ModelFileOption = Annotated[str, typer.Option(
+    "--model", "--runtime",
+    help="Which model predicts: torch (RUN's model.safetensors) | onnx (the exported RUN/model.onnx, or RUN given as "
+    "an .onnx file; torch-free) | auto (torch, or onnx when torch is missing). --runtime is its old name.",
+)]
 EngineOption = Annotated[str, typer.Option(
     help="local | ray (frozen features computed on a Ray cluster into the same cache; finetune --end-to-end and "
     "scratch trained data-parallel on Ray Train; compare's strategies as parallel Ray tasks).",

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from transferlab.cli import preflight
-from transferlab.cli.common import emit_json, err, out, state
+from transferlab.cli.common import ModelFileOption, emit_json, err, out, state
 from transferlab.core.config import DEFAULT_BACKBONE
 from transferlab.core.errors import TransferlabError
 
@@ -91,7 +91,7 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload in MB.")] = 20.0,
     max_upload_megapixels: Annotated[float, typer.Option(help="Largest accepted upload in decoded megapixels.")] = 40.0,
-    runtime: Annotated[str, typer.Option(help="torch (the run's PyTorch model) | onnx (the exported RUN/model.onnx) | auto.")] = "auto",
+    runtime: ModelFileOption = "auto",
 ):
     """Serve a run: a web page to try images, a JSON API (/api/predict) and the run's report."""
     preflight.check_port(port, host)

@@ -65,7 +65,7 @@ def train_strategy(engine: str, strategy: str, split: DatasetSplit, options: Tra
         from transferlab.engines import ray_training as ray_train
 
         ray_engine.connect(address, options.quiet)
-        trained = ray_train.train(strategy, split, options, workers=workers, checkpoints=checkpoint_folder(run_dir))
+        trained = ray_train.train_on_ray(strategy, split, options, workers=workers, checkpoints=checkpoint_folder(run_dir))
         return build_result(strategy, trained)
     precompute_split(engine, strategy, split, options, address=address)
     return run_strategy(strategy, split, options)

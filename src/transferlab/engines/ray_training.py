@@ -267,7 +267,7 @@ class Placement:
     folder: Path
     use_gpu: bool
 
-    def train(self, job: Job) -> tuple[list[Tracker], dict[Path, str]]:
+    def run(self, job: Job) -> tuple[list[Tracker], dict[Path, str]]:
         """Every phase of `job` on the cluster: each phase's tracker (history, best weights) and the files that
         failed to decode. A rerun with the same `folder` resumes from the last checkpoint."""
         from ray.train.torch import TorchConfig, TorchTrainer
@@ -298,7 +298,7 @@ class Placement:
         return trackers, {Path(p): reason for p, reason in saved["failed"].items()}
 
 
-def train(strategy: str, split: DatasetSplit, options: TrainOptions, *, workers: int | None,
+def train_on_ray(strategy: str, split: DatasetSplit, options: TrainOptions, *, workers: int | None,
           checkpoints: Path) -> Trained:
     """`strategy` (finetune end to end, or scratch) trained data-parallel; `checkpoints` is the run's checkpoint
     folder, removed once training is done."""
@@ -354,7 +354,7 @@ def finetune(split: DatasetSplit, options: TrainOptions, placement: Placement) -
     job = Job(nn.Sequential(FrozenBase(trunk), head), portable(extractor), *shards(split), augment_config(options),
               len(split.classes), phases)
     started = time.perf_counter()
-    (first, second), failed = placement.train(job)
+    (first, second), failed = placement.run(job)
     network = advanced(job.network, first, phases[1])
     first_head = copy.deepcopy(head)
     network.load_state_dict(second.best_state)
@@ -384,7 +384,7 @@ def scratch(split: DatasetSplit, options: TrainOptions, placement: Placement) ->
     head, head_config = new_head(options, trunk, decoder.spec.input_size, len(split.classes), seed=None)
     network = nn.Sequential(trunk, keras_init(head))  # as the local scratch strategy does
     started = time.perf_counter()
-    (tracker,), failed = placement.train(Job(network, portable(decoder), *shards(split), config, len(split.classes),
+    (tracker,), failed = placement.run(Job(network, portable(decoder), *shards(split), config, len(split.classes),
                                              [Phase(options.fit)]))
     network.load_state_dict(tracker.best_state)
     network.cpu().eval()

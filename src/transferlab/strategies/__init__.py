@@ -13,10 +13,10 @@ from transferlab.strategies import augment, extract, finetune, scratch
 from transferlab.strategies.base import StrategyResult, Trained, build_result
 
 STRATEGIES: dict[str, Callable[[DatasetSplit, TrainOptions], Trained]] = {
-    "extract": extract.train,
-    "augment": augment.train,
-    "finetune": finetune.train,
-    "scratch": scratch.train,
+    "extract": extract.train_head,
+    "augment": augment.train_on_views,
+    "finetune": finetune.fine_tune,
+    "scratch": scratch.train_from_scratch,
 }
 
 

@@ -48,7 +48,7 @@ def augment_config(options: TrainOptions, default: AugmentConfig = VIEW_AUGMENTA
     return options.augment or default
 
 
-def train(split: DatasetSplit, options: TrainOptions) -> Trained:
+def train_on_views(split: DatasetSplit, options: TrainOptions) -> Trained:
     trained, _ = fit_augmented_head(make_extractor(options), split, options)
     end_to_end = runs_end_to_end(options)
     trained.extra = {

@@ -33,7 +33,7 @@ from transferlab.strategies.base import (
 from transferlab.strategies.inputs import CHANNELS_LAST, ImageBatches, decode_images
 
 
-def train(split: DatasetSplit, options: TrainOptions) -> Trained:
+def train_from_scratch(split: DatasetSplit, options: TrainOptions) -> Trained:
     if options.layer is not None:
         raise TransferlabError(
             "--layer cannot be combined with training from scratch", hint="scratch trains the whole network; drop --layer"
