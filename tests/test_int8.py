@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
+from onnx import numpy_helper
 
 import transferlab
 from transferlab.core.config import TrainOptions
@@ -16,7 +19,9 @@ from transferlab.core.errors import TransferlabError
 from transferlab.deploy.export import export_run
 from transferlab.deploy.onnx_predict import OnnxClassifier
 from transferlab.features.extractor import FeatureExtractor, quantized_trunk_name
+from transferlab.features.quantize import LEGACY_SETTINGS, SETTINGS
 from transferlab.features.runtimes import verified
+from transferlab.model import classifier as classifier_module
 
 
 def int8_extractor(cache, **options) -> FeatureExtractor:
@@ -90,6 +95,41 @@ def test_int8_features_are_close_to_float_features_on_real_photos(quantised, pho
     assert not np.array_equal(reference, int8.features)  # quantised indeed
 
 
+def largest_weights(path) -> dict[str, int]:
+    """The largest |quantised weight| of a QDQ graph's depthwise convolutions and of its other convolutions."""
+    model = onnx.load(str(path))
+    initializers = {tensor.name: numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
+    dequantized = {node.output[0]: initializers[node.input[0]] for node in model.graph.node
+                   if node.op_type == "DequantizeLinear" and node.input[0] in initializers}
+    largest = {"depthwise": 0, "other": 0}
+    for node in model.graph.node:
+        if node.op_type == "Conv" and node.input[1] in dequantized:
+            weights = dequantized[node.input[1]]
+            group = next((attribute.i for attribute in node.attribute if attribute.name == "group"), 1)
+            kind = "depthwise" if group > 1 and weights.shape[:2] == (group, 1) else "other"
+            largest[kind] = max(largest[kind], int(np.abs(weights.astype(np.int32)).max()))
+    return largest
+
+
+def test_int8_trunk_weights_cannot_saturate_the_int16_sums_of_cpus_without_vnni(quantised):
+    """The check that holds on every CPU: on one with VNNI, saturating weights would pass the cosine test above."""
+    _, extractor, _ = quantised
+    largest = largest_weights(extractor.quantized_path())
+    assert largest["other"] <= 64  # 7 bits: 255 * 64 * 2 fits the int16 sum of a uint8 x int8 pair
+    assert largest["depthwise"] > 64  # 8 bits where ONNX Runtime's kernel multiplies in 32 bits
+
+
+def test_int8_trunks_of_other_quantisation_settings_are_neither_reused_nor_made(quantised, photos):
+    cache, current, _ = quantised
+    legacy = int8_extractor(cache, quantization=LEGACY_SETTINGS)
+    legacy.calibrate_on(photos["calibration"])
+    assert current.quantization == SETTINGS
+    assert legacy.key != current.key and legacy.quantized_path() != current.quantized_path()
+    with pytest.raises(TransferlabError, match=f"quantised with {SETTINGS} now"):
+        legacy.runner.session()  # not made under a key that names other settings
+    assert not legacy.quantized_path().exists()
+
+
 def test_int8_and_float_features_have_different_cache_keys(quantised, photos):
     cache, int8, _ = quantised
     float32 = FeatureExtractor("efficientnet_lite0", runtime="onnx", device="cpu", cache_dir=cache, quiet=True)
@@ -120,15 +160,21 @@ def test_int8_is_refused_for_strategies_that_train_the_backbone(colour_folder):
         transferlab.train(colour_folder, precision="int4", quiet=True)
 
 
-def test_train_with_int8_then_predict_elsewhere_and_export_use_the_runs_int8_trunk(shared, tmp_path):
+@pytest.fixture(scope="module")
+def int8_run(shared, tmp_path_factory):
+    run = tmp_path_factory.mktemp("int8-run") / "run"
     classifier = transferlab.train(
         shared / "datasets" / "hymenoptera", precision="int8", runtime="onnx", device="cpu", max_per_class=20,
-        epochs=8, out=tmp_path / "run", quiet=True,
+        epochs=8, out=run, quiet=True,
     )
-    run = tmp_path / "run"
+    return classifier, run
+
+
+def test_train_with_int8_then_predict_elsewhere_and_export_use_the_runs_int8_trunk(int8_run, shared, tmp_path):
+    classifier, run = int8_run
     assert json.loads((run / "config.json").read_text())["precision"] == "int8"
     model = json.loads((run / "model.json").read_text())
-    assert model["precision"] == "int8" and model["calibration"]
+    assert model["precision"] == "int8" and model["calibration"] and model["quantization"] == SETTINGS
     assert verified(run / quantized_trunk_name("efficientnet_lite0"))
     with open(run / "test_predictions.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -142,11 +188,33 @@ def test_train_with_int8_then_predict_elsewhere_and_export_use_the_runs_int8_tru
     # the ONNX export holds the int8 trunk under the head, so it predicts what the run predicts
     report = export_run(run, timing_seconds=0.2)
     assert report["trunk_precision"] == "int8" and list(report["models"]) == ["int8 trunk"]
+    assert report["trunk_quantization"] == SETTINGS
     assert report["torch_max_abs_diff"] < 1e-4
     exported = OnnxClassifier(run).predict([shared / "datasets" / "hymenoptera" / row["path"] for row in rows], top_k=1)
     assert [p.top[0][0] for p in exported] == [row["predicted"] for row in rows]
     with pytest.raises(TransferlabError, match="int8 trunk already"):
         export_run(run, quantize="int8")
+
+
+def test_a_run_with_an_8_bit_int8_trunk_warns_on_a_cpu_without_vnni_and_still_uses_it(
+    int8_run, shared, tmp_path, monkeypatch, capsys,
+):
+    _, run = int8_run
+    legacy = tmp_path / "legacy"
+    shutil.copytree(run, legacy)
+    model = json.loads((legacy / "model.json").read_text())
+    del model["quantization"]  # as written before 7-bit weights
+    (legacy / "model.json").write_text(json.dumps(model))
+    monkeypatch.setattr(classifier_module, "saturates_8bit_weights_here", lambda: True)
+    capsys.readouterr()
+    loaded = transferlab.load(legacy, cache_dir=tmp_path / "elsewhere")
+    assert "8-bit weights, which saturate on this CPU" in capsys.readouterr().err
+    assert loaded.extractor.quantization == LEGACY_SETTINGS
+    image = next((shared / "datasets" / "hymenoptera" / "val" / "ants").glob("*.jpg"))
+    assert loaded.predict([image])[0].top  # the run's own trunk, restored under its legacy key
+    assert not loaded.extractor.runner.calibrated
+    transferlab.load(run, cache_dir=tmp_path / "elsewhere")
+    assert "warning" not in capsys.readouterr().err  # a trunk with 7-bit weights: nothing to say
 
 
 def test_compare_refuses_an_unknown_precision_before_any_work(colour_folder, tmp_path):

@@ -30,6 +30,7 @@ from transferlab.deploy.onnx_predict import (
     metadata_path,
 )
 from transferlab.features.combined import CombinedExtractor
+from transferlab.features.quantize import DESCRIPTION, SETTINGS
 from transferlab.model.classifier import Classifier
 
 INT8_FILE = "model.int8.onnx"
@@ -67,6 +68,8 @@ def export_run(
     if quantize == "int8":
         models["int8"] = quantize_int8(float_path, calibration_batch(float_path, dataset.train, calibration_images, seed))
     report = {"format": "onnx", "trunk_precision": classifier.extractor.precision, "models": {}}
+    if trunk_int8:  # the run's own int8 trunk, whatever settings it was made with
+        report["trunk_quantization"] = classifier.extractor.quantization
     test = dataset.test if dataset is not None else None
     for name, path in models.items():
         report["models"][name] = {"file": path.name, "megabytes": round(path.stat().st_size / 1e6, 2),
@@ -75,7 +78,7 @@ def export_run(
     if "int8" in models:
         float_rate = report["models"]["float32"]["images_per_second"]
         report["int8_speedup"] = round(report["models"]["int8"]["images_per_second"] / float_rate, 2)
-        report["quantization"] = {"method": "static QDQ, per-channel int8 weights, uint8 activations, MinMax",
+        report["quantization"] = {"method": DESCRIPTION, "settings": SETTINGS,
                                   "calibration_images": min(calibration_images, len(dataset.train))}
     atomic_write_bytes(run / "export.json", (json.dumps(report, indent=2) + "\n").encode())
     return report

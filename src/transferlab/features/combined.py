@@ -86,6 +86,10 @@ class CombinedExtractor:
     def calibration(self) -> str | None:
         return self.parts[0].calibration
 
+    @property
+    def quantization(self) -> str:
+        return self.parts[0].quantization
+
     def calibrate_on(self, paths: Sequence[Path]) -> None:
         for part in self.parts:
             part.calibrate_on(paths)

@@ -35,6 +35,7 @@ from transferlab.core.progress import make_progress
 from transferlab.data.augment import AugmentConfig, augment_image
 from transferlab.data.decoding import ImageDecodeError, open_image
 from transferlab.features.cache import FeatureCache
+from transferlab.features.quantize import LEGACY_SETTINGS, SETTINGS
 from transferlab.features.runtimes import (
     Runtime,
     TrunkSource,
@@ -93,6 +94,7 @@ class FeatureExtractor:
         precision: str = "float32",
         calibration: str | None = None,
         trunk_dir: str | Path | None = None,
+        quantization: str = SETTINGS,
     ):
         """`until` names a block (see `split_backbone`): the extractor then returns the unpooled activations
         entering it, flattened to [n, c*h*w] and stored as float16 (they are large; fine-tuning caches them).
@@ -102,7 +104,8 @@ class FeatureExtractor:
         such as 64 px digits gain nothing from 224 px, and fine-tuning end to end costs the square of the size.
         `precision` "int8" runs the trunk quantised (ONNX Runtime), calibrated on the images given to
         `calibrate_on` (or identified by `calibration`, with the quantised trunk in the cache or in `trunk_dir`,
-        a run folder); "auto" picks int8 for the backbones in `options.INT8_DEFAULT_BACKBONES`."""
+        a run folder); "auto" picks int8 for the backbones in `options.INT8_DEFAULT_BACKBONES`. `quantization`
+        names the settings of that int8 trunk (`quantize.SETTINGS`; a run folder's trunk may be LEGACY_SETTINGS)."""
         if batch_size < 1:
             raise TransferlabError(f"batch size must be >= 1, got {batch_size}")
         if image_size is not None and image_size < MIN_IMAGE_SIZE:
@@ -125,6 +128,7 @@ class FeatureExtractor:
             raise TransferlabError("--precision int8 quantises a frozen pretrained trunk; this one is trained or cut",
                                    hint="use --precision float32")
         self.calibration = calibration  # identity of the calibration images (int8)
+        self.quantization = quantization
         self._calibration_paths: list[Path] = []
         self.trunk_dir = Path(trunk_dir) if trunk_dir else None
         self.batch_size = batch_size
@@ -169,7 +173,7 @@ class FeatureExtractor:
     @property
     def key(self) -> str:
         """Hash of everything that determines a feature vector except the image and its augmentation: int8
-        features (precision and calibration images) never mix with float ones."""
+        features (precision, calibration images, quantisation settings) never mix with float ones or each other."""
         if self._key is None:
             if self.precision == "float32":
                 self._key = self.float_key
@@ -178,6 +182,8 @@ class FeatureExtractor:
                                        hint="call calibrate_on(training image paths) first")
             else:
                 quantized = {"float": self.float_key, "precision": self.precision, "calibration": self.calibration}
+                if self.quantization != LEGACY_SETTINGS:  # absent for those: a legacy run finds its trunk cached
+                    quantized["quantization"] = self.quantization
                 self._key = hashlib.blake2b(json.dumps(quantized, sort_keys=True).encode(), digest_size=12).hexdigest()
         return self._key
 
@@ -276,6 +282,9 @@ class FeatureExtractor:
     def calibration_batches(self) -> Iterator[np.ndarray]:
         """uint8 NCHW batches of the calibration images, decoded and preprocessed exactly as extraction does."""
         paths = self._calibration_paths
+        if self.quantization != SETTINGS:  # the trunk would be made with SETTINGS, not those its key names
+            raise TransferlabError(f"int8 trunks are quantised with {SETTINGS} now, not {self.quantization}",
+                                   hint="train the run again, or keep its trunk-*.int8.onnx beside model.json")
         if not paths:
             raise TransferlabError(
                 f"the int8 trunk of {self.name} is neither cached nor in the run folder, and its calibration "

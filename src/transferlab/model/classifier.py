@@ -17,13 +17,14 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from transferlab.core.config import check_tta
-from transferlab.core.errors import TransferlabError
+from transferlab.core.errors import TransferlabError, warn
 from transferlab.core.files import atomic_path, atomic_write_bytes
 from transferlab.core.run_folder import check_run_folder
 from transferlab.data.augment import AugmentConfig
 from transferlab.data.decoding import ImageDecodeError
 from transferlab.features.combined import CombinedExtractor, build_extractor
 from transferlab.features.extractor import FeatureExtractor, quantized_trunk_name
+from transferlab.features.quantize import LEGACY_SETTINGS, saturates_8bit_weights_here
 from transferlab.features.runtimes import digest_path
 from transferlab.model.confidence import REFERENCE_KEY, ConfidenceCheck
 from transferlab.model.heads import HeadConfig, build_head
@@ -279,6 +280,7 @@ class Classifier:
             "confidence": self.confidence.to_json() if self.confidence is not None else None,
             "precision": self.extractor.precision,
             "calibration": self.extractor.calibration if self.extractor.precision == "int8" else None,
+            "quantization": self.extractor.quantization if self.extractor.precision == "int8" else None,
             "tta_mirror": self.tta_mirror,
         }
         self._save_quantized_trunks(directory)
@@ -321,6 +323,7 @@ class Classifier:
             image_size=description.get("image_size"),
             precision=description.get("precision") or "float32",  # runs from before int8 are float32
             calibration=description.get("calibration"),
+            quantization=description.get("quantization") or LEGACY_SETTINGS,  # int8 runs from before it: legacy
             trunk_dir=directory,
             cache_dir=cache_dir,
             quiet=True,
@@ -333,6 +336,7 @@ class Classifier:
             strategy=description.get("strategy", "extract"),
             run_dir=directory,
         )
+        warn_of_saturation(extractor)
         classifier.tta_mirror = description.get("tta_mirror", True)  # runs from before it: always mirrored
         if description.get("confidence") and REFERENCE_KEY in tensors:
             classifier.confidence = ConfidenceCheck.from_json(description["confidence"], tensors[REFERENCE_KEY].numpy())
@@ -340,3 +344,11 @@ class Classifier:
         if metrics_path.is_file():
             classifier.metrics = json.loads(metrics_path.read_text())
         return classifier
+
+
+def warn_of_saturation(extractor: FeatureExtractor | CombinedExtractor) -> None:
+    """An int8 trunk made before 2026-12-04 has 8-bit weights, which saturate on x86 CPUs without VNNI: said once
+    at load, not hidden (its head was fitted to that trunk's features, so it is still the trunk that runs)."""
+    if extractor.precision == "int8" and extractor.quantization == LEGACY_SETTINGS and saturates_8bit_weights_here():
+        warn("this run's int8 trunk was made by an older transferlab with 8-bit weights, which saturate on this CPU "
+             "(x86 without VNNI): its features lose accuracy here; train the run again")

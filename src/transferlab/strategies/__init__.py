@@ -13,9 +13,9 @@ from transferlab.strategies import augment, extract, finetune, scratch
 from transferlab.strategies.base import StrategyResult, Trained, build_result
 
 STRATEGIES: dict[str, Callable[[DatasetSplit, TrainOptions], Trained]] = {
-    "extract": extract.train_head,
+    "extract": extract.extract_and_train,
     "augment": augment.train_on_views,
-    "finetune": finetune.fine_tune,
+    "finetune": finetune.fine_tune_backbone,
     "scratch": scratch.train_from_scratch,
 }
 

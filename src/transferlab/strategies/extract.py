@@ -13,7 +13,7 @@ from transferlab.strategies.base import (
 )
 
 
-def train_head(split: DatasetSplit, options: TrainOptions) -> Trained:
+def extract_and_train(split: DatasetSplit, options: TrainOptions) -> Trained:
     extractor = make_extractor(options)
     split, results = extract_split(extractor, split)
     head, head_config, history = train_head(

@@ -165,7 +165,7 @@ def discriminative_lr_scales(
     return [*scales, (list(head.parameters()), 1.0)]
 
 
-def fine_tune(split: DatasetSplit, options: TrainOptions) -> Trained:
+def fine_tune_backbone(split: DatasetSplit, options: TrainOptions) -> Trained:
     if options.layer is not None:
         raise TransferlabError(
             "--layer cannot be combined with fine-tuning", hint="fine-tuning trains the top blocks; drop --layer"
