@@ -77,7 +77,7 @@ def test_ray_trained_runs_say_how_many_epochs_they_planned_and_why_they_stopped(
     from transferlab.core.config import TrainOptions
 
     class RecordingPlacement:  # stands in for ray_train.Placement: each phase recorded as train_phase records it
-        def train(self, job):
+        def run(self, job):
             trackers = []
             for phase in job.phases:
                 tracker, rows = Tracker.of(phase.config), iter(epochs(phase.config.epochs, best=2))

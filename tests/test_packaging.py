@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import transferlab
 from conftest import write_colour_classes
 from transferlab.cli.app import app
-from transferlab.engines import bulk_predict
+from transferlab.engines.local import bulk_predict
 from transferlab.core.errors import TransferlabError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,4 +118,4 @@ def test_a_run_trained_from_the_wheel_has_its_model_and_report(wheel_site, tmp_p
                site, tmp_path)
     for name in ("model.json", "model.safetensors", "report.html"):
         assert (tmp_path / "run" / name).is_file(), name
-    assert (site / "transferlab" / "static" / "index.html").is_file()  # serve's page
+    assert (site / "transferlab" / "deploy" / "static" / "index.html").is_file()  # serve's page
