@@ -22,6 +22,7 @@ from rich.table import Table
 from transferlab import _make_callable
 from transferlab.classifier import Classifier
 from transferlab.data import DatasetSplit, Subset, load_dataset
+from transferlab.devices import device_of
 from transferlab.errors import TransferlabError
 from transferlab.extractors import CombinedExtractor
 from transferlab.files import atomic_path, atomic_write_bytes
@@ -245,8 +246,10 @@ def torch_agreement(classifier: Classifier, float_path: Path, test: Subset | Non
     if classifier.extractor.precision == "int8":  # against the run's own predictions, through its int8 trunk
         features = classifier.extractor.runner.run(images[0])
         return float(np.abs(classifier.probabilities_from_features(features) - model.run(images)).max())
+    network = classifier.network(probabilities=True)
     with torch.inference_mode():
-        expected = classifier.network(probabilities=True)(*map(torch.from_numpy, images)).numpy()
+        inputs = [torch.from_numpy(batch).to(device_of(network)) for batch in images]  # where the network is
+        expected = network(*inputs).cpu().numpy()
     return float(np.abs(expected - model.run(images)).max())
 
 

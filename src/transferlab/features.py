@@ -30,8 +30,9 @@ from transferlab.feature_cache import FeatureCache
 from transferlab.files import atomic_write_bytes, memoized_file_digest
 from transferlab.options import DEFAULT_BACKBONE, INT8_DEFAULT_BACKBONES, MIN_IMAGE_SIZE
 from transferlab.progress import make_progress
+from transferlab.devices import resolve_device
 from transferlab.runtimes import (
-    Runtime, TrunkSource, digest_path, make_runtime, resolve_device, resolve_precision, resolve_runtime, verified,
+    Runtime, TrunkSource, digest_path, make_runtime, resolve_precision, resolve_runtime, verified,
 )
 from transferlab.trunk import Trunk, split_backbone, stage_count
 
@@ -106,6 +107,7 @@ class FeatureExtractor:
         self.weights = weights
         self.backbone_state = backbone_state
         self.pretrained = pretrained
+        self.requested_device = device  # as asked: a Ray cluster decides "auto" by its own GPUs, not this machine's
         self.device = resolve_device(device)
         self.runtime = resolve_runtime(runtime, self.device)
         frozen = not (until or backbone_state or normalization) and pretrained

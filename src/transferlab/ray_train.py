@@ -43,7 +43,7 @@ from transferlab.errors import TransferlabError
 from transferlab.features import FeatureExtractor
 from transferlab.heads import HeadConfig, build_head
 from transferlab.options import FitConfig, TrainOptions, scratch_recipe
-from transferlab.ray_engine import portable
+from transferlab.ray_engine import portable, use_gpu
 from transferlab.strategies.augment import augment_config
 from transferlab.strategies.base import Trained, make_extractor
 from transferlab.strategies.finetune import Phases, finetune_config, finetune_result, unfrozen_groups, unfrozen_state_keys
@@ -324,12 +324,12 @@ def train(strategy: str, split: DatasetSplit, options: TrainOptions, *, workers:
           checkpoints: Path) -> Trained:
     """`strategy` (finetune end to end, or scratch) trained data-parallel; `checkpoints` is the run's checkpoint
     folder, removed once training is done."""
-    use_gpu = options.device.startswith("cuda") or (options.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
-    workers = workers or max(1, int(ray.cluster_resources().get("GPU" if use_gpu else "CPU", 1)))
+    gpu = use_gpu(options.device)
+    workers = workers or max(1, int(ray.cluster_resources().get("GPU" if gpu else "CPU", 1)))
     if len(split.train) < workers:
         raise TransferlabError(f"{workers} workers need at least as many training images (there are {len(split.train)})",
                                hint="use fewer --workers")
-    placement = Placement(workers, checkpoints / fingerprint(strategy, split, options), use_gpu)
+    placement = Placement(workers, checkpoints / fingerprint(strategy, split, options), gpu)
     placement.folder.mkdir(parents=True, exist_ok=True)
     trained = (finetune if strategy == "finetune" else scratch)(split, options, placement)
     trained.extra = {**trained.extra, "engine": "ray", "workers": workers}

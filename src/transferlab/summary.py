@@ -18,6 +18,7 @@ from torch import nn
 from transferlab import _make_callable
 from transferlab.backbones import create_backbone, get_spec, list_specs
 from transferlab.classifier import Classifier
+from transferlab.devices import device_of
 from transferlab.errors import TransferlabError
 
 Shape = tuple[int, ...]
@@ -192,13 +193,15 @@ def _output_shapes(
 
     handles = [module.register_forward_hook(record) for module in modules]
     was_training = model.training
+    sizes = [input_size] if isinstance(input_size, int) else list(input_size)
     try:
         with torch.inference_mode():
-            sizes = [input_size] if isinstance(input_size, int) else input_size
-            model.eval()(*(torch.zeros(1, 3, size, size) for size in sizes))
+            device = device_of(model)  # the probe goes where the model is
+            model.eval()(*(torch.zeros(1, 3, size, size, device=device) for size in sizes))
     except RuntimeError as exc:
+        shown = " + ".join(f"{size}×{size}" for size in sizes)
         raise TransferlabError(
-            f"the model does not run on a {input_size}×{input_size} input: {str(exc).splitlines()[0]}",
+            f"the model does not run on a {shown} input: {str(exc).splitlines()[0]}",
             hint="use the backbone's own input size (leave out --input-size) or one it supports",
         ) from exc
     finally:

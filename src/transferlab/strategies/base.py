@@ -10,11 +10,11 @@ import torch
 
 from transferlab.classifier import Classifier
 from transferlab.data import DatasetSplit, Subset
+from transferlab.devices import resolve_device
 from transferlab.extractors import CombinedExtractor, build_extractor
 from transferlab.features import ExtractionResult, FeatureExtractor
 from transferlab.heads import HeadConfig, build_head
 from transferlab.options import TrainOptions
-from transferlab.runtimes import resolve_device
 from transferlab.training import BatchTransform, History, fit
 
 

@@ -17,6 +17,7 @@ import torch
 from transferlab.augment import AugmentConfig, FeaturewiseStandardizer
 from transferlab.backbones import create_backbone, keras_init
 from transferlab.data import DatasetSplit
+from transferlab.devices import device_of
 from transferlab.features import FeatureExtractor
 from transferlab.errors import TransferlabError
 from transferlab.heads import HeadConfig, build_head
@@ -113,4 +114,5 @@ def channel_statistics(images: torch.Tensor, chunk: int = 256) -> tuple[np.ndarr
 def feature_size(trunk: Trunk, input_size: int) -> int:
     """Width of the trunk's output, found by running it once (pre-logits widths vary by architecture)."""
     with torch.inference_mode():
-        return trunk.eval()(torch.zeros((1, 3, input_size, input_size), dtype=torch.uint8)).shape[1]
+        probe = torch.zeros((1, 3, input_size, input_size), dtype=torch.uint8, device=device_of(trunk))
+        return trunk.eval()(probe).shape[1]
