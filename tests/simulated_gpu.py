@@ -111,7 +111,7 @@ class SimulatedGPU(TorchFunctionMode):
         if target is not None and target.type == "cuda":
             func, args, kwargs = _without_device(func, args, kwargs)
             result = func(*args, **kwargs)
-            if isinstance(result, torch.Tensor) and (result is args[0] if args else False) and not on_gpu(result):
+            if args and result is args[0] and not on_gpu(result):
                 result = result.clone()  # a transfer makes a new tensor; the CPU original stays unmarked
             return _marked(result)
         if target is not None and target.type == "cpu" and args and on_gpu(args[0]):
