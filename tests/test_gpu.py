@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import COLOURS, write_colour_classes, write_colour_images
+from conftest import COLOURS, make_colour_run, write_colour_classes, write_colour_images
+from gpu_runs import GPU_RUNS, check_a_gpu_run
+from PIL import Image
 
 import transferlab
 from transferlab.core.config import FitConfig
@@ -45,3 +47,18 @@ def test_augment_runs_end_to_end_on_a_gpu_by_default(tmp_path):
     data = write_colour_classes(tmp_path / "colours", 10)
     classifier = transferlab.train(data, strategy="augment", out=tmp_path / "run", epochs=3, quiet=True)
     assert classifier.metrics["augment_path"] == "end-to-end"
+
+
+@pytest.mark.parametrize("strategy", GPU_RUNS)
+def test_every_strategy_trains_summarises_exports_and_predicts_on_cuda(strategy, tmp_path):
+    # TF32 convolutions on the GPU against fp32 on the CPU (ONNX): features differ in the 3rd-4th digit
+    check_a_gpu_run(strategy, tmp_path, atol=2e-2)
+
+
+def test_load_runs_the_trunk_on_the_gpu_asked_for_and_on_the_cpu(tmp_path):
+    run = make_colour_run(tmp_path, epochs=2)
+    images = sorted((tmp_path / "data" / "red").glob("*.jpg"))[:3]
+    on_cuda, on_cpu = transferlab.load(run, device="cuda"), transferlab.load(run, device="cpu")
+    arrays = [np.asarray(Image.open(path).convert("RGB")) for path in images]  # in memory: uncached, run now
+    np.testing.assert_allclose(on_cuda.predict_proba(arrays), on_cpu.predict_proba(arrays), atol=2e-2)
+    assert (on_cuda.extractor.runtime, on_cpu.extractor.runtime) == ("torch", "onnx")

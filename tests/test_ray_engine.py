@@ -54,6 +54,27 @@ def test_local_imports_do_not_import_ray():
     assert shown.stdout.strip() == "False"
 
 
+@pytest.mark.parametrize("device, cluster_gpus, gpu", [
+    ("cuda", 0, True), ("cpu", 1, False), ("auto", 1, True), ("auto", 0, False)])
+def test_ray_paths_use_a_gpu_when_asked_or_when_the_cluster_has_one(device, cluster_gpus, gpu, monkeypatch):
+    from transferlab.engines import ray_extraction as ray_engine
+    from transferlab.engines import ray_training as ray_train
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, **({"GPU": 1.0} if cluster_gpus else {})})
+    assert ray_engine.use_gpu(device) is gpu
+    assert ray_train.use_gpu is ray_engine.use_gpu  # one rule for extraction and training
+
+
+def test_a_shipped_extractor_runs_where_the_workers_run_it(tmp_path):
+    from transferlab.engines import ray_extraction as ray_engine
+
+    extractor = FeatureExtractor(device="cpu", cache_dir=tmp_path, quiet=True)
+    on_gpu_workers = ray_engine.portable(extractor, "cuda")
+    assert (on_gpu_workers.device, on_gpu_workers.runtime) == ("cuda", "torch")
+    assert (extractor.device, extractor.runtime) == ("cpu", "onnx")
+    assert ray_engine.portable(extractor, "cpu").runtime == "onnx"
+
+
 def test_ray_features_equal_local_features_under_the_same_cache_keys(cluster, photos, tmp_path):
     from transferlab.engines import ray_extraction as ray_engine
 

@@ -33,9 +33,9 @@ def train(data: str | Path, *, strategy: str = "extract", budget: float | None =
     return pipeline.train(data, strategy=strategy, **kwargs)
 
 
-def load(run: str | Path, cache_dir: str | Path | None = None) -> Classifier:
-    """Load a trained classifier from its run folder."""
-    return Classifier.load(run, cache_dir=Path(cache_dir) if cache_dir else None)
+def load(run: str | Path, cache_dir: str | Path | None = None, device: str = "auto") -> Classifier:
+    """Load a trained classifier from its run folder; its trunk runs on `device` (auto | cpu | cuda)."""
+    return Classifier.load(run, cache_dir=Path(cache_dir) if cache_dir else None, device=device)
 
 
 def dataset(data: str | Path, **kwargs) -> DatasetSplit:

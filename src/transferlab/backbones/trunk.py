@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from transferlab.core.device import on_device
 from transferlab.core.errors import TransferlabError
 from transferlab.core.files import atomic_path
 
@@ -87,11 +88,12 @@ def export_onnx(
     dummies = tuple(torch.zeros((2, 3, size, size), dtype=torch.uint8) for size in sizes)
     names = input_names(len(sizes))
     weight_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())  # about the file's size
-    with atomic_path(path, weight_bytes) as tmp, warnings.catch_warnings():
+    # on the CPU for the export only: the caller's module (a runtime's trunk, a classifier's network) stays put
+    with atomic_path(path, weight_bytes) as tmp, warnings.catch_warnings(), on_device(module, "cpu") as on_cpu:
         # the TorchScript exporter is deprecated but exports timm CNNs reliably and fast
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            module.cpu().eval(),
+            on_cpu,
             dummies,
             str(tmp),
             input_names=names,

@@ -20,6 +20,7 @@ import torch
 from rich.table import Table
 
 from transferlab.backbones.trunk import export_onnx, input_names
+from transferlab.core.device import device_of
 from transferlab.core.errors import TransferlabError
 from transferlab.core.files import atomic_path, atomic_write_bytes
 from transferlab.data.dataset import DatasetSplit, Subset, load_dataset
@@ -252,8 +253,10 @@ def torch_agreement(classifier: Classifier, float_path: Path, test: Subset | Non
     if classifier.extractor.precision == "int8":  # against the run's own predictions, through its int8 trunk
         features = classifier.extractor.runner.run(images[0])
         return float(np.abs(classifier.probabilities_from_features(features) - model.run(images)).max())
+    network = classifier.network(probabilities=True)
     with torch.inference_mode():
-        expected = classifier.network(probabilities=True)(*map(torch.from_numpy, images)).numpy()
+        inputs = [torch.from_numpy(batch).to(device_of(network)) for batch in images]  # where the network is
+        expected = network(*inputs).cpu().numpy()
     return float(np.abs(expected - model.run(images)).max())
 
 

@@ -57,8 +57,8 @@ class Predictor(Protocol):
     def predict(self, images: list, top_k: int = 5) -> list: ...
 
 
-def load_predictor(run_dir: Path, runtime: str) -> tuple[Predictor, dict]:
-    """The model (loaded once) and its description for /api/model."""
+def load_predictor(run_dir: Path, runtime: str, device: str = "auto") -> tuple[Predictor, dict]:
+    """The model (loaded once) and its description for /api/model; the torch runtime's trunk runs on `device`."""
     if runtime == "onnx":
         from transferlab.deploy.onnx_predict import OnnxClassifier
 
@@ -68,7 +68,7 @@ def load_predictor(run_dir: Path, runtime: str) -> tuple[Predictor, dict]:
     if runtime == "torch":
         from transferlab.model.classifier import Classifier
 
-        classifier = Classifier.load(run_dir)
+        classifier = Classifier.load(run_dir, device=device)
         return classifier, {"backbone": classifier.backbone, "strategy": classifier.strategy,
                             "model_file": "model.safetensors"}
     raise TransferlabError(f"unknown runtime {runtime!r}", hint="use torch (the default) or onnx")

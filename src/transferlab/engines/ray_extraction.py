@@ -32,7 +32,12 @@ from transferlab.core.errors import TransferlabError
 from transferlab.core.files import bytes_digest, memoized_file_digest
 from transferlab.data.augment import AugmentConfig
 from transferlab.features.extractor import FeatureExtractor, cache_key
-from transferlab.features.runtimes import OnnxRuntime, TrunkSource, verified
+from transferlab.features.runtimes import (
+    OnnxRuntime,
+    TrunkSource,
+    resolve_runtime,
+    verified,
+)
 
 DECODE_BATCH = 16  # images a GPU-feeding decoding task prepares at once (~2.4 MB of 224 px uint8 images)
 DECODE_CPUS = 0.25  # GPU path: several decoding tasks per CPU keep the GPU actors fed
@@ -61,28 +66,37 @@ def connect(address: str | None = None, quiet: bool = False) -> None:
     context.print_on_execution_start = False
 
 
+def use_gpu(device: str) -> bool:
+    """The one rule of both Ray paths (extraction here, training in `ray_train`): GPU workers when a GPU is asked
+    for by name, or with "auto" when the cluster has GPUs; the driver's own CUDA says nothing about the cluster's."""
+    return device.startswith("cuda") or (device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+
+
 def trunk_actors() -> int:
     """Trunk actors to run: one per whole CPU of the cluster (at least one)."""
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def portable(extractor: FeatureExtractor) -> FeatureExtractor:
+def portable(extractor: FeatureExtractor, device: str | None = None) -> FeatureExtractor:
     """A copy to ship to workers: its identity (key computed here, where the weights are) without the open
-    cache, built runtime or loaded network."""
+    cache, built runtime or loaded network; with `device` ("cuda" or "cpu"), running its trunk there, with that
+    device's runtime, whatever this driver has (every runtime computes the same features)."""
     extractor.key  # noqa: B018  (computed on the driver, which has the weights file the key fingerprints)
     shipped = copy.copy(extractor)
     shipped._cache, shipped._runtime, shipped._trunk, shipped.quiet = None, None, None, True
+    if device is not None and device != shipped.device:
+        shipped.device, shipped.runtime = device, resolve_runtime("auto", device)
     return shipped
 
 
-def exported_trunk(extractor: FeatureExtractor) -> ray.ObjectRef | None:
-    """The trunk's ONNX file (exported here once, as the local engine does) in the object store; None for the
-    PyTorch runtime, which builds the network on each actor."""
-    if extractor.runtime != "onnx":
+def exported_trunk(extractor: FeatureExtractor, runtime: str) -> ray.ObjectRef | None:
+    """The trunk's ONNX file (exported here once, as the local engine does) in the object store; None for
+    another `runtime` (the workers' PyTorch builds the network on each actor)."""
+    if runtime != "onnx":
         return None
     path = extractor.onnx_path()
     if not verified(path):
-        OnnxRuntime(TrunkSource(extractor.trunk, path, extractor.spec.input_size, extractor.device)).export(path)
+        OnnxRuntime(TrunkSource(extractor.trunk, path, extractor.spec.input_size, "cpu")).export(path)
     return ray.put(path.read_bytes())
 
 
@@ -155,10 +169,11 @@ def stream(paths: Sequence[str], extractor: FeatureExtractor, actor: type = Trun
     """Batches of the actor's output for `paths`, as they finish (in no particular order). `actor` is constructed
     with (extractor, trunk_ref, decode, **actor_args) and is called with batches of paths on CPU (`decode` says
     how to decode them: `TrunkActor.prepared`) or of decoded images on GPU (`decode` None)."""
-    shipped = portable(extractor)
+    gpu = use_gpu(extractor.requested_device)
+    shipped = portable(extractor, "cuda" if gpu else "cpu")
     batch_size = batch_size or extractor.batch_size
     decoding = {"augment": augment, "view": view}
-    if extractor.device.startswith("cuda"):
+    if gpu:
         dataset = path_dataset(paths, DECODE_BATCH).map_batches(
             decode_batch, batch_size=DECODE_BATCH, batch_format="numpy", num_cpus=DECODE_CPUS,
             fn_kwargs={"extractor": shipped, **decoding})
@@ -170,7 +185,7 @@ def stream(paths: Sequence[str], extractor: FeatureExtractor, actor: type = Trun
                                              enable_true_multi_threading=True)
     dataset = dataset.map_batches(
         actor, batch_size=batch_size, batch_format="numpy", compute=compute,
-        fn_constructor_kwargs={"extractor": shipped, "trunk_ref": [exported_trunk(extractor)], "decode": decode,
+        fn_constructor_kwargs={"extractor": shipped, "trunk_ref": [exported_trunk(extractor, shipped.runtime)], "decode": decode,
                                **(actor_args or {})},
         **resources,
     )

@@ -41,10 +41,11 @@ from transferlab.core.config import FitConfig, TrainOptions, scratch_recipe
 from transferlab.core.errors import TransferlabError
 from transferlab.data.augment import AugmentConfig
 from transferlab.data.dataset import DatasetSplit
-from transferlab.engines.ray_extraction import portable
+from transferlab.engines.ray_extraction import portable, use_gpu
 from transferlab.features.extractor import FeatureExtractor
 from transferlab.model.heads import HeadConfig, build_head
 from transferlab.model.training import (
+    Tracker,
     _train_one_epoch,
     class_weights,
     make_scheduler,
@@ -61,8 +62,11 @@ from transferlab.strategies.finetune import (
     unfrozen_state_keys,
 )
 from transferlab.strategies.inputs import CHANNELS_LAST, ImageBatches, decode_images
-from transferlab.strategies.scratch import augmentation, feature_size, featurewise_normalization
-from transferlab.model.training import Tracker
+from transferlab.strategies.scratch import (
+    augmentation,
+    feature_size,
+    featurewise_normalization,
+)
 
 MAX_FAILURES = 3  # worker-group restarts (a lost node) before the job fails; each resumes from the last checkpoint
 CHECKPOINT = "state.pt"
@@ -302,12 +306,12 @@ def train_on_ray(strategy: str, split: DatasetSplit, options: TrainOptions, *, w
           checkpoints: Path) -> Trained:
     """`strategy` (finetune end to end, or scratch) trained data-parallel; `checkpoints` is the run's checkpoint
     folder, removed once training is done."""
-    use_gpu = options.device.startswith("cuda") or (options.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
-    workers = workers or max(1, int(ray.cluster_resources().get("GPU" if use_gpu else "CPU", 1)))
+    gpu = use_gpu(options.device)
+    workers = workers or max(1, int(ray.cluster_resources().get("GPU" if gpu else "CPU", 1)))
     if len(split.train) < workers:
         raise TransferlabError(f"{workers} workers need at least as many training images (there are {len(split.train)})",
                                hint="use fewer --workers")
-    placement = Placement(workers, checkpoints / fingerprint(strategy, split, options), use_gpu)
+    placement = Placement(workers, checkpoints / fingerprint(strategy, split, options), gpu)
     placement.folder.mkdir(parents=True, exist_ok=True)
     trained = (finetune if strategy == "finetune" else scratch)(split, options, placement)
     trained.extra = {**trained.extra, "engine": "ray", "workers": workers}

@@ -29,6 +29,7 @@ from transferlab.core.config import (
     INT8_DEFAULT_BACKBONES,
     MIN_IMAGE_SIZE,
 )
+from transferlab.core.device import resolve_device
 from transferlab.core.errors import TransferlabError
 from transferlab.core.files import atomic_write_bytes, memoized_file_digest
 from transferlab.core.progress import make_progress
@@ -41,7 +42,6 @@ from transferlab.features.runtimes import (
     TrunkSource,
     digest_path,
     make_runtime,
-    resolve_device,
     resolve_precision,
     resolve_runtime,
     verified,
@@ -120,6 +120,7 @@ class FeatureExtractor:
         self.weights = weights
         self.backbone_state = backbone_state
         self.pretrained = pretrained
+        self.requested_device = device  # as asked: a Ray cluster decides "auto" by its own GPUs, not this machine's
         self.device = resolve_device(device)
         self.runtime = resolve_runtime(runtime, self.device)
         frozen = not (until or backbone_state or normalization) and pretrained

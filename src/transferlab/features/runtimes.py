@@ -19,17 +19,6 @@ from transferlab.core.config import INT8_STRATEGIES, PRECISIONS
 from transferlab.core.errors import TransferlabError, warn
 from transferlab.core.files import atomic_write_bytes, file_digest
 
-def resolve_device(device: str = "auto") -> str:
-    """'auto' means CUDA when a GPU is present, else CPU."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TransferlabError(f"device {device!r} requested but no CUDA GPU is available", hint="use --device cpu")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise TransferlabError(f"unknown device {device!r}", hint="use auto, cpu or cuda")
-    return device
 
 @dataclass
 class TrunkSource:
@@ -113,7 +102,8 @@ def verified(onnx_path: Path) -> bool:
     return onnx_path.is_file() and record.is_file() and record.read_text().strip() == file_digest(onnx_path)
 
 class TorchRuntime:
-    """The trunk in PyTorch on the source's device."""
+    """The trunk in PyTorch on the source's device: its own copy there, so the trunk it was given stays on the CPU
+    for the summary, the export and anyone else holding it (see `transferlab.core.device`)."""
 
     def __init__(self, source: TrunkSource):
         self.source = source
@@ -122,8 +112,10 @@ class TorchRuntime:
     def run(self, images: np.ndarray) -> np.ndarray:
         import torch
 
+        from transferlab.core.device import device_copy
+
         if self._trunk is None:
-            self._trunk = self.source.trunk().to(self.source.device)
+            self._trunk = device_copy(self.source.trunk(), self.source.device).eval()
         with torch.inference_mode():
             batch = torch.from_numpy(images).to(self.source.device, non_blocking=True)
             return self._trunk(batch).float().cpu().numpy()

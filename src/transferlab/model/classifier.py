@@ -301,7 +301,8 @@ class Classifier:
             atomic_write_bytes(digest_path(target), digest_path(source).read_bytes())
 
     @classmethod
-    def load(cls, directory: str | Path, cache_dir: Path | None = None) -> Classifier:
+    def load(cls, directory: str | Path, cache_dir: Path | None = None, device: str = "auto") -> Classifier:
+        """The run folder's classifier; its trunk runs on `device` ("auto": CUDA when there is a GPU)."""
         directory = Path(directory)
         description_path = directory / "model.json"
         check_run_folder(directory)  # a missing, truncated or damaged model is one clear line, not a loader traceback
@@ -326,6 +327,7 @@ class Classifier:
             quantization=description.get("quantization") or LEGACY_SETTINGS,  # int8 runs from before it: legacy
             trunk_dir=directory,
             cache_dir=cache_dir,
+            device=device,
             quiet=True,
         )
         classifier = cls(

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from transferlab.backbones.registry import create_backbone, get_spec, list_specs
+from transferlab.core.device import device_of
 from transferlab.core.errors import TransferlabError
 from transferlab.model.classifier import Classifier
 from transferlab.reports.model_summary import LayerRow, Shape, Summary
@@ -90,13 +91,15 @@ def _output_shapes(
 
     handles = [module.register_forward_hook(record) for module in modules]
     was_training = model.training
+    sizes = [input_size] if isinstance(input_size, int) else list(input_size)
     try:
         with torch.inference_mode():
-            sizes = [input_size] if isinstance(input_size, int) else input_size
-            model.eval()(*(torch.zeros(1, 3, size, size) for size in sizes))
+            device = device_of(model)  # the probe goes where the model is
+            model.eval()(*(torch.zeros(1, 3, size, size, device=device) for size in sizes))
     except RuntimeError as exc:
+        shown = " + ".join(f"{size}×{size}" for size in sizes)
         raise TransferlabError(
-            f"the model does not run on a {input_size}×{input_size} input: {str(exc).splitlines()[0]}",
+            f"the model does not run on a {shown} input: {str(exc).splitlines()[0]}",
             hint="use the backbone's own input size (leave out --input-size) or one it supports",
         ) from exc
     finally:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from transferlab.core.device import device_copy
 from transferlab.core.history import History
 from transferlab.data.augment import AugmentConfig
 from transferlab.data.dataset import DatasetSplit
@@ -111,12 +112,13 @@ def train_head_on_views(
 
 class FrozenBaseFeatures:
     """fit()'s batch_transform for the end-to-end frozen base: image indices -> freshly augmented images ->
-    the frozen base's pooled features, computed on the extractor's device without gradients."""
+    the frozen base's pooled features, computed on the extractor's device without gradients (by a copy of its
+    trunk there: the extractor's own stays on the CPU for the classifier built from it)."""
 
     def __init__(self, images: torch.Tensor, config: AugmentConfig, extractor: FeatureExtractor):
         self.images = ImageBatches(images, config)
         self.device = extractor.device
-        self.trunk = extractor.trunk().to(self.device, memory_format=CHANNELS_LAST).eval()
+        self.trunk = device_copy(extractor.trunk(), self.device).to(memory_format=CHANNELS_LAST).eval()
 
     def __call__(self, indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         with torch.no_grad():

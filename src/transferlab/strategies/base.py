@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 from transferlab.core.config import TrainOptions
+from transferlab.core.device import resolve_device
 from transferlab.core.history import History
 from transferlab.data.dataset import DatasetSplit, Subset
 from transferlab.features.combined import CombinedExtractor, build_extractor
 from transferlab.features.extractor import ExtractionResult, FeatureExtractor
-from transferlab.features.runtimes import resolve_device
 from transferlab.model.classifier import Classifier
 from transferlab.model.heads import HeadConfig, build_head
 from transferlab.model.training import BatchTransform, fit

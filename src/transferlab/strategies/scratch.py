@@ -17,6 +17,7 @@ import torch
 from transferlab.backbones.registry import create_backbone, keras_init
 from transferlab.backbones.trunk import Trunk
 from transferlab.core.config import scratch_recipe
+from transferlab.core.device import device_of
 from transferlab.core.errors import TransferlabError
 from transferlab.data.augment import AugmentConfig, FeaturewiseStandardizer
 from transferlab.data.dataset import DatasetSplit
@@ -118,4 +119,5 @@ def channel_statistics(images: torch.Tensor, chunk: int = 256) -> tuple[np.ndarr
 def feature_size(trunk: Trunk, input_size: int) -> int:
     """Width of the trunk's output, found by running it once (pre-logits widths vary by architecture)."""
     with torch.inference_mode():
-        return trunk.eval()(torch.zeros((1, 3, input_size, input_size), dtype=torch.uint8)).shape[1]
+        probe = torch.zeros((1, 3, input_size, input_size), dtype=torch.uint8, device=device_of(trunk))
+        return trunk.eval()(probe).shape[1]

