@@ -90,4 +90,4 @@ def test_cli_evaluate_prints_a_table_and_json(run_dir, new_folder, tmp_path):
 def test_compare_evaluate_and_export_are_callable_at_the_top_level():
     for name in ("compare", "evaluate", "export"):
         assert callable(getattr(transferlab, name)), name
-    assert transferlab.deploy.export.__call__.__doc__.startswith("Write RUN/model.onnx")
+    assert transferlab.export.__doc__.startswith("Write RUN/model.onnx")

@@ -14,13 +14,12 @@ import pytest
 from onnx import numpy_helper
 
 import transferlab
-from transferlab.core.config import TrainOptions
 from transferlab.core.errors import TransferlabError
 from transferlab.deploy.export import export_run
 from transferlab.deploy.onnx_predict import OnnxClassifier
 from transferlab.features.extractor import FeatureExtractor, quantized_trunk_name
 from transferlab.features.quantize import LEGACY_SETTINGS, SETTINGS
-from transferlab.features.runtimes import verified
+from transferlab.features.runtimes import check_precision, verified
 from transferlab.model import classifier as classifier_module
 
 
@@ -142,7 +141,7 @@ def test_int8_and_float_features_have_different_cache_keys(quantised, photos):
 
 def test_int8_with_the_torch_runtime_is_a_clear_error(colour_folder):
     with pytest.raises(TransferlabError, match="int8 runs on ONNX Runtime only"):
-        TrainOptions(runtime="torch", precision="int8")
+        check_precision("int8", runtime="torch")
     with pytest.raises(TransferlabError, match="int8 runs on ONNX Runtime only"):
         FeatureExtractor(runtime="torch", device="cpu", precision="int8")
     result = subprocess.run(

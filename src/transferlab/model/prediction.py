@@ -65,7 +65,8 @@ class Prediction:
         checked = any(p.low_confidence is not None for p in predictions)
         table = Table("image", "prediction", "probability", "next", *(["check"] if checked else []))
         table.columns[0].no_wrap = table.columns[1].no_wrap = True  # which image, and its class, stay readable
-        table.columns[0].overflow = "fold"
+        if checked:
+            table.columns[-1].no_wrap = True  # "low confidence" stays one phrase; the next classes wrap instead
         for p in predictions:
             if p.error:
                 table.add_row(short_source(p.source), f"[red]skipped: {p.error}[/]", "", "", *([""] if checked else []))
