@@ -61,8 +61,8 @@ def test_cost_estimates_use_each_backbones_measured_speed():
 
 
 def test_a_run_past_its_deadline_trains_one_epoch_and_says_why(colour_folder, tmp_path):
-    classifier = transferlab.train(colour_folder, out=tmp_path / "run", epochs=5, patience=None,
-                                   deadline=time.time(), quiet=True)
+    classifier = transferlab.train(colour_folder, out=tmp_path / "run", epochs=5,
+                                   fit={"patience": None, "deadline": time.time()}, quiet=True)
     assert classifier.metrics["epochs_run"] == 1
     assert "the time budget ran out" in classifier.metrics["stop_reason"]
     assert "deadline" not in json.loads((tmp_path / "run" / "config.json").read_text())["options"]["fit"]
@@ -70,14 +70,14 @@ def test_a_run_past_its_deadline_trains_one_epoch_and_says_why(colour_folder, tm
 
 def test_a_deadline_is_refused_where_ray_train_would_ignore_it(colour_folder):
     with pytest.raises(TransferlabError, match="Ray Train workers do not see it"):
-        transferlab.train(colour_folder, strategy="scratch", engine="ray", deadline=1e9, quiet=True)
+        transferlab.train(colour_folder, strategy="scratch", engine="ray", fit={"deadline": 1e9}, quiet=True)
 
 
 @pytest.mark.integration
 def test_auto_picks_the_clearly_better_candidate(shared, tmp_path):
     candidates = (Candidate("scratch", "small_cnn"), Candidate("extract", "efficientnet_lite0"))
     classifier = train_auto(shared / "datasets" / "hymenoptera", budget=600, out=tmp_path / "auto", epochs=8,
-                            max_per_class=25, candidates=candidates, quiet=True)
+                            split={"max_per_class": 25}, candidates=candidates, quiet=True)
     record = classifier.metrics["auto"]
     assert [c["status"] for c in record["candidates"]] == ["trained", "trained"]
     assert record["chosen"] == "extract-efficientnet_lite0"

@@ -115,15 +115,15 @@ def test_int8_with_the_torch_runtime_is_a_clear_error(colour_folder):
 
 def test_int8_is_refused_for_strategies_that_train_the_backbone(colour_folder):
     with pytest.raises(TransferlabError, match="not strategy 'finetune'"):
-        transferlab.train(colour_folder, strategy="finetune", precision="int8", quiet=True)
+        transferlab.train(colour_folder, strategy="finetune", trunk={"precision": "int8"}, quiet=True)
     with pytest.raises(TransferlabError, match="unknown precision 'int4'"):
-        transferlab.train(colour_folder, precision="int4", quiet=True)
+        transferlab.train(colour_folder, trunk={"precision": "int4"}, quiet=True)
 
 
 def test_train_with_int8_then_predict_elsewhere_and_export_use_the_runs_int8_trunk(shared, tmp_path):
     classifier = transferlab.train(
-        shared / "datasets" / "hymenoptera", precision="int8", runtime="onnx", device="cpu", max_per_class=20,
-        epochs=8, out=tmp_path / "run", quiet=True,
+        shared / "datasets" / "hymenoptera", trunk={"precision": "int8", "runtime": "onnx"}, device="cpu",
+        split={"max_per_class": 20}, epochs=8, out=tmp_path / "run", quiet=True,
     )
     run = tmp_path / "run"
     assert json.loads((run / "config.json").read_text())["precision"] == "int8"
@@ -151,5 +151,5 @@ def test_train_with_int8_then_predict_elsewhere_and_export_use_the_runs_int8_tru
 
 def test_compare_refuses_an_unknown_precision_before_any_work(colour_folder, tmp_path):
     with pytest.raises(TransferlabError, match="unknown precision 'int4'"):
-        transferlab.compare(colour_folder, precision="int4", out=tmp_path / "compare", quiet=True)
+        transferlab.compare(colour_folder, trunk={"precision": "int4"}, out=tmp_path / "compare", quiet=True)
     assert not (tmp_path / "compare").exists()
