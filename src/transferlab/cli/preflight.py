@@ -16,7 +16,7 @@ import importlib.util
 import socket
 from pathlib import Path
 
-from transferlab.core.config import check_data_folder, check_strategies, check_tta
+from transferlab.core.config import check_data_folder, check_layer, check_strategies, check_tta
 from transferlab.core.errors import TransferlabError
 from transferlab.core.options import BY_KEYWORD
 from transferlab.core.run_folder import check_destination, check_run_folder
@@ -101,6 +101,7 @@ def check_train(data: Path, flags: dict) -> None:
     """`flags`: train's flags as flat keywords of the API (`cli.common.train_keywords`)."""
     check_data_folder(data)
     check_flags(flags)
+    check_layer(flags["strategy"], flags["layer"])
     check_backbone(flags["backbone"])
     check_destination(flags["out"], flags["overwrite"])
     check_existing_file("--weights", flags["weights"])

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from transferlab.core.config import FitConfig, check_split_csv_alone
+from transferlab.core.config import FitConfig, check_layer, check_split_csv_alone
 from transferlab.core.errors import TransferlabError
 from transferlab.core.options import BY_KEYWORD, GROUPS, OPTIONS, TOP_LEVEL, check_record, default, group_options
 
@@ -149,6 +149,7 @@ class TrainSettings:
         if self.strategy == "auto" and self.engine.name != "local":
             raise TransferlabError("--engine ray takes a strategy whose features it computes, not auto",
                                    hint="use --strategy extract or augment with --engine ray")
+        check_layer(self.strategy, self.trunk.layer)
 
     @property
     def silent(self) -> bool:

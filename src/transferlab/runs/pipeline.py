@@ -13,7 +13,6 @@ from transferlab.core.config import (
     INT8_STRATEGIES,
     TrainOptions,
     check_featurewise,
-    check_layer,
     check_strategy,
     default_backbone,
 )
@@ -48,7 +47,6 @@ def train(data: str | Path, settings: TrainSettings, console: Console | None = N
     strategy, split, engine = check_strategy(settings.strategy), settings.split, settings.engine
     check_runtime(settings.trunk.runtime)
     check_precision(settings.trunk.precision, settings.trunk.runtime, strategy)
-    check_layer(strategy, settings.trunk.layer)
     options = train_options(settings)
     check_featurewise(strategy, options.augment)
     check_backbone(strategy, options)  # before reading any image
