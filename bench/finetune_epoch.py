@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/finetune_epoch.py [--unfreeze 1] [--max-per-class N]
 
-Both runs are `transferlab.train(strategy="finetune", finetune_epochs=1)` on the same split, differing only
+Both runs are `transferlab.train(strategy="finetune", finetune={"epochs": 1})` on the same split, differing only
 in `end_to_end`: the cached path trains the unfrozen block and the head from the boundary activations of
 the cached views; end to end runs the whole network on images augmented in every batch. The number compared
 is the phase-2 epoch as the training history records it (training pass + validation pass); extraction and
@@ -22,9 +22,9 @@ import transferlab
 
 def phase2_epoch_seconds(data: Path, out: Path, end_to_end: bool, args: argparse.Namespace) -> tuple[float, int]:
     classifier = transferlab.train(
-        data, strategy="finetune", exclude=CALTECH_EXCLUDED.split(","), seed=0, out=out, epochs=1,
-        finetune_epochs=1, unfreeze=args.unfreeze, max_per_class=args.max_per_class, end_to_end=end_to_end,
-        quiet=True,
+        data, strategy="finetune", seed=0, out=out, epochs=1, quiet=True,
+        split={"exclude": CALTECH_EXCLUDED.split(","), "max_per_class": args.max_per_class},
+        finetune={"epochs": 1, "unfreeze": args.unfreeze, "end_to_end": end_to_end},
     )
     return classifier.history.epochs[-1]["seconds"], classifier.metrics["n_train"]
 

@@ -37,7 +37,7 @@ from common import machine
 import transferlab
 from transferlab.data.dataset import load_dataset
 
-STRATEGIES = {  # the keywords each strategy trains with (epochs come from the command line)
+STRATEGIES = {  # fine-tuning settings per strategy (epochs come from the command line)
     "extract": {},
     "augment": {},
     "finetune": {"unfreeze": "all"},
@@ -161,10 +161,10 @@ def timed(rows: list[Row], sampler: GpuSampler, step: str, work) -> object:
 
 
 def train_step(row: Row, data: Path, run: Path, strategy: str, args, deadline: float):
-    epochs = {"epochs": args.epochs, **({"finetune_epochs": args.epochs} if strategy == "finetune" else {})}
+    finetune = {"epochs": args.epochs, **STRATEGIES[strategy]} if strategy == "finetune" else {}
     classifier = transferlab.train(data, strategy=strategy, out=run, device=args.device, seed=0, quiet=True,
-                                   deadline=deadline, max_per_class=args.max_per_class, **epochs,
-                                   **STRATEGIES[strategy])
+                                   epochs=args.epochs, fit={"deadline": deadline},
+                                   split={"max_per_class": args.max_per_class}, finetune=finetune)
     metrics = classifier.metrics
     seen = metrics["n_train"] * metrics["epochs_run"]  # images through training (views and phases aside)
     row.images_per_second = seen / max(metrics["train_seconds"], 1e-9)

@@ -30,8 +30,8 @@ def train_card_run():
         sys.exit(f"{data} not found: this script trains on ../shared's hymenoptera (set TRANSFERLAB_SHARED)")
     os.chdir(ROOT)  # the card shows the run folder relative to the working directory, as in a notebook
     with tempfile.TemporaryDirectory() as cache:
-        return transferlab.train(data, strategy="extract", max_per_class=40, epochs=20,
-                                 out=Path("runs/readme-card"), cache_dir=cache, verbose=0)
+        return transferlab.train(data, strategy="extract", split={"max_per_class": 40}, epochs=20,
+                                 out=Path("runs/readme-card"), trunk={"cache_dir": cache}, verbose=0)
 
 
 def screenshot(html: str, path: Path) -> Path:

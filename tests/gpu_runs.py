@@ -17,8 +17,8 @@ from transferlab.deploy.onnx_predict import OnnxClassifier
 GPU_RUNS = {  # each kept small: a few images, one epoch
     "extract": {},
     "augment": {},  # end to end on a GPU: the frozen base runs in every batch
-    "finetune": {"unfreeze": "all", "finetune_epochs": 1, "views": 1},
-    "scratch": {"batch_size": 8},
+    "finetune": {"finetune": {"unfreeze": "all", "epochs": 1, "views": 1}},
+    "scratch": {"fit": {"batch_size": 8}},
 }
 
 

@@ -49,10 +49,10 @@ def test_a_failed_auto_rerun_leaves_the_old_folder_untouched(colour_folder, tmp_
     before = folder_contents(out)
     real_train = auto.train
 
-    def linear_fails(data, **keywords):
-        if keywords.get("head") == "linear":  # the second candidate, after the first one's run is written
+    def linear_fails(data, settings, *args, **keywords):
+        if settings.head.kind == "linear":  # the second candidate, after the first one's run is written
             raise RuntimeError("the machine lost power")
-        return real_train(data, **keywords)
+        return real_train(data, settings, *args, **keywords)
 
     monkeypatch.setattr(auto, "train", linear_fails)
     with pytest.raises(RuntimeError, match="lost power"):
@@ -71,6 +71,21 @@ def test_an_auto_rerun_replaces_the_old_folder_when_complete(colour_folder, tmp_
     assert classifier.run_dir == out and json.loads((out / "auto.json").read_text())["chosen"] == LITE0_LINEAR.label
     assert json.loads((out / "config.json").read_text())["split_csv"] == str(out / "split.csv")
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_auto_prints_a_line_per_candidate_and_only_the_chosen_runs_epilogue(colour_folder, tmp_path):
+    from io import StringIO
+
+    from rich.console import Console
+
+    printed = StringIO()
+    out = tmp_path / "auto"
+    train_auto(colour_folder, budget=600, out=out, epochs=2, candidates=(LITE0, LITE0_LINEAR),
+               console=Console(file=printed, width=120))
+    text = printed.getvalue()
+    assert f"auto: {LITE0.label}: validation accuracy" in text and f"auto: {LITE0_LINEAR.label}: validation" in text
+    assert text.count("next:") == 1 and text.count("report:") == 1
+    assert f"transferlab predict {out} IMAGE" in text and "candidates/" not in text.split("auto chose")[1]
 
 
 def test_a_costlier_candidate_wins_only_beyond_one_standard_error():
@@ -97,8 +112,8 @@ def test_cost_estimates_use_each_backbones_measured_speed():
 
 
 def test_a_run_past_its_deadline_trains_one_epoch_and_says_why(colour_folder, tmp_path):
-    classifier = transferlab.train(colour_folder, out=tmp_path / "run", epochs=5, patience=None,
-                                   deadline=time.time(), quiet=True)
+    classifier = transferlab.train(colour_folder, out=tmp_path / "run", epochs=5,
+                                   fit={"patience": None, "deadline": time.time()}, quiet=True)
     assert classifier.metrics["epochs_run"] == 1
     assert "the time budget ran out" in classifier.metrics["stop_reason"]
     assert "deadline" not in json.loads((tmp_path / "run" / "config.json").read_text())["options"]["fit"]
@@ -106,14 +121,14 @@ def test_a_run_past_its_deadline_trains_one_epoch_and_says_why(colour_folder, tm
 
 def test_a_deadline_is_refused_where_ray_train_would_ignore_it(colour_folder):
     with pytest.raises(TransferlabError, match="Ray Train workers do not see it"):
-        transferlab.train(colour_folder, strategy="scratch", engine="ray", deadline=1e9, quiet=True)
+        transferlab.train(colour_folder, strategy="scratch", engine="ray", fit={"deadline": 1e9}, quiet=True)
 
 
 @pytest.mark.integration
 def test_auto_picks_the_clearly_better_candidate(shared, tmp_path):
     candidates = (Candidate("scratch", "small_cnn"), Candidate("extract", "efficientnet_lite0"))
     classifier = train_auto(shared / "datasets" / "hymenoptera", budget=600, out=tmp_path / "auto", epochs=8,
-                            max_per_class=25, candidates=candidates, quiet=True)
+                            split={"max_per_class": 25}, candidates=candidates, quiet=True)
     record = classifier.metrics["auto"]
     assert [c["status"] for c in record["candidates"]] == ["trained", "trained"]
     assert record["chosen"] == "extract-efficientnet_lite0"

@@ -47,6 +47,18 @@ def test_train_passes_fine_tuning_and_augmentation_flags(run_dir, tmp_path):
     assert options["end_to_end"] is False and metrics["finetune_path"] == "cached"
 
 
+def test_train_takes_the_head_and_optimizer_flags_of_the_table(run_dir, tmp_path):
+    data = run_dir.parent / "data"
+    result = runner.invoke(app, [
+        "--quiet", "train", str(data), "--out", str(tmp_path / "run"), "--epochs", "2", "--hidden", "32",
+        "--dropout", "0.1", "--weight-decay", "0.0001", "--patience", "0",
+    ])
+    assert result.exit_code == 0, result.output
+    settings = json.loads((tmp_path / "run" / "config.json").read_text())["settings"]
+    assert (settings["head"]["hidden"], settings["head"]["dropout"]) == (32, 0.1)
+    assert (settings["fit"]["weight_decay"], settings["fit"]["patience"]) == (1e-4, None)
+
+
 def test_train_end_to_end_flag_augments_every_batch_through_the_frozen_base(run_dir, tmp_path):
     data = run_dir.parent / "data"
     result = runner.invoke(app, [

@@ -93,6 +93,9 @@ def cases(tmp: Path, fake_run: Path) -> dict[str, tuple[list[str], str]]:
         "embed on a missing folder": (["embed", str(tmp / "nonexistent")], "data folder not found"),
         "embed unknown backbone": (["embed", str(data), "--backbone", "nope"], "unknown backbone"),
         "train --image-size 8": (["train", str(data), "--image-size", "8"], "--image-size must be at least 32"),
+        "train --layer with finetune": (["train", str(data), "--strategy", "finetune", "--layer", "-2"],
+                                        "--layer cannot be combined with strategy 'finetune'"),
+        "train --dropout 1": (["train", str(data), "--dropout", "1"], "--dropout must be in [0, 1), got 1.0"),
     }
 
 

@@ -25,7 +25,7 @@ def colours(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def compared(colours, tmp_path_factory):
     out = tmp_path_factory.mktemp("compare") / "out"
-    return compare(colours, ["extract", "augment", "scratch"], out=out, epochs=4, views=1, quiet=True)
+    return compare(colours, ["extract", "augment", "scratch"], out=out, epochs=4, finetune={"views": 1}, quiet=True)
 
 
 def test_compare_writes_its_report(compared):

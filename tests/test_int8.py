@@ -154,17 +154,17 @@ def test_int8_with_the_torch_runtime_is_a_clear_error(colour_folder):
 
 def test_int8_is_refused_for_strategies_that_train_the_backbone(colour_folder):
     with pytest.raises(TransferlabError, match="not strategy 'finetune'"):
-        transferlab.train(colour_folder, strategy="finetune", precision="int8", quiet=True)
+        transferlab.train(colour_folder, strategy="finetune", trunk={"precision": "int8"}, quiet=True)
     with pytest.raises(TransferlabError, match="unknown precision 'int4'"):
-        transferlab.train(colour_folder, precision="int4", quiet=True)
+        transferlab.train(colour_folder, trunk={"precision": "int4"}, quiet=True)
 
 
 @pytest.fixture(scope="module")
 def int8_run(shared, tmp_path_factory):
     run = tmp_path_factory.mktemp("int8-run") / "run"
     classifier = transferlab.train(
-        shared / "datasets" / "hymenoptera", precision="int8", runtime="onnx", device="cpu", max_per_class=20,
-        epochs=8, out=run, quiet=True,
+        shared / "datasets" / "hymenoptera", trunk={"precision": "int8", "runtime": "onnx"}, device="cpu",
+        split={"max_per_class": 20}, epochs=8, out=run, quiet=True,
     )
     return classifier, run
 
@@ -218,5 +218,5 @@ def test_a_run_with_an_8_bit_int8_trunk_warns_on_a_cpu_without_vnni_and_still_us
 
 def test_compare_refuses_an_unknown_precision_before_any_work(colour_folder, tmp_path):
     with pytest.raises(TransferlabError, match="unknown precision 'int4'"):
-        transferlab.compare(colour_folder, precision="int4", out=tmp_path / "compare", quiet=True)
+        transferlab.compare(colour_folder, trunk={"precision": "int4"}, out=tmp_path / "compare", quiet=True)
     assert not (tmp_path / "compare").exists()

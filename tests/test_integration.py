@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 
 def test_presplit_folder_without_test_split_evaluates_validation(shared, tmp_path):
     clf = transferlab.train(
-        shared / "datasets" / "hymenoptera", out=tmp_path / "run", max_per_class=40, epochs=20, lr=1e-3, quiet=True
+        shared / "datasets" / "hymenoptera", out=tmp_path / "run", split={"max_per_class": 40}, epochs=20, lr=1e-3, quiet=True
     )
     metrics = json.loads((clf.run_dir / "metrics.json").read_text())
     assert metrics["test_is_validation"] is True
@@ -24,7 +24,7 @@ def test_presplit_folder_without_test_split_evaluates_validation(shared, tmp_pat
 def test_split_list_files_train_on_caltech_classes(shared, tmp_path):
     classes = ["accordion", "dollar_bill", "pagoda", "yin_yang"]
     clf = transferlab.train(
-        shared / "datasets" / "caltech101", include=classes, out=tmp_path / "run", epochs=20, lr=1e-3, quiet=True
+        shared / "datasets" / "caltech101", split={"include": classes}, out=tmp_path / "run", epochs=20, lr=1e-3, quiet=True
     )
     metrics = clf.metrics
     assert json.loads((clf.run_dir / "config.json").read_text())["layout"] == "lists"

@@ -31,7 +31,8 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def comparison(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("notebook-compare") / "out"
-    return transferlab.compare(data, ["extract", "augment"], out=out, epochs=6, views=1, lr=3e-3, verbose=0)
+    return transferlab.compare(data, ["extract", "augment"], out=out, epochs=6, finetune={"views": 1}, lr=3e-3,
+                               verbose=0)
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +175,7 @@ def test_figures_render_themselves_as_png_for_jupyter(clf):
 
 
 def test_verbose_2_prints_one_line_per_epoch_and_no_progress_bars(data, tmp_path, capsys):
-    transferlab.train(data, out=tmp_path / "run", epochs=3, patience=None, verbose=2)
+    transferlab.train(data, out=tmp_path / "run", epochs=3, fit={"patience": None}, verbose=2)
     out = capsys.readouterr().out
     assert [line.split(" - ")[0] for line in out.splitlines() if "epoch" in line] == [
         f"training head: epoch {i}/3" for i in (1, 2, 3)

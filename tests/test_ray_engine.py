@@ -136,8 +136,8 @@ def trained(photos, tmp_path_factory) -> Path:
 
 def test_train_with_the_ray_engine_writes_the_local_run(cluster, photos, trained, tmp_path):
     run = tmp_path / "ray-run"
-    transferlab.train(photos, out=run, epochs=3, split=(0.7, 0.3, 0.0), quiet=True, engine="ray",
-                      ray_address=cluster[0].address, cache_dir=tmp_path / "cache")
+    transferlab.train(photos, out=run, epochs=3, split=(0.7, 0.3, 0.0), quiet=True,
+                      engine={"name": "ray", "ray_address": cluster[0].address}, trunk={"cache_dir": tmp_path / "cache"})
     assert (run / "skipped.csv").read_text() == (trained / "skipped.csv").read_text()
     assert "broken.jpg" in (run / "skipped.csv").read_text()
     ours, theirs = (json.loads((r / "metrics.json").read_text()) for r in (run, trained))
@@ -206,7 +206,7 @@ def test_unknown_engine_is_one_clear_error(photos):
 
 def test_ray_engine_refuses_strategies_without_frozen_features(photos):
     with pytest.raises(TransferlabError, match="does not use them"):
-        transferlab.train(photos, strategy="augment", end_to_end=True, engine="ray")
+        transferlab.train(photos, strategy="augment", finetune={"end_to_end": True}, engine="ray")
 
 
 def test_bulk_prediction_refuses_an_output_that_is_neither_parquet_nor_csv(trained, photos, tmp_path):

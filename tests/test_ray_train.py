@@ -22,7 +22,7 @@ from transferlab.runs.compare import COLUMNS
 pytestmark = [pytest.mark.ray, pytest.mark.integration]
 ray = pytest.importorskip("ray")
 PER_CLASS = 8
-TINY = {"split": (0.5, 0.25, 0.25), "epochs": 2, "finetune_epochs": 1, "end_to_end": True, "quiet": True}
+TINY = {"split": (0.5, 0.25, 0.25), "epochs": 2, "finetune": {"epochs": 1, "end_to_end": True}, "quiet": True}
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,8 @@ def photos(shared, tmp_path_factory) -> Path:
 
 def test_two_worker_ddp_finetuning_writes_a_loadable_run_scoring_as_the_single_process_run(cluster, photos, tmp_path):
     local = transferlab.train(photos, strategy="finetune", out=tmp_path / "local", **TINY)
-    on_ray = transferlab.train(photos, strategy="finetune", out=tmp_path / "ray", engine="ray", workers=2,
-                               ray_address=cluster[0].address, **TINY)
+    on_ray = transferlab.train(photos, strategy="finetune", out=tmp_path / "ray",
+                               engine={"name": "ray", "workers": 2, "ray_address": cluster[0].address}, **TINY)
     run = tmp_path / "ray"
     metrics = json.loads((run / "metrics.json").read_text())
     assert (metrics["engine"], metrics["workers"], metrics["finetune_path"]) == ("ray", 2, "end-to-end")
@@ -118,26 +118,26 @@ def test_a_worker_dying_mid_fine_tuning_resumes_from_the_last_checkpoint_and_wri
 
     monkeypatch.setattr(ray_train, "worker_loop", sabotaged)
     run = tmp_path / "run"
-    trained = transferlab.train(photos, strategy="finetune", out=run, engine="ray", workers=2,
-                                ray_address=cluster[0].address, **TINY)
+    trained = transferlab.train(photos, strategy="finetune", out=run,
+                                engine={"name": "ray", "workers": 2, "ray_address": cluster[0].address}, **TINY)
     assert marker.exists()  # the worker did die
     first, second = log.read_text().splitlines()
     assert first == "start none 0"
     assert second.startswith("start 0 ")  # the restarted group began from a phase-1 checkpoint, not from scratch
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["epochs_run"] == len(trained.history.epochs) == TINY["epochs"] + TINY["finetune_epochs"]
+    assert metrics["epochs_run"] == len(trained.history.epochs) == TINY["epochs"] + TINY["finetune"]["epochs"]
     images = sorted(photos.rglob("*.jpg"))[:2]
     np.testing.assert_allclose(transferlab.load(run).predict_proba(images), trained.predict_proba(images), atol=1e-5)
 
 
 def test_workers_without_data_parallel_training_is_one_clear_error(photos):
     with pytest.raises(TransferlabError, match="--workers"):
-        transferlab.train(photos, strategy="extract", engine="ray", workers=2)
+        transferlab.train(photos, strategy="extract", engine={"name": "ray", "workers": 2})
 
 
 def test_ray_fine_tuning_asks_for_end_to_end(photos):
     with pytest.raises(TransferlabError, match="end to end"):
-        transferlab.train(photos, strategy="finetune", engine="ray", end_to_end=False)
+        transferlab.train(photos, strategy="finetune", engine="ray", finetune={"end_to_end": False})
 
 
 def test_compare_with_the_ray_engine_writes_the_same_compare_csv_columns(cluster, photos, tmp_path):

@@ -121,7 +121,8 @@ def test_a_full_disk_gives_one_clear_line_and_the_next_run_recovers(colour_folde
 
 def test_a_full_cache_disk_gives_one_clear_line(colour_folder, small_disk):
     with pytest.raises(TransferlabError, match="no space left on the device writing"):
-        transferlab.train(colour_folder, cache_dir=small_disk / "cache", epochs=2, quiet=True, out=small_disk.parent / "r")
+        transferlab.train(colour_folder, trunk={"cache_dir": small_disk / "cache"}, epochs=2, quiet=True,
+                          out=small_disk.parent / "r")
     shutil.rmtree(small_disk / "cache", ignore_errors=True)
 
 

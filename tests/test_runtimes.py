@@ -39,7 +39,7 @@ def counting():
 
 def test_a_runtime_registered_from_outside_extracts_and_trains(counting, colour_folder, tmp_path):
     classifier = transferlab.train(
-        colour_folder, runtime="counting", cache_dir=tmp_path / "cache", out=tmp_path / "run", epochs=10, lr=3e-3,
+        colour_folder, trunk={"runtime": "counting", "cache_dir": tmp_path / "cache"}, out=tmp_path / "run", epochs=10, lr=3e-3,
         quiet=True,
     )
     assert counting.batches >= 3  # train, validation and test features at least
@@ -58,4 +58,4 @@ def test_every_runtime_gives_the_same_features(counting, colour_folder, tmp_path
 
 def test_an_unknown_runtime_is_refused_before_any_work(colour_folder):
     with pytest.raises(TransferlabError, match="unknown runtime 'tpu'"):
-        transferlab.train(colour_folder, runtime="tpu", quiet=True)
+        transferlab.train(colour_folder, trunk={"runtime": "tpu"}, quiet=True)

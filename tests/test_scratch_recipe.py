@@ -73,7 +73,7 @@ def test_lesson_recipe_trains_with_the_lessons_settings(colours, fit_calls, tmp_
 
 
 def test_explicit_options_win_over_the_recipe(colours, fit_calls, tmp_path):
-    transferlab.train(colours, strategy="scratch", recipe="lesson", epochs=3, batch_size=8, lr=5e-3,
+    transferlab.train(colours, strategy="scratch", recipe="lesson", epochs=3, fit={"batch_size": 8}, lr=5e-3,
                       augment="light", out=tmp_path / "run", quiet=True)
     config = fit_calls[0]["config"]
     assert (config.batch_size, config.epochs, config.lr) == (8, 3, 5e-3)

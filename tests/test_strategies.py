@@ -34,8 +34,8 @@ def colours(tmp_path_factory) -> Path:
 def finetuned(colours, tmp_path_factory):
     """A fine-tuning run with the defaults (cached path, top block, RMSprop 1e-5), kept short."""
     return transferlab.train(
-        colours, strategy="finetune", out=tmp_path_factory.mktemp("runs") / "finetune", views=2,
-        epochs=5, finetune_epochs=2, quiet=True,
+        colours, strategy="finetune", out=tmp_path_factory.mktemp("runs") / "finetune", epochs=5,
+        finetune={"views": 2, "epochs": 2}, quiet=True,
     )
 
 
@@ -62,7 +62,7 @@ def test_augmented_views_are_distinct_cached_and_reproducible(colours):
 
 
 def test_augment_strategy_learns_and_records_its_views(colours, tmp_path):
-    classifier = transferlab.train(colours, strategy="augment", out=tmp_path / "run", views=2, epochs=10, quiet=True)
+    classifier = transferlab.train(colours, strategy="augment", out=tmp_path / "run", finetune={"views": 2}, epochs=10, quiet=True)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["test_accuracy"] >= 0.8 and metrics["views"] == 2
     assert classifier.strategy == "augment"
@@ -72,13 +72,14 @@ def test_augment_strategy_learns_and_records_its_views(colours, tmp_path):
 
 
 def test_augment_strategy_takes_a_named_augmentation(colours, tmp_path):
-    transferlab.train(colours, strategy="augment", out=tmp_path / "run", views=1, epochs=2, augment="notebook", quiet=True)
+    transferlab.train(colours, strategy="augment", out=tmp_path / "run", finetune={"views": 1}, epochs=2, augment="notebook",
+                      quiet=True)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["augment_key"] == AugmentConfig().key()
 
 
 def test_augment_end_to_end_trains_the_head_on_fresh_views_through_the_frozen_base(colours, tmp_path):
     classifier = transferlab.train(
-        colours, strategy="augment", out=tmp_path / "run", end_to_end=True, epochs=8, quiet=True
+        colours, strategy="augment", out=tmp_path / "run", finetune={"end_to_end": True}, epochs=8, quiet=True
     )
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["augment_path"] == "end-to-end" and metrics["views"] is None
@@ -105,7 +106,8 @@ def test_unknown_augmentation_name_fails_before_any_image_is_read(tmp_path):
 
 
 def test_tta_records_the_accuracy_without_it(colours, tmp_path):
-    transferlab.train(colours, strategy="augment", out=tmp_path / "run", views=1, epochs=5, tta=3, quiet=True)
+    transferlab.train(colours, strategy="augment", out=tmp_path / "run", finetune={"views": 1}, epochs=5, tta=3,
+                      quiet=True)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["tta"] == 3
     assert 0.0 <= metrics["test_accuracy_no_tta"] <= 1.0
@@ -197,7 +199,7 @@ def test_unfreeze_must_be_a_count_or_all(colours):
 # -- scratch ----------------------------------------------------------------------------------------
 def test_scratch_trains_the_small_convnet_and_reloads_identically(colours, tmp_path):
     classifier = transferlab.train(
-        colours, strategy="scratch", out=tmp_path / "run", epochs=25, lr=1e-3, patience=None, quiet=True
+        colours, strategy="scratch", out=tmp_path / "run", epochs=25, lr=1e-3, fit={"patience": None}, quiet=True
     )
     assert classifier.backbone == "small_cnn" and classifier.head_config.in_features == 32 * 6 * 6
     assert classifier.metrics["test_accuracy"] > 0.5  # three classes: chance is 1/3
@@ -229,7 +231,7 @@ def test_small_convnet_has_no_pretrained_weights_to_extract_with(colours):
 def test_finetune_on_real_photos_beats_chance(shared, tmp_path):
     classifier = transferlab.train(
         shared / "datasets" / "hymenoptera", strategy="finetune", out=tmp_path / "run",
-        max_per_class=15, views=1, epochs=10, finetune_epochs=2, quiet=True,
+        split={"max_per_class": 15}, epochs=10, finetune={"views": 1, "epochs": 2}, quiet=True,
     )
     assert classifier.metrics["test_accuracy"] >= 0.75  # ants vs bees: chance is 0.5
 
@@ -273,8 +275,8 @@ def test_zca_whitening_is_refused_at_sizes_it_cannot_handle(colours):
 
 
 def test_tta_views_are_not_mirrored_when_training_ruled_flips_out(colours, tmp_path):
-    transferlab.train(colours, strategy="augment", augment="light-noflip", out=tmp_path / "run", views=1, epochs=2,
-                      quiet=True)
+    transferlab.train(colours, strategy="augment", augment="light-noflip", out=tmp_path / "run",
+                      finetune={"views": 1}, epochs=2, quiet=True)
     classifier = transferlab.load(tmp_path / "run")
     assert classifier.tta_mirror is False
     paths = sorted((colours / "red").glob("*.jpg"))[:4]
@@ -286,5 +288,5 @@ def test_tta_views_are_not_mirrored_when_training_ruled_flips_out(colours, tmp_p
 
 
 def test_tta_views_may_be_mirrored_by_default(colours, tmp_path):
-    transferlab.train(colours, strategy="augment", out=tmp_path / "run", views=1, epochs=2, quiet=True)
+    transferlab.train(colours, strategy="augment", out=tmp_path / "run", finetune={"views": 1}, epochs=2, quiet=True)
     assert transferlab.load(tmp_path / "run").tta_mirror is True

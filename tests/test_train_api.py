@@ -57,6 +57,19 @@ def test_config_records_settings_and_versions(trained):
     assert config["environment"]["packages"]["torch"] == metadata.version("torch")
 
 
+def test_config_records_every_setting_under_the_tables_names_as_keywords_of_train(trained):
+    from transferlab.core.options import GROUPS, OPTIONS
+    from transferlab.core.settings import train_settings
+
+    settings = json.loads((trained.run_dir / "config.json").read_text())["settings"]
+    recorded = {*(name for name in settings if name not in GROUPS),
+                *(f"{group}.{name}" for group in GROUPS for name in settings[group])}
+    fit_keywords = {"fit.epochs": "epochs", "fit.lr": "lr", "fit.seed": "seed"}  # keywords of train, kept in fit
+    assert {fit_keywords.get(name, name) for name in recorded} == set(OPTIONS) - {"fit.deadline"}
+    assert (settings["fit"]["epochs"], settings["fit"]["lr"], settings["split"]["fractions"]) == (15, 3e-3, [0.7, 0.15, 0.15])
+    assert train_settings(settings).to_dict() == settings  # the record is keywords of train again
+
+
 def test_loaded_run_predicts_like_the_trained_classifier(trained, colour_folder):
     images = sorted((colour_folder / "green").glob("*.jpg"))[:3]
     loaded = transferlab.load(trained.run_dir)

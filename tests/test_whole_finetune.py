@@ -122,7 +122,7 @@ def test_whole_network_fine_tuning_with_batchnorm_frozen_or_reestimated(colours,
 
 
 def test_image_size_is_used_for_training_prediction_and_export(colours, tmp_path):
-    classifier = transferlab.train(colours, out=tmp_path / "run", image_size=96, epochs=3, quiet=True)
+    classifier = transferlab.train(colours, out=tmp_path / "run", trunk={"image_size": 96}, epochs=3, quiet=True)
     description = json.loads((tmp_path / "run" / "model.json").read_text())
     assert description["image_size"] == 96 and description["preprocessing"]["input_size"] == 96
     reloaded = transferlab.load(tmp_path / "run")
@@ -136,7 +136,7 @@ def test_image_size_is_used_for_training_prediction_and_export(colours, tmp_path
 
 def test_image_size_is_refused_for_scratch(colours, tmp_path):
     with pytest.raises(TransferlabError, match="--image-size"):
-        transferlab.train(colours, strategy="scratch", image_size=96, out=tmp_path / "run", quiet=True)
+        transferlab.train(colours, strategy="scratch", trunk={"image_size": 96}, out=tmp_path / "run", quiet=True)
 
 
 @pytest.mark.parametrize("frozen", [True, False])

@@ -20,6 +20,12 @@ _EXPORTS = {  # name -> module[:attribute]
     "Classifier": "transferlab.model.classifier",
     "Prediction": "transferlab.model.prediction",
     "TransferlabError": "transferlab.core.errors",
+    "FitConfig": "transferlab.core.config",
+    "SplitConfig": "transferlab.core.settings",
+    "HeadConfig": "transferlab.core.settings",
+    "TrunkConfig": "transferlab.core.settings",
+    "FinetuneConfig": "transferlab.core.settings",
+    "EngineConfig": "transferlab.core.settings",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

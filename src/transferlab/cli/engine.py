@@ -4,19 +4,12 @@ prediction (`predict --engine ray --out`)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from transferlab.cli import preflight
-from transferlab.cli.common import (
-    EngineOption,
-    RayAddressOption,
-    SplitOption,
-    emit_json,
-    out,
-    state,
-)
+from transferlab.cli.common import emit_json, flag, out, state
 from transferlab.core.config import DEFAULT_BACKBONE, split_fractions
 
 
@@ -24,10 +17,10 @@ def embed(
     data: Annotated[Path, typer.Argument(help="Image folder, as for `transferlab train`.")],
     out_file: Annotated[Path, typer.Option("--out", help="Parquet file: path, label, split, feature.")] = Path("features.parquet"),
     backbone: Annotated[str, typer.Option(help="Frozen backbone (see `transferlab backbones`).")] = DEFAULT_BACKBONE,
-    split: SplitOption = "0.7,0.15,0.15",
+    split: str = flag("split"),
     seed: Annotated[int, typer.Option(help="Seed for the split (as train's).")] = 0,
-    engine: EngineOption = "local",
-    ray_address: RayAddressOption = None,
+    engine: str = flag("engine"),
+    ray_address: Optional[str] = flag("ray_address"),
 ):
     """Write every image's frozen features to a parquet file (unreadable files: OUT's .skipped.csv)."""
     preflight.check_data_folder(data)

@@ -2,7 +2,7 @@
 
 The CLI calls these first, so that a typo or a missing folder is reported in a fraction of a second instead of
 after torch, timm, onnxruntime and scikit-learn have loaded (9-17 s on a busy CPU). Standard library only, plus
-`options` (itself torch-free): importing this module must never pull in a heavy library, which
+`transferlab.core` (itself torch-free): importing this module must never pull in a heavy library, which
 `tests/test_cli_preflight.py` checks in a fresh interpreter.
 
 These checks duplicate none of the work: the API checks the same things again where it does the work (a user
@@ -16,17 +16,10 @@ import importlib.util
 import socket
 from pathlib import Path
 
-from transferlab.core.config import (
-    MIN_IMAGE_SIZE,
-    check_data_folder,
-    check_device,
-    check_strategies,
-    check_strategy,
-    check_tta,
-    parse_duration,
-)
+from transferlab.core.config import check_data_folder, check_layer, check_strategies, check_tta
 from transferlab.core.errors import TransferlabError
-from transferlab.core.run_folder import check_run_folder
+from transferlab.core.options import BY_KEYWORD
+from transferlab.core.run_folder import check_destination, check_run_folder
 
 # The names `backbones.py` registers, written out so that checking a name costs no torch import. A test keeps
 # this list equal to the registry (`test_preflight_backbone_names_match_the_registry`).
@@ -57,18 +50,6 @@ def check_backbone(name: str | None) -> None:
         raise TransferlabError(f"unknown backbone {unknown[0]!r}", hint=f"choose one of: {', '.join(BACKBONE_NAMES)}")
     if len(set(parts)) != len(parts):
         raise TransferlabError(f"backbone {name!r} names a backbone twice", hint="e.g. efficientnet_lite0+efficientnet_lite2")
-
-
-def check_out(out: Path | None, overwrite: bool) -> None:
-    """`--out` is no file, and no folder holding files unless `--overwrite` (as `runs.check_destination`)."""
-    if out is None:
-        return
-    if out.is_file():
-        raise TransferlabError(f"--out {out} is a file, not a folder", hint="choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise TransferlabError(
-            f"{out} already holds a run", hint="choose another --out, or add --overwrite to replace the whole folder"
-        )
 
 
 def check_existing_file(option: str, path: Path | None) -> None:
@@ -110,37 +91,30 @@ def check_model(run: Path, runtime: str) -> str:
     return chosen
 
 
-def check_train(data: Path, *, backbone: str | None, strategy: str, out: Path | None, overwrite: bool,
-                budget: str | None, epochs: int | None, batch_size: int | None, lr: float | None, views: int,
-                tta: int, finetune_epochs: int, device: str, weights: Path | None, split_csv: Path | None,
-                image_size: int | None = None) -> None:
+def check_flags(flags: dict) -> None:
+    """Every flag that is an option of the table (core.options), checked as the API will, named as typed."""
+    for name, value in flags.items():
+        BY_KEYWORD[name].check(value, BY_KEYWORD[name].flag)
+
+
+def check_train(data: Path, flags: dict) -> None:
+    """`flags`: train's flags as flat keywords of the API (`cli.common.train_keywords`)."""
     check_data_folder(data)
-    if strategy != "auto":
-        check_strategy(strategy)
-    if budget is not None:
-        parse_duration(budget)
-    check_backbone(backbone)
-    check_out(out, overwrite)
-    _check_counts(epochs=epochs, views=views, tta=tta, finetune_epochs=finetune_epochs)
-    at_least("--batch-size", batch_size, 1)
-    at_least("--image-size", image_size, MIN_IMAGE_SIZE)
-    if lr is not None and not lr > 0:
-        raise TransferlabError(f"--lr must be above 0, got {lr}")
-    check_device(device)
-    check_existing_file("--weights", weights)
-    check_existing_file("--split-csv", split_csv)
+    check_flags(flags)
+    check_layer(flags["strategy"], flags["layer"])
+    check_backbone(flags["backbone"])
+    check_destination(flags["out"], flags["overwrite"])
+    check_existing_file("--weights", flags["weights"])
+    check_existing_file("--split-csv", flags["split_csv"])
 
 
-def check_compare(data: Path, *, strategies: list[str], backbone: str, scratch_backbone: str | None,
-                  out: Path | None, overwrite: bool, epochs: int | None, views: int | None, tta: int,
-                  finetune_epochs: int | None, device: str) -> None:
+def check_compare(data: Path, strategies: list[str], scratch_backbone: str | None, flags: dict) -> None:
     check_data_folder(data)
     check_strategies(strategies)
-    check_backbone(backbone)
+    check_flags(flags)
+    check_backbone(flags["backbone"])
     check_backbone(scratch_backbone)
-    check_out(out, overwrite)
-    _check_counts(epochs=epochs, views=views, tta=tta, finetune_epochs=finetune_epochs)
-    check_device(device)
+    check_destination(flags["out"], flags["overwrite"])
 
 
 def check_predict(run: Path, *, runtime: str, top_k: int, output_format: str, tta: int) -> str:
@@ -183,11 +157,6 @@ def check_port(port: int, host: str = "127.0.0.1") -> None:
                 raise TransferlabError(f"port {port} on {host} is already in use",
                                        hint=f"pick another with --port, e.g. --port {port + 1}") from None
             raise TransferlabError(f"cannot listen on {host}:{port} ({exc.strerror})", hint="check --host") from None
-
-
-def _check_counts(**counts: int | None) -> None:
-    for name, value in counts.items():
-        at_least("--" + name.replace("_", "-"), value, 1)
 
 
 def hoist_global_flags(args: list[str]) -> list[str]:

@@ -1,30 +1,43 @@
-"""Every knob of a training run, its default (stated once, here) and its validation.
+"""The records a strategy reads (`FitConfig`, `TrainOptions`), the scratch recipes, the strategies' defaults and
+the checks that involve more than one option.
 
-Torch-free on purpose: the CLI and the API check arguments before the heavy libraries are imported, so a
-typo is reported in a fraction of a second. The option records validate themselves on construction (in the
-spirit of scikit-learn's parameter validation at the public edge); the code behind them trusts them.
+Every option's own default and check is in the table of `core.options`, which these records read. Torch-free on
+purpose: the CLI and the API check arguments before the heavy libraries are imported, so a typo is reported in a
+fraction of a second. The records validate themselves on construction (in the spirit of scikit-learn's
+parameter validation at the public edge); the code behind them trusts them.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from transferlab.core.errors import TransferlabError
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
+from transferlab.core.options import (  # the table's constants and checks, importable from here as before
+    BATCHNORM_MODES,
+    BY_KEYWORD,
+    DEFAULT_BACKBONE,
+    DEFAULT_SPLIT,
+    HEADS,
+    MIN_IMAGE_SIZE,
+    OPTIMIZERS,
+    OPTIONS,
+    PRECISIONS,
+    SCHEDULES,
+    STRATEGY_NAMES,
+    check_device,
+    check_record,
+    check_verbose,
+    default,
+    parse_duration,
+    split_fractions,
+)
+
 SCRATCH_BACKBONE = "small_cnn"  # the notebooks' small convnet
-STRATEGY_NAMES = ("extract", "augment", "finetune", "scratch")
 COMPARE_STRATEGIES = ("scratch", "extract", "augment", "finetune")
-DEFAULT_SPLIT = (0.7, 0.15, 0.15)
-OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
-SCHEDULES = ("constant", "one-cycle")
-MIN_IMAGE_SIZE = 32  # EfficientNet and ResNet downsample 32x: smaller inputs leave no spatial extent
-BATCHNORM_MODES = ("frozen", "train")
-HEADS = ("mlp", "linear")
 
 # A dense head on cached features: batch 256 at Adam 1e-3 matched batch 32 at 3e-4 on Caltech-101/97 (test
 # accuracy 94.5% vs 94.5%, mean of seeds 0-2) in a third of the time, which is most of a warm run.
@@ -35,10 +48,10 @@ SCRATCH_BATCH_SIZE = 32
 SCRATCH_LR = 1e-3
 SCRATCH_EPOCHS = 9
 DEFAULT_EPOCHS = 50
-PRECISIONS = ("auto", "float32", "int8")
-# Strategies whose every feature comes from the frozen trunk, which int8 may quantise; finetune and scratch
-# change backbone weights, so their trunk stays float32.
-INT8_STRATEGIES = ("extract", "augment")
+# Strategies whose every feature comes from the frozen trunk, which int8 may quantise and whose --layer may
+# choose the stage; finetune and scratch change backbone weights, so their trunk stays whole and float32.
+FROZEN_TRUNK_STRATEGIES = ("extract", "augment")
+INT8_STRATEGIES = FROZEN_TRUNK_STRATEGIES
 # Backbones whose frozen trunk runs in int8 by default on a CPU (precision "auto"): those whose Caltech-101/97
 # accuracy drops by at most 0.3 points with int8 features and whose cold training run gets faster. None does on
 # the measured 2-core CPU (docs/benchmarks.md, "int8 extraction": calibration costs more than the trunk saves).
@@ -106,19 +119,6 @@ def default_fit(strategy: str, recipe: str | None = None) -> tuple[int, float, i
     return (chosen.batch_size, chosen.lr, chosen.epochs) if chosen else (HEAD_BATCH_SIZE, HEAD_LR, DEFAULT_EPOCHS)
 
 
-def parse_duration(value: str | float | int) -> float:
-    """Seconds from 90, "90s", "10m" or "1.5h"."""
-    text = str(value).strip().lower()
-    scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:], None)
-    try:
-        seconds = float(text[:-1] if scale else text) * (scale or 1)
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise TransferlabError(f"invalid duration {value!r}", hint="e.g. --budget 10m, 90s or 1.5h")
-    return seconds
-
-
 def check_strategy(name: str) -> str:
     if name not in STRATEGY_NAMES:
         raise TransferlabError(f"unknown strategy {name!r}", hint=f"choose one of: {', '.join(STRATEGY_NAMES)}")
@@ -135,23 +135,6 @@ def check_strategies(names: Iterable[str]) -> list[str]:
             "strategies must be distinct and not empty", hint=f"choose from: {', '.join(STRATEGY_NAMES)}"
         )
     return names
-
-
-def split_fractions(split: str | Sequence[float]) -> tuple[float, float, float]:
-    """(train, validation, test) from a sequence or a "0.7,0.15,0.15" string; each >= 0, summing to 1,
-    train and validation above 0."""
-    try:
-        values = tuple(float(v) for v in (split.split(",") if isinstance(split, str) else split))
-    except (TypeError, ValueError):
-        values = ()
-    valid = len(values) == 3 and min(values) >= 0 and math.isclose(sum(values), 1.0, abs_tol=1e-6)
-    if not valid or values[0] == 0 or values[1] == 0:
-        raise TransferlabError(
-            f"invalid split fractions {split!r}: need (train, validation, test), each >= 0, summing to 1, "
-            "with train and validation above 0",
-            hint="e.g. --split 0.7,0.15,0.15, or 0.8,0.2,0 to test on the validation set",
-        )
-    return values  # type: ignore[return-value]
 
 
 def check_split_csv_alone(split_csv: str | Path | None, **selection: Any) -> None:
@@ -178,16 +161,8 @@ def check_featurewise(strategy: str, augment: Any) -> None:
         )
 
 
-def check_verbose(verbose: int) -> int:
-    if verbose not in (0, 1, 2) or isinstance(verbose, bool):
-        raise TransferlabError(f"verbose must be 0, 1 or 2, got {verbose!r}",
-                               hint="0: silent, 1: progress bars, 2: one line per epoch")
-    return verbose
-
-
 def check_tta(tta: int) -> int:
-    _at_least("--tta", tta, 1)
-    return tta
+    return OPTIONS["tta"].check(tta)
 
 
 def precision_for(strategy: str, precision: str) -> str:
@@ -195,52 +170,46 @@ def precision_for(strategy: str, precision: str) -> str:
     return precision if strategy in INT8_STRATEGIES else "float32"
 
 
-def check_device(device: str) -> str:
-    if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise TransferlabError(f"unknown device {device!r}", hint="use auto, cpu or cuda")
-    return device
+def check_layer(strategy: str, layer: int | None) -> None:
+    """A stage index of the frozen trunk applies where every feature comes from it: not to the strategies that
+    train the backbone itself."""
+    if layer is not None and strategy not in FROZEN_TRUNK_STRATEGIES:
+        raise TransferlabError(
+            f"--layer cannot be combined with strategy {strategy!r}: it trains the backbone itself",
+            hint=f"--layer applies to {' and '.join(FROZEN_TRUNK_STRATEGIES)}; drop --layer",
+        )
 
 
-def _at_least(name: str, value: Any, low: float, kind: type = int) -> None:
-    if not isinstance(value, kind) or isinstance(value, bool) or value < low:
-        raise TransferlabError(f"{name} must be {'a whole number ' if kind is int else ''}>= {low}, got {value!r}")
-
-
-@dataclass
+@dataclass(frozen=True)
 class FitConfig:
-    """How one network or head is trained."""
+    """How one network or head is trained: `transferlab.train(fit=...)`, and what the training loop reads.
+    epochs, batch_size and lr left at None take the strategy's defaults (`resolved`)."""
 
-    epochs: int = DEFAULT_EPOCHS
-    batch_size: int = SCRATCH_BATCH_SIZE
-    lr: float = SCRATCH_LR
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    class_weight: str | None = None  # None or "balanced"
-    patience: int | None = 8  # epochs without a better validation loss before stopping; None: never stop
-    seed: int = 0
-    schedule: str = "constant"  # or "one-cycle": warm-up then cosine decay of the learning rate, per batch
-    label_smoothing: float = 0.0
+    epochs: int | None = default("epochs")
+    batch_size: int | None = default("fit.batch_size")
+    lr: float | None = default("lr")
+    optimizer: str = default("fit.optimizer")
+    weight_decay: float = default("fit.weight_decay")
+    class_weight: str | None = default("fit.class_weight")  # None or "balanced"
+    patience: int | None = default("fit.patience")  # epochs without a better validation loss; None: never stop
+    seed: int = default("seed")
+    schedule: str = default("fit.schedule")  # or "one-cycle": warm-up then cosine decay of the rate, per batch
+    label_smoothing: float = default("fit.label_smoothing")
     # wall-clock time (time.time()) by which training must end, set by --strategy auto for its budget: no epoch
     # starts that would not finish by then. A moment, not a setting, so to_dict leaves it out.
-    deadline: float | None = None
+    deadline: float | None = default("fit.deadline")
 
     def __post_init__(self):
-        if self.optimizer not in OPTIMIZERS:
-            raise TransferlabError(f"unknown optimizer {self.optimizer!r}", hint=f"choose one of: {', '.join(OPTIMIZERS)}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise TransferlabError(f"epochs and batch size must be >= 1 (got {self.epochs}, {self.batch_size})")
-        if not self.lr > 0:
-            raise TransferlabError(f"learning rate must be > 0, got {self.lr}")
-        if not self.weight_decay >= 0:
-            raise TransferlabError(f"weight decay must be >= 0, got {self.weight_decay}")
-        if self.class_weight not in (None, "balanced"):
-            raise TransferlabError(f"unknown class weight {self.class_weight!r}", hint="use 'balanced' or leave it out")
-        if self.patience is not None and self.patience < 1:
-            raise TransferlabError(f"patience must be >= 1, got {self.patience}")
-        if self.schedule not in SCHEDULES:
-            raise TransferlabError(f"unknown schedule {self.schedule!r}", hint=f"choose one of: {', '.join(SCHEDULES)}")
-        if not 0 <= self.label_smoothing < 1:
-            raise TransferlabError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        check_record(self, "fit")
+
+    def resolved(self, strategy: str | None = None, recipe: str | None = None) -> FitConfig:
+        """epochs, batch size and learning rate left at None filled in: the strategy's (`default_fit`), or for a
+        network handed to the training loop directly, batch 32 at 1e-3 for 50 epochs."""
+        batch_size, lr, epochs = (default_fit(strategy, recipe) if strategy
+                                  else (SCRATCH_BATCH_SIZE, SCRATCH_LR, DEFAULT_EPOCHS))
+        return replace(self, epochs=epochs if self.epochs is None else self.epochs,
+                       batch_size=batch_size if self.batch_size is None else self.batch_size,
+                       lr=lr if self.lr is None else self.lr)
 
     def to_dict(self) -> dict:
         values = asdict(self)
@@ -250,56 +219,42 @@ class FitConfig:
 
 @dataclass
 class TrainOptions:
-    """Every knob a strategy reads; the API fills it from keyword arguments, the CLI from flags."""
+    """Every knob a strategy reads, flat and resolved; `runs.pipeline` fills it from the API's settings. Defaults
+    and checks are the table's (core.options), each field under its flat name."""
 
     backbone: str = DEFAULT_BACKBONE
-    layer: int | None = None
-    weights: str | None = None
-    head: str = "mlp"
-    hidden: int = 256
-    dropout: float = 0.5
-    fit: FitConfig = field(default_factory=lambda: FitConfig(batch_size=HEAD_BATCH_SIZE, lr=HEAD_LR))
-    device: str = "auto"
-    runtime: str = "auto"  # what runs the frozen trunk: auto | onnx | torch | one registered in runtimes.RUNTIMES
-    precision: str = "auto"  # of the frozen trunk: float32 | int8 (ONNX Runtime) | auto (INT8_DEFAULT_BACKBONES)
-    extract_batch_size: int = 32
-    cache_dir: Path | None = None
+    layer: int | None = default("trunk.layer")
+    weights: str | None = default("trunk.weights")
+    head: str = default("head.kind")
+    hidden: int = default("head.hidden")
+    dropout: float = default("head.dropout")
+    fit: FitConfig = field(default_factory=lambda: FitConfig().resolved("extract"))
+    device: str = default("device")
+    runtime: str = default("trunk.runtime")  # auto | onnx | torch | one registered in runtimes.RUNTIMES
+    precision: str = default("trunk.precision")  # float32 | int8 (ONNX Runtime) | auto (INT8_DEFAULT_BACKBONES)
+    extract_batch_size: int = default("trunk.extract_batch_size")
+    cache_dir: Path | None = default("trunk.cache_dir")
     quiet: bool = False  # no progress bars
     log_epochs: bool = False  # one line per epoch instead (verbose=2)
-    views: int = 3  # augmented views per training image (augment, finetune); more cost ~50 s each on Caltech
-    unfreeze: str = "1"  # top blocks to fine-tune: a number or "all"
-    finetune_lr: float | None = None  # None: the fine-tuning path's own (see strategies.finetune)
-    finetune_epochs: int = 10
+    views: int = default("finetune.views")  # more cost ~50 s each on Caltech
+    unfreeze: str = str(default("finetune.unfreeze"))  # top blocks to fine-tune: a number or "all"
+    finetune_lr: float | None = default("finetune.lr")  # None: the fine-tuning path's own (strategies.finetune)
+    finetune_epochs: int = default("finetune.epochs")
     augment: Any = None  # an AugmentConfig; None: the strategy's default
     # augment/finetune: augment afresh every batch and run the frozen base on the fly (True), or train from
     # cached features of K views (False); None: end to end on a GPU, cached on a CPU.
-    end_to_end: bool | None = None
+    end_to_end: bool | None = default("finetune.end_to_end")
     recipe: str | None = None  # scratch: the ScratchRecipe whose settings filled the options not given
-    image_size: int | None = None  # the network's input size; None: the backbone's own
+    image_size: int | None = default("trunk.image_size")  # the network's input size; None: the backbone's own
     # whole-network fine-tuning: BatchNorm statistics kept from ImageNet ("frozen") or re-estimated ("train")
-    batchnorm: str = "frozen"
+    batchnorm: str = default("finetune.batchnorm")
 
     def __post_init__(self):
+        for option in fields(self):
+            if option.name in BY_KEYWORD:
+                setattr(self, option.name, BY_KEYWORD[option.name].check(getattr(self, option.name)))
         self.unfreeze = str(self.unfreeze)
-        if self.head not in HEADS:
-            raise TransferlabError(f"unknown head {self.head!r}", hint=f"choose one of: {', '.join(HEADS)}")
-        _at_least("views", self.views, 1)
-        _at_least("hidden", self.hidden, 1)
-        _at_least("extract batch size", self.extract_batch_size, 1)
-        _at_least("finetune epochs", self.finetune_epochs, 1)
-        if not 0 <= self.dropout < 1:
-            raise TransferlabError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.finetune_lr is not None and not self.finetune_lr > 0:
-            raise TransferlabError(f"finetune learning rate must be > 0, got {self.finetune_lr}")
-        if self.unfreeze != "all" and not (self.unfreeze.isdigit() and int(self.unfreeze) >= 1):
-            raise TransferlabError(
-                f"--unfreeze must be a number of top blocks or 'all', got {self.unfreeze!r}", hint="e.g. --unfreeze 1"
-            )
-        if self.image_size is not None and self.image_size < MIN_IMAGE_SIZE:
-            raise TransferlabError(f"image size must be >= {MIN_IMAGE_SIZE} pixels, got {self.image_size}")
-        if self.batchnorm not in BATCHNORM_MODES:
-            raise TransferlabError(f"unknown batchnorm mode {self.batchnorm!r}", hint=f"choose one of: {', '.join(BATCHNORM_MODES)}")
-        check_device(self.device)
+        self.fit = self.fit.resolved()
 
     def to_dict(self) -> dict:
         values = asdict(self)

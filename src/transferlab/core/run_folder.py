@@ -28,6 +28,20 @@ ONNX_MODEL = "model.onnx"
 RUN_HINT = "pass the folder written by `transferlab train --out DIR`"
 
 
+def check_destination(folder: Path | None, overwrite: bool) -> None:
+    """Before any work (and before any heavy import, in the CLI's preflight): the folder a run or a comparison
+    will be written to is new or empty, or `overwrite` says to replace it. None: a name not chosen yet."""
+    if folder is None:
+        return
+    folder = Path(folder)
+    if folder.is_file():
+        raise TransferlabError(f"--out {folder} is a file, not a folder", hint="choose another --out")
+    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+        raise TransferlabError(
+            f"{folder} already holds a run", hint="choose another --out, or add --overwrite to replace the whole folder"
+        )
+
+
 def read_run_json(run: Path, name: str) -> dict:
     """One of the run folder's JSON files; a folder without it is not a run folder (one clear line)."""
     path = run / name

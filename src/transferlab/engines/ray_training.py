@@ -342,8 +342,6 @@ def new_head(options: TrainOptions, trunk: Trunk, input_size: int, n_classes: in
 
 def finetune(split: DatasetSplit, options: TrainOptions, placement: Placement) -> Trained:
     """strategies.finetune's end-to-end path with both phases on the workers (one worker group)."""
-    if options.layer is not None:
-        raise TransferlabError("--layer cannot be combined with fine-tuning", hint="drop --layer")
     extractor = make_extractor(options)
     model = create_backbone(options.backbone, weights=options.weights, cache_dir=options.cache_dir)
     keys = unfrozen_state_keys(model, unfrozen_groups(model, options.unfreeze))
@@ -374,8 +372,6 @@ def finetune(split: DatasetSplit, options: TrainOptions, placement: Placement) -
 
 def scratch(split: DatasetSplit, options: TrainOptions, placement: Placement) -> Trained:
     """strategies.scratch on the workers; featurewise statistics come from a sample decoded on the driver."""
-    if options.layer is not None:
-        raise TransferlabError("--layer cannot be combined with training from scratch", hint="drop --layer")
     config = augmentation(options)
     if config.zca_whitening:
         raise TransferlabError("ZCA whitening is not available with --engine ray",

@@ -183,8 +183,10 @@ def fit(
     a batch at a time (after `batch_transform`, which may already put them there). `quiet` hides the
     progress bar; `log_epochs` prints one line per epoch instead (Keras' verbose=2). `lr_scales` gives
     parameter groups their own fraction of `config.lr` (discriminative learning rates); by default every
-    parameter that requires a gradient trains at `config.lr`.
+    parameter that requires a gradient trains at `config.lr`. Settings `config` leaves at None are
+    `FitConfig.resolved`'s.
     """
+    config = config.resolved()
     torch.manual_seed(config.seed)
     module.to(device)
     generator = torch.Generator().manual_seed(config.seed)

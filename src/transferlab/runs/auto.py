@@ -31,6 +31,8 @@ from transferlab.data.dataset import load_dataset
 from transferlab.core.errors import TransferlabError
 from transferlab.core.files import atomic_write_bytes
 from transferlab.core.config import TrainOptions, precision_for
+from transferlab.core.settings import SplitConfig, TrainSettings, train_settings
+from transferlab.runs.console import after_training
 from transferlab.runs.pipeline import train
 from transferlab.reports.report import write_report
 from transferlab.runs.writer import check_destination, staged, unique_run_dir
@@ -157,39 +159,28 @@ def default_budget(cost: CostModel) -> float:
 def train_auto(
     data: str | Path,
     *,
-    budget: float | None = None,
-    out: str | Path | None = None,
-    seed: int = 0,
-    backbone: str | None = None,
-    views: int = 3,
-    split_csv: str | Path | None = None,
-    overwrite: bool = False,
     candidates: tuple[Candidate, ...] = CANDIDATES,
-    quiet: bool = False,
     console: Console | None = None,
-    **train_kwargs,
+    **train_keywords,
 ) -> Classifier:
     """Train candidates within `budget` seconds (None: fitted to the data size), keep the best on validation.
-    `views` is the augmented views per training image of the candidates that use them; `train_kwargs` are
-    further `transferlab.train` keywords shared by every candidate."""
+    Takes the keywords of `transferlab.train`, shared by every candidate: the candidates that use augmented views
+    take `finetune={"views": N}`'s."""
     started = time.perf_counter()
-    console = console or Console(quiet=quiet, stderr=True)
-    if budget is not None and not budget > 0:
-        raise TransferlabError(f"budget must be > 0 seconds, got {budget}", hint="e.g. --budget 10m")
-    if backbone is not None:
+    settings = train_settings({**train_keywords, "strategy": "auto"})
+    console = console or Console(quiet=settings.silent, stderr=True)
+    if settings.backbone is not None:
         raise TransferlabError("--strategy auto chooses the backbone itself", hint="drop --backbone")
-    out_dir = unique_run_dir(out, data, "auto")
-    check_destination(out_dir, overwrite)
-    selection = {k: train_kwargs.pop(k) for k in ("split", "include", "exclude", "max_per_class") if k in train_kwargs}
-    dataset = load_dataset(data, seed=seed, split_csv=split_csv, **selection)
+    out_dir = unique_run_dir(settings.out, data, "auto")
+    check_destination(out_dir, settings.overwrite)
+    dataset = load_dataset(data, seed=settings.fit.seed, **settings.split.dataset_keywords())
     with staged(out_dir) as staging:  # a rerun that fails leaves the old folder whole
         dataset.write_split_csv(staging / "split.csv")
-        cost = CostModel(len(dataset.train), len(dataset.validation), len(dataset.test),
-                         train_kwargs.get("finetune_epochs", TrainOptions.finetune_epochs))
-        budget = budget or default_budget(cost)
+        cost = CostModel(len(dataset.train), len(dataset.validation), len(dataset.test), settings.finetune.epochs)
+        budget = settings.budget or default_budget(cost)
         attempts, classifiers, chosen = try_candidates(
-            data, staging, candidates, cost, deadline=started + budget - FINISH_SECONDS, n_val=len(dataset.validation),
-            train_keywords={"seed": seed, "quiet": quiet, "console": console, **train_kwargs}, views=views)
+            data, settings, staging, candidates, cost, deadline=started + budget - FINISH_SECONDS,
+            n_val=len(dataset.validation), console=console)
         record = finish(staging, out_dir, data, attempts, classifiers, chosen, budget, len(dataset.validation), console)
     classifier = Classifier.load(out_dir)
     classifier.metrics = {**classifier.metrics, "auto": record}
@@ -197,14 +188,13 @@ def train_auto(
     return classifier
 
 
-def try_candidates(data, staging: Path, candidates: tuple[Candidate, ...], cost: CostModel, *, deadline: float,
-                   n_val: int, train_keywords: dict, views: int) -> tuple[list[Attempt], dict[str, Classifier], Attempt]:
+def try_candidates(data, settings: TrainSettings, staging: Path, candidates: tuple[Candidate, ...], cost: CostModel,
+                   *, deadline: float, n_val: int, console: Console) -> tuple[list[Attempt], dict[str, Classifier], Attempt]:
     """Each candidate trained into staging/candidates/<label>, or skipped when it would end after `deadline` (a
     `time.perf_counter()` value); (every attempt, the classifiers trained, the attempt chosen)."""
-    console = train_keywords["console"]
     attempts, classifiers, chosen = [], {}, None
     for candidate in candidates:
-        candidate = replace(candidate, views=views) if candidate.views else candidate
+        candidate = replace(candidate, views=settings.finetune.views) if candidate.views else candidate
         estimate = cost.estimate(candidate)
         attempt = Attempt(candidate.label, candidate.strategy, candidate.backbone, round(estimate, 1))
         attempts.append(attempt)
@@ -215,23 +205,24 @@ def try_candidates(data, staging: Path, candidates: tuple[Candidate, ...], cost:
             continue
         console.rule(f"[bold]auto: {candidate.label} (estimated {estimate:.0f} s)")
         run_started = time.perf_counter()
-        chosen_here = {"views": views} if candidate.views else {}
-        chosen_here.update({"head": candidate.head} if candidate.head else {})
-        if "precision" in train_keywords:  # int8 quantises the frozen trunk of extract and augment only
-            chosen_here["precision"] = precision_for(candidate.strategy, train_keywords["precision"])
-        if chosen is not None:  # a fallback exists: training stops where the budget would run out
-            chosen_here["deadline"] = time.time() + left - cost.after_training(candidate)
-        classifier = train(
-            data, strategy=candidate.strategy, backbone=candidate.backbone, out=staging / "candidates" / candidate.label,
-            split_csv=staging / "split.csv",
-            **{**train_keywords, **chosen_here},  # the candidate's own settings win over the shared ones
+        run = settings.updated(  # the candidate's own settings win over the shared ones
+            strategy=candidate.strategy, backbone=candidate.backbone, budget=None,
+            out=staging / "candidates" / candidate.label, split=SplitConfig(split_csv=staging / "split.csv"),
+            head={"kind": candidate.head} if candidate.head else {},
+            # int8 quantises the frozen trunk of extract and augment only
+            trunk={"precision": precision_for(candidate.strategy, settings.trunk.precision)},
+            # once a fallback exists, training stops where the budget would run out
+            fit={"deadline": time.time() + left - cost.after_training(candidate)} if chosen is not None else {},
         )
+        classifier = train(data, run, console, epilogue=False)  # only the chosen run's epilogue is shown, at the end
         attempt.seconds = round(time.perf_counter() - run_started, 1)
         cost.record(candidate, classifier.metrics, attempt.seconds)
         attempt.val_accuracy = classifier.metrics["val_accuracy"]
         attempt.test_accuracy = classifier.metrics["test_accuracy"]
         attempt.status = "trained"
         attempt.reason = "training stopped where the budget ran out" if classifier.history.out_of_time else ""
+        console.print(f"auto: {candidate.label}: validation accuracy {attempt.val_accuracy:.1%} in {attempt.seconds:.0f} s"
+                      + (f" ({attempt.reason})" if attempt.reason else ""))
         classifiers[candidate.label] = classifier
         if chosen is None or better(attempt, chosen, n_val):
             chosen = attempt
@@ -255,5 +246,7 @@ def finish(staging, out_dir, data, attempts, classifiers, chosen, budget, n_val,
         shutil.copy2(staging / "candidates" / chosen.label / name, staging / name)
     write_report(staging, location=out_dir)
     console.print(Comparison(out_dir, comparison.rows, classifiers))
-    console.print(f"[bold green]auto chose {chosen.label}[/]: {why}\nrun folder: {out_dir}")
+    console.print(f"[bold green]auto chose {chosen.label}[/]: {why}")
+    kept = classifiers[chosen.label]
+    console.print(after_training(kept.metrics, kept.history.epochs, out_dir), soft_wrap=True)  # paths stay whole
     return record

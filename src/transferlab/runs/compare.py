@@ -14,10 +14,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from transferlab.core.config import COMPARE_STRATEGIES, check_split_csv_alone, check_strategies, check_verbose, precision_for
-from transferlab.core.errors import TransferlabError
 from transferlab.data.dataset import load_dataset
 from transferlab.engines.local import check_engine
+from transferlab.core.config import COMPARE_STRATEGIES, check_strategies, precision_for
+from transferlab.core.errors import TransferlabError
+from transferlab.core.settings import EngineConfig, SplitConfig, TrainSettings, train_settings
 from transferlab.features.runtimes import check_precision
 from transferlab.model.classifier import Classifier
 from transferlab.reports.html import formatted
@@ -30,8 +31,6 @@ COLUMNS = (
 )
 NUMBER_COLUMNS = ("test acc.", "top-5", "train s", "extraction s", "total s", "img/s")  # the order of `formatted`
 NARROW_NUMBER_COLUMNS = ("test acc.", "top-5", "total s")
-# Keywords that choose the files; they are applied once, then every run reads DIR/split.csv instead.
-SELECTION_KEYWORDS = ("split", "include", "exclude", "max_per_class")
 
 
 @dataclass
@@ -95,53 +94,45 @@ def compare(
     data: str | Path,
     strategies: Iterable[str] = COMPARE_STRATEGIES,
     *,
-    out: str | Path | None = None,
-    overwrite: bool = False,
-    seed: int = 0,
-    split_csv: str | Path | None = None,
     scratch_backbone: str | None = None,
     scratch_recipe: str | None = None,
-    engine: str = "local",
-    ray_address: str | None = None,
-    quiet: bool = False,
-    verbose: int = 1,
     console: Console | None = None,
-    **train_kwargs,
+    **train_keywords,
 ) -> Comparison:
     """Train every strategy on one split of `data`; write DIR/<strategy>/ runs, compare.csv, compare.md, plots.
 
-    `train_kwargs` are `transferlab.train` keywords shared by all runs (backbone, epochs, views, ...);
-    `backbone` applies to the transfer strategies, `scratch_backbone` (default: the recipe's small convnet) and
-    `scratch_recipe` (default: "default"; "lesson" for the transfer-learning lesson's baseline) to scratch; the
-    table names the recipe that ran. `engine="ray"` trains the strategies in parallel as Ray tasks
-    (`transferlab.runs.ray_compare`; `ray_address` as for `train`), each one a local run sharing the feature cache.
+    `train_keywords` are those of `transferlab.train` (out, overwrite, seed, epochs, split, fit, finetune, ...),
+    shared by all runs; `split` chooses the files once, `backbone` applies to the transfer strategies,
+    `scratch_backbone` (default: the recipe's small convnet) and `scratch_recipe` (default: "default"; "lesson" for
+    the transfer-learning lesson's baseline) to scratch; the table names the recipe that ran. `engine="ray"` trains
+    the strategies in parallel as Ray tasks (`transferlab.runs.ray_compare`, at the engine's `ray_address`), each
+    one a local run sharing the feature cache.
     """
+    settings = train_settings(train_keywords)
     strategies = check_strategies(strategies)
-    check_engine(engine)
-    if "precision" in train_kwargs:  # before any work: the runs would refuse it only one by one
-        check_precision(train_kwargs["precision"], train_kwargs.get("runtime", "auto"))
-    quiet = quiet or check_verbose(verbose) == 0
-    console = console or Console(quiet=quiet, stderr=True)
-    selection = {key: train_kwargs.pop(key) for key in SELECTION_KEYWORDS if key in train_kwargs}
-    check_split_csv_alone(split_csv, **selection)
-    out_dir = unique_run_dir(out, data, "compare")
-    check_destination(out_dir, overwrite)
+    check_engine(settings.engine.name)
+    # before any work: the runs would refuse it only one by one
+    check_precision(settings.trunk.precision, settings.trunk.runtime)
+    console = console or Console(quiet=settings.silent, stderr=True)
+    out_dir = unique_run_dir(settings.out, data, "compare")
+    check_destination(out_dir, settings.overwrite)
     with staged(out_dir) as staging:  # a rerun that fails leaves the old comparison whole
+        split_csv = settings.split.split_csv
         if split_csv is None:
             split_csv = staging / "split.csv"
-            load_dataset(data, seed=seed, **selection).write_split_csv(split_csv)
-        runs = {strategy: run_keywords(strategy, train_kwargs, scratch_backbone, scratch_recipe) | {
-            "out": staging / strategy, "seed": seed, "split_csv": split_csv, "quiet": quiet, "verbose": verbose,
-        } for strategy in strategies}
-        if engine == "ray":
+            load_dataset(data, seed=settings.fit.seed, **settings.split.dataset_keywords()).write_split_csv(split_csv)
+        runs = {strategy: run_settings(settings, strategy, scratch_backbone, scratch_recipe).updated(
+            out=staging / strategy, split=SplitConfig(split_csv=split_csv), engine=EngineConfig(),
+        ) for strategy in strategies}
+        if settings.engine.name == "ray":
             from transferlab.runs.ray_compare import train_all
 
-            classifiers = train_all(data, runs, address=ray_address, quiet=quiet)
+            classifiers = train_all(data, runs, address=settings.engine.ray_address, quiet=settings.silent)
         else:
             classifiers: dict[str, Classifier] = {}
-            for strategy, keywords in runs.items():
+            for strategy, run in runs.items():
                 console.rule(f"[bold]{strategy}")
-                classifiers[strategy] = train(data, **keywords, console=console)
+                classifiers[strategy] = train(data, run, console)
         comparison = Comparison.of(classifiers, staging)
         write_comparison(comparison, title=f"{Path(data).resolve().name}: strategies compared on one split")
         write_report(staging, location=out_dir)  # the strategies side by side, as every run folder has its own
@@ -157,12 +148,16 @@ def settled(comparison: Comparison, out_dir: Path) -> Comparison:
     return Comparison(out_dir, comparison.rows, comparison.classifiers)
 
 
-def run_keywords(strategy: str, train_kwargs: dict, scratch_backbone: str | None, scratch_recipe: str | None) -> dict:
-    """`transferlab.train` keywords of one strategy's run: scratch takes its own backbone and recipe."""
-    backbone = scratch_backbone if strategy == "scratch" else train_kwargs.get("backbone")
-    recipe = {"recipe": scratch_recipe} if strategy == "scratch" else {}
-    precision = {"precision": precision_for(strategy, train_kwargs["precision"])} if "precision" in train_kwargs else {}
-    return {**train_kwargs, "backbone": backbone, **recipe, **precision, "strategy": strategy}
+def run_settings(settings: TrainSettings, strategy: str, scratch_backbone: str | None,
+                 scratch_recipe: str | None) -> TrainSettings:
+    """One strategy's run: scratch takes its own backbone and recipe, int8 goes where it applies."""
+    scratch = strategy == "scratch"
+    return settings.updated(
+        strategy=strategy,
+        backbone=scratch_backbone if scratch else settings.backbone,
+        recipe=(scratch_recipe or settings.recipe) if scratch else None,
+        trunk={"precision": precision_for(strategy, settings.trunk.precision)},
+    )
 
 
 def row_of(strategy: str, classifier: Classifier, out_dir: Path) -> dict:

@@ -4,207 +4,130 @@ once) -> metrics -> run folder -> report."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 
-from transferlab.data.augment import AugmentConfig
-from transferlab.model.classifier import Classifier
-from transferlab.model.confidence import fit_confidence, reference_rows
-from transferlab.data.dataset import load_dataset
-from transferlab.features.runtimes import check_precision, check_runtime
-from transferlab.engines.local import RAY_TRAINED, check_engine, train_strategy
-from transferlab.core.errors import TransferlabError
-from transferlab.features.combined import backbone_names
-from transferlab.model.metrics import evaluate_probabilities
 from transferlab.core.config import (
-    DEFAULT_SPLIT,
     INT8_STRATEGIES,
-    FitConfig,
     TrainOptions,
     check_featurewise,
-    check_split_csv_alone,
     check_strategy,
-    check_tta,
-    check_verbose,
     default_backbone,
-    default_fit,
-    split_fractions,
 )
+from transferlab.core.errors import TransferlabError
+from transferlab.core.run_folder import check_destination
+from transferlab.core.settings import TrainSettings
+from transferlab.data.augment import AugmentConfig
+from transferlab.data.dataset import load_dataset
+from transferlab.engines.local import RAY_TRAINED, check_engine, train_strategy
+from transferlab.features.combined import backbone_names
+from transferlab.features.runtimes import check_precision, check_runtime
+from transferlab.model.classifier import Classifier
+from transferlab.model.confidence import fit_confidence, reference_rows
+from transferlab.model.metrics import evaluate_probabilities
 from transferlab.reports.report import write_report
 from transferlab.runs.console import after_training
-from transferlab.runs.writer import TestPredictions, check_destination, final_location, staged, unique_run_dir, write_run
+from transferlab.runs.writer import TestPredictions, final_location, staged, unique_run_dir, write_run
 from transferlab.strategies import StrategyResult
 from transferlab.strategies.base import runs_end_to_end
 
 COMBINABLE = ("extract", "augment")  # strategies whose every feature comes from a backbone's own cache
 
 
-def train(
-    data: str | Path,
-    *,
-    backbone: str | None = None,
-    strategy: str = "extract",
-    out: str | Path | None = None,
-    overwrite: bool = False,
-    split: tuple[float, float, float] | str = DEFAULT_SPLIT,
-    seed: int = 0,
-    include: Iterable[str] | None = None,
-    exclude: Iterable[str] | None = None,
-    max_per_class: int | None = None,
-    split_csv: str | Path | None = None,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    optimizer: str = "adam",
-    weight_decay: float = 0.0,
-    head: str = "mlp",
-    hidden: int = 256,
-    dropout: float = 0.5,
-    class_weight: str | None = None,
-    patience: int | None = 8,
-    layer: int | None = None,
-    weights: str | Path | None = None,
-    device: str = "auto",
-    runtime: str = "auto",
-    precision: str = "auto",
-    extract_batch_size: int = 32,
-    cache_dir: str | Path | None = None,
-    views: int = 3,
-    unfreeze: str | int = 1,
-    finetune_lr: float | None = None,
-    finetune_epochs: int = 10,
-    augment: AugmentConfig | str | None = None,
-    end_to_end: bool | None = None,
-    recipe: str | None = None,
-    image_size: int | None = None,
-    batchnorm: str = "frozen",
-    deadline: float | None = None,
-    tta: int = 1,
-    engine: str = "local",
-    ray_address: str | None = None,
-    workers: int | None = None,
-    quiet: bool = False,
-    verbose: int = 1,
-    console: Console | None = None,
-) -> Classifier:
-    """Train a classifier on a folder of images, evaluate it on the test split, write a run folder.
+def train(data: str | Path, settings: TrainSettings, console: Console | None = None, *,
+          epilogue: bool = True) -> Classifier:
+    """The work behind `transferlab.train` (whose docstring describes the settings): train a classifier on a
+    folder of images, evaluate it on the test split, write a run folder (complete, or not at all).
 
-    Returns the trained `Classifier`, with `.metrics`, `.history` and `.run_dir` filled in. The run folder (`out`,
-    default runs/<data>-<strategy>) must be new unless `overwrite=True`, which replaces it as a whole; it appears
-    only when complete.
-    `backbone=None` means efficientnet_lite0, or the small baseline convnet for strategy="scratch";
-    `batch_size=None` / `lr=None` / `epochs=None` mean the strategy's defaults (256 / 1e-3 / 50 for heads on
-    cached features; for scratch, those of `recipe`: "default", or "lesson" for the transfer-learning lesson's
-    baseline, see `transferlab.core.config.SCRATCH_RECIPES`; explicit values win over the recipe's). `head` is "mlp" (Dense `hidden` + dropout `dropout`) or "linear". `augment` is an
-    AugmentConfig or a preset name ("notebook", "light", "none"); None means light views for augment and
-    finetune, the recipe's preset for scratch. `end_to_end` (augment, finetune): True augments afresh in
-    every batch and runs the frozen base on the fly, False trains from cached features of `views` views;
-    None picks end to end on a GPU, cached on a CPU. `unfreeze="all"` fine-tunes the whole network end to end
-    (AdamW, one-cycle, label smoothing, discriminative learning rates; `finetune_lr=None` means 1e-3 there and
-    RMSprop 1e-5 for the cached top block), with BatchNorm statistics `batchnorm="frozen"` or re-estimated
-    ("train"). `image_size` replaces the backbone's input size everywhere (training, prediction, export).
-    `deadline` (a `time.time()` value, used by strategy="auto" for its budget): no training epoch starts that
-    would end after it; at least one always runs.
-    `runtime` runs the frozen trunk: "auto" (ONNX Runtime on a
-    CPU, PyTorch on CUDA), "onnx", "torch" or a name registered with `transferlab.features.runtimes.register_runtime`.
-    `engine="ray"` computes the frozen features on a Ray cluster (`ray_address`: "auto", "HOST:PORT", or None
-    for a local Ray instance) into the same cache, before training here (see `transferlab.engines.local`); with
-    strategy "finetune" (end_to_end=True) or "scratch" it trains data-parallel on `workers` Ray Train workers
-    (default: one per CPU, or GPU, of the cluster), checkpointing every epoch (a rerun resumes).
-    `precision` of the frozen trunk (extract, augment): "float32", "int8" (ONNX Runtime static quantisation,
-    calibrated on up to 300 training images, cached; the run folder keeps the int8 trunk) or "auto" (int8 for the
-    backbones measured to lose at most 0.3 points with it, `options.INT8_DEFAULT_BACKBONES`).
-    `verbose` as in Keras: 0 silent (as `quiet`), 1 progress bars, 2 one line per epoch and no bars (logs, CI).
+    Returns the trained `Classifier`, with `.metrics`, `.history` and `.run_dir` filled in. `epilogue=False`
+    leaves out the closing block (epochs, result, next commands), for runs that are one step of a larger one (auto).
     """
     started = time.perf_counter()
-    quiet = quiet or check_verbose(verbose) == 0
-    console = console or Console(quiet=quiet, stderr=True)
-    check_strategy(strategy)
-    fractions = split_fractions(split)
-    check_split_csv_alone(split_csv, include=include, exclude=exclude, max_per_class=max_per_class)
-    check_tta(tta)
-    check_runtime(runtime)
-    check_precision(precision, runtime, strategy)
-    default_batch_size, default_lr, default_epochs = default_fit(strategy, recipe)
-    options = TrainOptions(
-        backbone=backbone or default_backbone(strategy, recipe),
-        layer=layer,
-        weights=str(weights) if weights else None,
-        head=head,
-        hidden=hidden,
-        dropout=dropout,
-        fit=FitConfig(
-            epochs=default_epochs if epochs is None else epochs,
-            batch_size=default_batch_size if batch_size is None else batch_size,
-            lr=default_lr if lr is None else lr,
-            optimizer=optimizer,
-            weight_decay=weight_decay,
-            class_weight=class_weight,
-            patience=patience,
-            seed=seed,
-            deadline=deadline,
-        ),
-        device=device,
-        runtime=runtime,
-        precision=precision if strategy in INT8_STRATEGIES else "float32",
-        extract_batch_size=extract_batch_size,
-        cache_dir=Path(cache_dir) if cache_dir else None,
-        quiet=quiet or verbose == 2,
-        log_epochs=not quiet and verbose == 2,
-        views=views,
-        unfreeze=unfreeze,
-        finetune_lr=finetune_lr,
-        finetune_epochs=finetune_epochs,
-        augment=AugmentConfig.preset(augment) if isinstance(augment, str) else augment,
-        end_to_end=end_to_end,
-        recipe=(recipe or "default") if strategy == "scratch" else None,
-        image_size=image_size,
-        batchnorm=batchnorm,
-    )
+    console = console or Console(quiet=settings.silent, stderr=True)
+    strategy, split, engine = check_strategy(settings.strategy), settings.split, settings.engine
+    check_runtime(settings.trunk.runtime)
+    check_precision(settings.trunk.precision, settings.trunk.runtime, strategy)
+    options = train_options(settings)
     check_featurewise(strategy, options.augment)
     check_backbone(strategy, options)  # before reading any image
-    check_engine(engine, strategy, runs_end_to_end(options), workers)
-    if deadline is not None and engine == "ray" and strategy in RAY_TRAINED:
+    check_engine(engine.name, strategy, runs_end_to_end(options), engine.workers)
+    if options.fit.deadline is not None and engine.name == "ray" and strategy in RAY_TRAINED:
         raise TransferlabError("a deadline stops the local training loop; Ray Train workers do not see it",
                                hint="use engine='local', or leave deadline out")
-    run_dir = unique_run_dir(out, data, strategy)
-    check_destination(run_dir, overwrite)
-    dataset = load_dataset(
-        data, split=fractions, seed=seed, include=include, exclude=exclude, max_per_class=max_per_class,
-        split_csv=split_csv,
-    )
+    run_dir = unique_run_dir(settings.out, data, strategy)
+    check_destination(run_dir, settings.overwrite)
+    dataset = load_dataset(data, seed=options.fit.seed, **split.dataset_keywords())
     console.print(dataset.summary_table())
-    result = train_strategy(engine, strategy, dataset, options, run_dir=run_dir, address=ray_address, workers=workers)
+    result = train_strategy(engine.name, strategy, dataset, options, run_dir=run_dir, address=engine.ray_address,
+                            workers=engine.workers)
     result.classifier.tta_mirror = options.augment is None or options.augment.horizontal_flip
-    fit_confidence_check(result.classifier, result.split, seed, known=result.split_features)
-    test, test_features = predict_test(result, tta)
-    metrics = run_metrics(result, test, tta, time.perf_counter() - started)
+    fit_confidence_check(result.classifier, result.split, options.fit.seed, known=result.split_features)
+    test, test_features = predict_test(result, settings.tta)
+    metrics = run_metrics(result, test, settings.tta, time.perf_counter() - started)
     metrics.update(confidence_metrics(result.classifier, test, test_features))
     config = {
         "data": str(Path(data).resolve()),
         "strategy": strategy,
-        "split": list(fractions),
-        "seed": seed,
-        "include": sorted(include) if include else None,
-        "exclude": sorted(exclude) if exclude else None,
-        "max_per_class": max_per_class,
-        "split_csv": str(final_location(split_csv)) if split_csv else None,  # compare's, inside its staging folder
-        "tta": tta,
+        "split": list(split.fractions),
+        "seed": options.fit.seed,
+        "include": sorted(split.include) if split.include else None,
+        "exclude": sorted(split.exclude) if split.exclude else None,
+        "max_per_class": split.max_per_class,
+        "split_csv": str(final_location(split.split_csv)) if split.split_csv else None,  # compare's, in its staging folder
+        "tta": settings.tta,
         "precision": result.classifier.extractor.precision,  # "auto" resolved: the trunk the head was trained on
-        "options": options.to_dict(),
+        "options": options.to_dict(),  # as the strategy read them, defaults resolved
+        "settings": settings.to_dict(),  # as asked for, under the names of transferlab.train (core.options)
         "layout": dataset.layout,
-        **({"engine": engine, "workers": result.extra.get("workers")} if engine != "local" else {}),
+        **({"engine": engine.name, "workers": result.extra.get("workers")} if engine.name != "local" else {}),
     }
     with staged(run_dir) as staging:  # the run folder appears complete, or not at all
         write_run(staging, result, config=config, metrics=metrics, test=test)
         write_report(staging, location=final_location(run_dir))
     classifier = result.classifier
     classifier.run_dir, classifier.metrics, classifier.history = run_dir, metrics, result.history
-    console.print(after_training(metrics, result.history.epochs, final_location(run_dir)), soft_wrap=True)  # paths stay whole
+    if epilogue:
+        console.print(after_training(metrics, result.history.epochs, final_location(run_dir)), soft_wrap=True)  # paths stay whole
     return classifier
+
+
+def train_options(settings: TrainSettings) -> TrainOptions:
+    """The flat, resolved options a strategy reads: None settings take the strategy's (or recipe's) defaults."""
+    strategy, recipe, trunk, head, tune = settings.strategy, settings.recipe, settings.trunk, settings.head, settings.finetune
+    return TrainOptions(
+        backbone=settings.backbone or default_backbone(strategy, recipe),
+        layer=trunk.layer,
+        weights=str(trunk.weights) if trunk.weights else None,
+        head=head.kind,
+        hidden=head.hidden,
+        dropout=head.dropout,
+        fit=settings.fit.resolved(strategy, recipe),
+        device=settings.device,
+        runtime=trunk.runtime,
+        precision=trunk.precision if strategy in INT8_STRATEGIES else "float32",
+        extract_batch_size=trunk.extract_batch_size,
+        cache_dir=Path(trunk.cache_dir) if trunk.cache_dir else None,
+        quiet=settings.silent or settings.verbose == 2,
+        log_epochs=not settings.silent and settings.verbose == 2,
+        views=tune.views,
+        unfreeze=tune.unfreeze,
+        finetune_lr=tune.lr,
+        finetune_epochs=tune.epochs,
+        augment=asked_augmentation(settings.augment),
+        end_to_end=tune.end_to_end,
+        recipe=(recipe or "default") if strategy == "scratch" else None,
+        image_size=trunk.image_size,
+        batchnorm=tune.batchnorm,
+    )
+
+
+def asked_augmentation(augment: AugmentConfig | str | dict | None) -> AugmentConfig | None:
+    """The augmentation asked for: a preset's name, an AugmentConfig's fields, or the record itself."""
+    if isinstance(augment, str):
+        return AugmentConfig.preset(augment)
+    return AugmentConfig(**augment) if isinstance(augment, dict) else augment
 
 
 def check_backbone(strategy: str, options: TrainOptions) -> None:

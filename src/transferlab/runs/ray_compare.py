@@ -20,24 +20,26 @@ from transferlab.model.classifier import Classifier
 from transferlab.runs.pipeline import train
 from transferlab.engines.ray_extraction import connect
 from transferlab.core.history import History
+from transferlab.core.settings import TrainSettings
 
 TASK_CPUS = 1
 RETRIES = 2  # a task lost with its node runs again (its run folder appears only when complete)
 
 
-def train_run(data: str, keywords: dict) -> str:
+def train_run(data: str, settings: TrainSettings) -> str:
     """Ray task: one strategy's run; returns its folder."""
-    return str(train(data, **keywords).run_dir)
+    return str(train(data, settings).run_dir)
 
 
-def train_all(data: str | Path, runs: dict[str, dict], *, address: str | None = None,
+def train_all(data: str | Path, runs: dict[str, TrainSettings], *, address: str | None = None,
               quiet: bool = False) -> dict[str, Classifier]:
-    """Every run of `runs` (name -> `transferlab.train` keywords) as a Ray task; their classifiers, in order."""
+    """Every run of `runs` (name -> its settings) as a Ray task; their classifiers, in order."""
     connect(address, quiet)
     task = ray.remote(num_cpus=TASK_CPUS, max_retries=RETRIES)(train_run)
-    shared = {"quiet": True, "overwrite": True}  # a retried task replaces its own half-done attempt
-    refs = {name: task.remote(str(data), {**keywords, "cache_dir": str(keywords.get("cache_dir") or default_cache_dir()),
-                                          **shared}) for name, keywords in runs.items()}
+    refs = {name: task.remote(str(data), settings.updated(
+        trunk={"cache_dir": str(settings.trunk.cache_dir or default_cache_dir())},
+        quiet=True, overwrite=True,  # a retried task replaces its own half-done attempt
+    )) for name, settings in runs.items()}
     return {name: finished_run(Path(ray.get(ref))) for name, ref in refs.items()}
 
 

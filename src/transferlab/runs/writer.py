@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.model.classifier import Classifier
-from transferlab.core.errors import TransferlabError
 from transferlab.core.files import atomic_write_bytes, disk_full_as_error
-from transferlab.core.run_folder import MODEL_JSON, SUMMARY, TEST_PREDICTIONS
+from transferlab.core.run_folder import MODEL_JSON, SUMMARY, TEST_PREDICTIONS, check_destination
 from transferlab.reports.report import write_report
 from transferlab.strategies.base import StrategyResult
 from transferlab.model.summary import summarize_run
@@ -51,14 +50,6 @@ def unique_run_dir(out: str | Path | None, data: str | Path, strategy: str, root
     return candidate
 
 
-def check_destination(run_dir: Path, overwrite: bool) -> None:
-    """Before any work: the run folder must be new (or empty), or `overwrite` must say to replace it."""
-    if run_dir.is_file():
-        raise TransferlabError(f"--out {run_dir} is a file, not a folder", hint="choose another --out")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
-        raise TransferlabError(
-            f"{run_dir} already holds a run", hint="choose another --out, or add --overwrite to replace the whole folder"
-        )
 
 
 @contextmanager

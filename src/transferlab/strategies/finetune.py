@@ -166,10 +166,6 @@ def discriminative_lr_scales(
 
 
 def fine_tune_backbone(split: DatasetSplit, options: TrainOptions) -> Trained:
-    if options.layer is not None:
-        raise TransferlabError(
-            "--layer cannot be combined with fine-tuning", hint="fine-tuning trains the top blocks; drop --layer"
-        )
     model = create_backbone(options.backbone, weights=options.weights, cache_dir=options.cache_dir)
     groups = unfrozen_groups(model, options.unfreeze)
     if len(groups) < len(block_groups(model)) and not runs_end_to_end(options):

@@ -35,10 +35,6 @@ from transferlab.strategies.inputs import CHANNELS_LAST, ImageBatches, decode_im
 
 
 def train_from_scratch(split: DatasetSplit, options: TrainOptions) -> Trained:
-    if options.layer is not None:
-        raise TransferlabError(
-            "--layer cannot be combined with training from scratch", hint="scratch trains the whole network; drop --layer"
-        )
     # Only its preprocessing is used: decoding at the network's own input size (no trunk is ever built here).
     decoder = make_extractor(options, pretrained=False)
     train_images, train_failed = decode_images(decoder, split.train.paths, "decoding: train", options.quiet)
