@@ -93,6 +93,17 @@ def test_ray_trained_runs_say_how_many_epochs_they_planned_and_why_they_stopped(
     assert history.stop_reason == "stopped early at epoch 4 (no val_loss improvement for 2 epochs), best epoch 2 kept"
 
 
+def test_a_resumed_tracker_trains_to_the_new_runs_plan():
+    module = torch.nn.Linear(1, 1)
+    tracker = Tracker.of(FitConfig(epochs=2, patience=None))
+    for row in epochs(2, best=2):
+        tracker.record(row, module)
+    assert tracker.done()
+    resumed = tracker.replanned(FitConfig(epochs=3, patience=None))
+    assert not resumed.done() and resumed.planned_epochs == 3 and len(resumed.epochs) == 2
+    assert tracker.replanned(FitConfig(epochs=3, patience=1)).done() is False  # it improved on its last epoch
+
+
 def test_fine_tuning_stop_reason_names_both_phases_in_the_combined_numbering():
     first = History(epochs(4, 4), best_epoch=4, planned_epochs=4)
     first.stop_reason = describe_stop(first)

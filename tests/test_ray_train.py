@@ -50,7 +50,6 @@ def test_two_worker_ddp_finetuning_writes_a_loadable_run_scoring_as_the_single_p
     assert not (tmp_path / ".ray.ray-train").exists()  # checkpoints go once the run is written
 
 
-@pytest.mark.xfail(reason="known regression since the shared Tracker: a finished checkpoint is taken as the whole phase, so a rerun asking for more epochs trains none (issue 21 closing note)", strict=False)
 def test_a_rerun_resumes_from_the_last_checkpoint(cluster, photos, tmp_path):
     from transferlab.backbones.registry import create_backbone
     from transferlab.backbones.trunk import Trunk

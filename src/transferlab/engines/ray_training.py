@@ -184,9 +184,9 @@ def train_phase(job: Job, number: int, network: nn.Module, shard: Shard, done: l
     if saved is not None:
         module.load_state_dict(saved["network"])
         optimizer.load_state_dict(saved["optimizer"])
-        tracker = saved["tracker"]
-        if scheduler is not None:
-            scheduler.load_state_dict(saved["scheduler"])
+        tracker = saved["tracker"].replanned(phase.config)
+        if scheduler is not None:  # the step reached, on this run's schedule (which may now be longer)
+            scheduler.last_epoch = saved["scheduler"]["last_epoch"]
     while not tracker.done():
         epoch, started = len(tracker.epochs) + 1, time.perf_counter()
         # seeded by phase, epoch and rank, so a resumed run shuffles and augments as an uninterrupted one

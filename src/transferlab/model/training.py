@@ -69,6 +69,14 @@ class Tracker:
     def done(self) -> bool:
         return self.diverged or self.stopped_early or len(self.epochs) >= self.planned_epochs
 
+    def replanned(self, config: FitConfig) -> Tracker:
+        """The epochs so far, under `config`'s plan: a resumed run may ask for more epochs, another patience or a
+        new deadline than the attempt that wrote the checkpoint."""
+        self.planned_epochs, self.patience, self.deadline = config.epochs, config.patience, config.deadline
+        self.stopped_early = self.patience is not None and self.waited >= self.patience
+        self.out_of_time = False
+        return self
+
     def column(self, name: str) -> list[float]:
         return [row[name] for row in self.epochs]
 
