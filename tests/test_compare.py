@@ -76,10 +76,10 @@ def test_a_failed_compare_rerun_leaves_the_old_comparison_untouched(colours, tmp
     before = folder_contents(out)
     real_train = compare_module.train
 
-    def scratch_fails(data, **keywords):
-        if keywords["strategy"] == "scratch":  # after extract's run is written: the rerun fails midway
+    def scratch_fails(data, settings, console=None, **keywords):
+        if settings.strategy == "scratch":  # after extract's run is written: the rerun fails midway
             raise RuntimeError("the machine lost power")
-        return real_train(data, **keywords)
+        return real_train(data, settings, console, **keywords)
 
     monkeypatch.setattr(compare_module, "train", scratch_fails)
     with pytest.raises(RuntimeError, match="lost power"):
@@ -92,7 +92,7 @@ def test_a_compare_rerun_replaces_the_old_comparison_when_complete(colours, tmp_
     out = tmp_path / "cmp"
     compare(colours, ["extract"], out=out, epochs=2, quiet=True)
     (out / "extract" / "stale.txt").write_text("from the first comparison")
-    comparison = compare(colours, ["augment"], out=out, overwrite=True, epochs=2, views=1, quiet=True)
+    comparison = compare(colours, ["augment"], out=out, overwrite=True, epochs=2, finetune={"views": 1}, quiet=True)
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["augment"]
     assert comparison.out == out and comparison.classifiers["augment"].run_dir == out / "augment"
     # what the runs record names where they are now, not the staging folder they were written in
