@@ -20,6 +20,7 @@ from transferlab.core.device import device_copy
 from transferlab.core.history import History
 from transferlab.data.augment import AugmentConfig
 from transferlab.data.dataset import DatasetSplit
+from transferlab.data.store import ImageStore
 from transferlab.features.extractor import FeatureExtractor
 from transferlab.model.heads import HeadConfig
 from transferlab.strategies.base import (
@@ -30,11 +31,12 @@ from transferlab.strategies.base import (
     runs_end_to_end,
     tensors,
     train_head,
+    training_device,
 )
 from transferlab.strategies.inputs import (
     CHANNELS_LAST,
     ImageBatches,
-    decode_images,
+    decode_once,
     extract_views,
 )
 
@@ -62,7 +64,7 @@ def train_on_views(split: DatasetSplit, options: TrainOptions) -> Trained:
 
 def fit_augmented_head(
     extractor: FeatureExtractor, split: DatasetSplit, options: TrainOptions
-) -> tuple[Trained, torch.Tensor | None]:
+) -> tuple[Trained, ImageStore | None]:
     """The head on the frozen base, from cached views or end to end (see the module's docstring), and the
     decoded training images when it ran end to end (fine-tuning reuses them)."""
     if runs_end_to_end(options):
@@ -81,20 +83,21 @@ def fit_augmented_head(
 
 def fit_head_end_to_end(
     extractor: FeatureExtractor, split: DatasetSplit, options: TrainOptions
-) -> tuple[Trained, torch.Tensor]:
+) -> tuple[Trained, ImageStore]:
     """The head trained on features of training images augmented afresh in every batch; validation features
     come from the cache like the cached variant's."""
     split, results = extract_split(extractor, split)
-    train_images, _ = decode_images(extractor, split.train.paths, "decoding: train", options.quiet)
+    train_store = decode_once(extractor, split.train.paths, "decoding: train", training_device(options),
+                              options.quiet)
     head, head_config, history = train_head(
         options,
         (torch.arange(len(split.train)), torch.from_numpy(split.train.labels)),
         tensors(results["validation"].features, split.validation),
         len(split.classes),
         description="training head (end to end, frozen base)",
-        batch_transform=FrozenBaseFeatures(train_images, augment_config(options), extractor),
+        batch_transform=FrozenBaseFeatures(train_store, augment_config(options), extractor),
     )
-    return Trained(extractor, head, head_config, history, split, list(results.values())), train_images
+    return Trained(extractor, head, head_config, history, split, list(results.values())), train_store
 
 
 def train_head_on_views(
@@ -115,11 +118,11 @@ class FrozenBaseFeatures:
     the frozen base's pooled features, computed on the extractor's device without gradients (by a copy of its
     trunk there: the extractor's own stays on the CPU for the classifier built from it)."""
 
-    def __init__(self, images: torch.Tensor, config: AugmentConfig, extractor: FeatureExtractor):
-        self.images = ImageBatches(images, config)
+    def __init__(self, images: torch.Tensor | ImageStore, config: AugmentConfig, extractor: FeatureExtractor):
         self.device = extractor.device
+        self.images = ImageBatches(images, config, extractor.spec.input_size, self.device)
         self.trunk = device_copy(extractor.trunk(), self.device).to(memory_format=CHANNELS_LAST).eval()
 
     def __call__(self, indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         with torch.no_grad():
-            return self.trunk(self.images(indices, generator).to(self.device, non_blocking=True))
+            return self.trunk(self.images(indices, generator))

@@ -50,7 +50,7 @@ from transferlab.strategies.base import (
 from transferlab.strategies.inputs import (
     CHANNELS_LAST,
     ImageBatches,
-    decode_images,
+    decode_once,
     extract_views,
 )
 
@@ -216,11 +216,11 @@ def train_end_to_end(
 ) -> Trained:
     """Phase 1 as the augment strategy's head; phase 2 runs the whole network on images augmented on the fly."""
     extractor = make_extractor(options)
-    fitted, train_images = fit_augmented_head(extractor, split, options)  # images decoded if it ran end to end
-    split = fitted.split
-    if train_images is None:
-        train_images, _ = decode_images(extractor, split.train.paths, "decoding: train", options.quiet)
-    val_images, _ = decode_images(extractor, split.validation.paths, "decoding: validation", options.quiet)
+    fitted, train_store = fit_augmented_head(extractor, split, options)  # decoded if it ran end to end
+    split, device, size = fitted.split, training_device(options), extractor.spec.input_size
+    if train_store is None:
+        train_store = decode_once(extractor, split.train.paths, "decoding: train", device, options.quiet)
+    val_store = decode_once(extractor, split.validation.paths, "decoding: validation", device, options.quiet)
     trainable = {name for names in groups for name in names}
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name in trainable)
@@ -230,8 +230,8 @@ def train_end_to_end(
             memory_format=CHANNELS_LAST
         ),
         split,
-        (val_images, torch.from_numpy(split.validation.labels)),
-        ImageBatches(train_images, augment_config(options)),
+        (val_store.centre(size), torch.from_numpy(split.validation.labels)),
+        ImageBatches(train_store, augment_config(options), size, device),
         options,
         "fine-tuning (end to end)",
         config=finetune_config(options, end_to_end=True),

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from transferlab.core.progress import make_progress
-from transferlab.data.augment import AugmentConfig, augment_image
+from transferlab.data.augment import AugmentConfig
+from transferlab.data.batch_augment import augment_batch
 from transferlab.data.decoding import ImageDecodeError
+from transferlab.data.store import ImageStore, decode_store
 from transferlab.features.extractor import ExtractionResult, FeatureExtractor
 
 # End-to-end training feeds images and networks in this layout: oneDNN's CPU convolutions run ~1.5x faster in it.
@@ -59,23 +60,29 @@ def decode_images(
     return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous(memory_format=CHANNELS_LAST), failed
 
 
+def decode_once(extractor: FeatureExtractor, paths: Sequence[Path], description: str, device: str,
+                quiet: bool) -> ImageStore:
+    """The decode-once store of `paths` at the extractor's resize size (room for crops and shifts), for training
+    on `device`; its centre crops are exactly the extractor's own inputs."""
+    spec = extractor.spec
+    return decode_store(paths, spec.resize_size, spec.interpolation, device=device, description=description,
+                        quiet=quiet)
+
+
 class ImageBatches:
     """fit()'s batch_transform for end-to-end training: the training inputs are image indices, and every
-    batch returns those images freshly augmented (one seed per image drawn from fit's generator, so runs
-    repeat exactly). `config=None` returns them unaugmented."""
+    batch returns those images (from a tensor or a decode-once store) freshly augmented on `device`, all at once
+    (data.batch_augment), cropped to `output` pixels (default: the images' own size). Random draws come from
+    fit's generator, so runs repeat exactly. `config=None` returns them unaugmented (centre crops)."""
 
-    def __init__(self, images: torch.Tensor, config: AugmentConfig | None):
+    def __init__(self, images: torch.Tensor | ImageStore, config: AugmentConfig | None, output: int | None = None,
+                 device: str = "cpu"):
         self.images = images
-        self.config = config if config is not None and config.changes_images() else None
+        self.config = config if config is not None and config.changes_images() else AugmentConfig.none()
+        self.output = output or (images.shape[-1] if isinstance(images, torch.Tensor) else images.size)
+        self.device = device
 
     def __call__(self, indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        batch = self.images[indices]
-        if self.config is not None:
-            seeds = torch.randint(0, 2**31 - 1, (len(indices),), generator=generator).tolist()
-            with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # torchvision kernels release the GIL
-                batch = torch.stack(list(pool.map(self._augment, batch, seeds)))
+        batch = self.images[indices] if isinstance(self.images, torch.Tensor) else self.images.batch(indices)
+        batch = augment_batch(batch.to(self.device, non_blocking=True), self.config, self.output, generator)
         return batch.contiguous(memory_format=CHANNELS_LAST)
-
-    def _augment(self, image: torch.Tensor, seed: int) -> torch.Tensor:
-        pil = Image.fromarray(image.permute(1, 2, 0).numpy())
-        return torch.from_numpy(np.array(augment_image(pil, self.config, seed))).permute(2, 0, 1)

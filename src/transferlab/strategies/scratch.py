@@ -31,18 +31,19 @@ from transferlab.strategies.base import (
     make_extractor,
     training_device,
 )
-from transferlab.strategies.inputs import CHANNELS_LAST, ImageBatches, decode_images
+from transferlab.strategies.inputs import CHANNELS_LAST, ImageBatches, decode_once
 
 
 def train_from_scratch(split: DatasetSplit, options: TrainOptions) -> Trained:
     # Only its preprocessing is used: decoding at the network's own input size (no trunk is ever built here).
     decoder = make_extractor(options, pretrained=False)
-    train_images, train_failed = decode_images(decoder, split.train.paths, "decoding: train", options.quiet)
-    val_images, val_failed = decode_images(decoder, split.validation.paths, "decoding: validation", options.quiet)
-    failed = {**train_failed, **val_failed}
+    device, size = training_device(options), decoder.spec.input_size
+    train_store = decode_once(decoder, split.train.paths, "decoding: train", device, options.quiet)
+    val_store = decode_once(decoder, split.validation.paths, "decoding: validation", device, options.quiet)
+    failed = {**train_store.failed, **val_store.failed}
     split = split.without(failed) if failed else split
 
-    normalization = featurewise_normalization(train_images, augmentation(options), decoder)
+    normalization = featurewise_normalization(train_store.centre(size), augmentation(options), decoder)
     torch.manual_seed(options.fit.seed)
     model = create_backbone(options.backbone, pretrained=False)
     trunk = Trunk(model, *(normalization or (decoder.mean, decoder.std)))
@@ -53,11 +54,11 @@ def train_from_scratch(split: DatasetSplit, options: TrainOptions) -> Trained:
     history = fit(
         torch.nn.Sequential(trunk, head).to(memory_format=CHANNELS_LAST),
         (torch.arange(len(split.train)), torch.from_numpy(split.train.labels)),
-        (val_images, torch.from_numpy(split.validation.labels)),
+        (val_store.centre(size), torch.from_numpy(split.validation.labels)),
         options.fit,
         n_classes=len(split.classes),
-        batch_transform=ImageBatches(train_images, augmentation(options)),
-        device=training_device(options),
+        batch_transform=ImageBatches(train_store, augmentation(options), size, device),
+        device=device,
         quiet=options.quiet,
         log_epochs=options.log_epochs,
         description=f"training {options.backbone} from scratch",
@@ -105,8 +106,8 @@ def channel_statistics(images: torch.Tensor, chunk: int = 256) -> tuple[np.ndarr
     total, squares, count = np.zeros(3), np.zeros(3), 0
     for start in range(0, len(images), chunk):
         pixels = images[start : start + chunk].double() / 255.0
-        total += pixels.sum(dim=(0, 2, 3)).numpy()
-        squares += (pixels * pixels).sum(dim=(0, 2, 3)).numpy()
+        total += pixels.sum(dim=(0, 2, 3)).cpu().numpy()
+        squares += (pixels * pixels).sum(dim=(0, 2, 3)).cpu().numpy()
         count += pixels.numel() // 3
     mean = total / count
     return mean, np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
