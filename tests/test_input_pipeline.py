@@ -125,3 +125,29 @@ def test_no_augmentation_gives_the_centre_crop():
     images = torch.from_numpy(gradient_image(72)).permute(2, 0, 1)[None]
     out = augment_batch(images, AugmentConfig.none(), 64, torch.Generator())
     assert torch.equal(out, images[:, :, 4:68, 4:68])
+
+
+@pytest.mark.parametrize("preset", ["notebook", "light"])
+def test_augment_preview_shows_exactly_what_training_sees(photos, preset):
+    from transferlab.data.previews import PREVIEW_INPUT, PREVIEW_INTERPOLATION, PREVIEW_STORED, preview_variants
+    from transferlab.strategies.inputs import ImageBatches
+
+    config = AugmentConfig.preset(preset)
+    store = decode_store(photos[:1], PREVIEW_STORED, PREVIEW_INTERPOLATION)
+    training = ImageBatches(store, config, PREVIEW_INPUT)(torch.tensor([0]), torch.Generator().manual_seed(11))
+    (_, original), (_, preview) = preview_variants(open_image(photos[0]), config, n=1, seed=11)
+    assert np.array_equal(np.asarray(preview), training[0].permute(1, 2, 0).numpy())
+    assert np.array_equal(np.asarray(original), store.centre(PREVIEW_INPUT)[0].permute(1, 2, 0).numpy())
+
+
+def test_scratch_decodes_each_training_and_validation_file_once(tmp_path, monkeypatch):
+    import transferlab.strategies.scratch as scratch
+    from conftest import write_colour_classes
+    from transferlab.core.config import FitConfig, TrainOptions
+    from transferlab.data.dataset import load_dataset
+
+    calls = counting_decoder(monkeypatch)
+    split = load_dataset(write_colour_classes(tmp_path / "colours", 3))
+    options = TrainOptions(fit=FitConfig(epochs=1).resolved("scratch"), quiet=True)
+    scratch.train_from_scratch(split, options)
+    assert sorted(calls) == sorted([*split.train.paths, *split.validation.paths])

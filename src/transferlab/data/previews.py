@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 from transferlab.core.errors import TransferlabError
@@ -15,12 +16,16 @@ from transferlab.data.augment import (
     FeaturewiseStandardizer,
     augment_image,
 )
-from transferlab.data.decoding import ImageDecodeError, open_image
+from transferlab.data.batch_augment import augment_batch
+from transferlab.data.decoding import ImageDecodeError, open_image, resize_and_crop
 from transferlab.data.layouts import image_files
 
 # Preview tiles are shrunk to fit this box (never enlarged) and get a label strip of this height beneath.
 PREVIEW_TILE = 256
 PREVIEW_LABEL_HEIGHT = 16
+# Previews show what end-to-end training sees with the default backbone (efficientnet_lite0): the image decoded
+# once at its resize size, then batch-augmented to its input size.
+PREVIEW_STORED, PREVIEW_INPUT, PREVIEW_INTERPOLATION = 256, 224, "bicubic"
 # files that mark a run or compare folder: its first "image" would be a plot (accuracy.png), not a photo
 RUN_MARKERS = ("model.json", "metrics.json", "history.csv", "compare.csv")
 
@@ -68,10 +73,20 @@ def preview_grid(
 
 
 def preview_variants(image: Image.Image, config: AugmentConfig, n: int = 8, seed: int = 0) -> list[tuple[str, Image.Image]]:
-    """("original", image) then ("seed s", variant) for seeds seed .. seed+n-1: what previews show."""
+    """("original", the unaugmented input) then ("seed s", variant) for seeds seed .. seed+n-1: what training sees
+    (data.batch_augment on the decoded image, each variant drawn from torch.Generator().manual_seed(s))."""
     _check_count(n)
-    labelled = [("original", image.convert("RGB"))]
-    return labelled + [(f"seed {seed + i}", augment_image(image, config, seed + i)) for i in range(n)]
+    labelled = [("original", training_view(image, AugmentConfig.none(), seed))]
+    return labelled + [(f"seed {seed + i}", training_view(image, config, seed + i)) for i in range(n)]
+
+
+def training_view(image: Image.Image, config: AugmentConfig, seed: int) -> Image.Image:
+    """One augmented input as the end-to-end paths make it: stored at PREVIEW_STORED, augmented in a batch (of
+    one) to PREVIEW_INPUT, with the random draws of a generator seeded with `seed`."""
+    stored = resize_and_crop(image, PREVIEW_STORED, PREVIEW_STORED, PREVIEW_INTERPOLATION)
+    pixels = torch.from_numpy(stored.copy()).permute(2, 0, 1)[None]
+    view = augment_batch(pixels, config, PREVIEW_INPUT, torch.Generator().manual_seed(seed))[0]
+    return Image.fromarray(view.permute(1, 2, 0).numpy())
 
 
 def featurewise_preview(images: list[Image.Image], config: AugmentConfig, size: int = 32) -> list[Image.Image]:

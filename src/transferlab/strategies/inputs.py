@@ -78,11 +78,12 @@ class ImageBatches:
     def __init__(self, images: torch.Tensor | ImageStore, config: AugmentConfig | None, output: int | None = None,
                  device: str = "cpu"):
         self.images = images
-        self.config = config if config is not None and config.changes_images() else AugmentConfig.none()
+        self.config = config if config is not None and config.changes_images() else None
         self.output = output or (images.shape[-1] if isinstance(images, torch.Tensor) else images.size)
         self.device = device
 
     def __call__(self, indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         batch = self.images[indices] if isinstance(self.images, torch.Tensor) else self.images.batch(indices)
-        batch = augment_batch(batch.to(self.device, non_blocking=True), self.config, self.output, generator)
+        config = self.config or AugmentConfig.none()  # none: the centre crop
+        batch = augment_batch(batch.to(self.device, non_blocking=True), config, self.output, generator)
         return batch.contiguous(memory_format=CHANNELS_LAST)
