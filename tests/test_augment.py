@@ -18,7 +18,13 @@ from transferlab.data.augment import (
     augment_image,
     sample_transform,
 )
-from transferlab.data.previews import featurewise_preview, preview_grid, save_augmented
+from transferlab.data.previews import (
+    PREVIEW_INPUT,
+    featurewise_preview,
+    preview_grid,
+    save_augmented,
+    training_view,
+)
 
 SEEDS = range(24)
 
@@ -276,13 +282,14 @@ def test_preview_grid_writes_png_of_expected_size(tmp_path):
     grid = preview_grid(noise_image(width=30, height=20), AugmentConfig(), n=8, seed=0, path=path)
     with Image.open(path) as saved:
         assert saved.format == "PNG"
-        assert saved.size == grid.size == (3 * 30, 3 * (20 + 16))  # 9 cells -> 3 x 3
+        assert saved.size == grid.size == (3 * PREVIEW_INPUT, 3 * (PREVIEW_INPUT + 16))  # 9 training inputs -> 3 x 3
 
 
-def test_preview_grid_shows_the_original_first():
+def test_preview_grid_shows_the_unaugmented_training_input_first():
     image = noise_image(width=30, height=20)
     grid = np.asarray(preview_grid(image, AugmentConfig(), n=3))
-    assert np.array_equal(grid[:20, :30], np.asarray(image))
+    original = training_view(image, AugmentConfig.none(), 0)
+    assert np.array_equal(grid[: original.height, : original.width], np.asarray(original))
 
 
 def test_save_augmented_writes_n_files_with_prefix_and_format(tmp_path):

@@ -58,7 +58,7 @@ def preview_grid(
     labelled = preview_variants(image, config, n, seed)
     columns = math.ceil(math.sqrt(len(labelled)))
     rows = math.ceil(len(labelled) / columns)
-    tile_w, tile_h = _thumbnail(image).size
+    tile_w, tile_h = _thumbnail(labelled[0][1]).size  # every tile is a training input of one size
     cell_h = tile_h + PREVIEW_LABEL_HEIGHT
     grid = Image.new("RGB", (columns * tile_w, rows * cell_h), "white")
     draw = ImageDraw.Draw(grid)
