@@ -120,8 +120,8 @@ def train_auto(
         cost = CostModel(len(dataset.train), len(dataset.validation), len(dataset.test), settings.finetune.epochs,
                          throughput=throughput, cached=cached)
         budget = settings.budget or DEFAULT_BUDGET
-        console.print(f"auto: {throughput.extract:.0f} images/s through lite0's trunk, {throughput.train:.0f} in "
-                      f"training, on {throughput.device}; budget {budget:.0f} s")
+        console.print(f"auto: lite0 on {throughput.device}: {throughput.extract:.3g} images/s through its frozen "
+                      f"trunk, {throughput.train:.3g} in training; budget {budget:.0f} s")
         search = Search(data, settings, dataset, staging, cost, deadline=started + budget - FINISH_SECONDS,
                         console=console)
         search.run(candidates)
@@ -151,8 +151,10 @@ class Search:
         candidates = [replace(c, views=self.settings.finetune.views) if c.views else c for c in candidates]
         attempts = {c.label: Attempt(c.label, c.strategy, c.backbone, 0.0) for c in candidates}
         self.attempts = list(attempts.values())
-        scored = [(c, attempts[c.label]) for c in candidates if c.cross_validated
-                  and self.cross_validate(c, attempts[c.label], first=not any(a.folds for a in attempts.values()))]
+        scored = []
+        for candidate in (c for c in candidates if c.cross_validated):
+            if self.cross_validate(candidate, attempts[candidate.label], first=not scored):
+                scored.append((candidate, attempts[candidate.label]))
         if scored:  # the highest mean; on a tie, the cheaper (earlier) one
             best, attempt = max(scored, key=lambda pair: pair[1].cv_accuracy)
             self.train(best, attempt)
@@ -195,14 +197,14 @@ class Search:
 
     def train(self, candidate: Candidate, attempt: Attempt) -> Attempt:
         """The candidate trained into staging/candidates/<label>, validated on the validation split."""
-        self.console.rule(f"[bold]auto: {candidate.label} (estimated {attempt.estimated_seconds:.0f} s)")
+        estimate = self.cost.final_run(candidate) if candidate.cross_validated else attempt.estimated_seconds
+        self.console.rule(f"[bold]auto: {candidate.label} (estimated {estimate:.0f} s)")
         started = time.perf_counter()
         fallback = bool(self.classifiers)  # once a model exists, training stops where the budget would run out
         deadline = time.time() + self.left() - self.cost.after_training(candidate) if fallback else None
         classifier = train(self.data, self.candidate_settings(candidate, deadline), self.console, epilogue=False)
         seconds = time.perf_counter() - started
-        if not candidate.cross_validated:
-            self.cost.record(candidate, classifier.metrics, seconds)
+        self.cost.record(candidate, classifier.metrics, seconds)
         attempt.seconds = round((attempt.seconds or 0) + seconds, 1)
         attempt.val_accuracy = classifier.metrics["val_accuracy"]
         attempt.test_accuracy = classifier.metrics["test_accuracy"]
@@ -260,8 +262,8 @@ def choice_table(attempts: list[Attempt], chosen: Attempt) -> Table:
         table.add_column(header, justify=justify, no_wrap=header != "")
     for attempt in attempts:
         name = attempt.label.replace("-" + attempt.backbone.replace("+", "_"), "")
-        note = "chosen" if attempt is chosen else ("stopped by budget" if attempt.reason and attempt.seconds
-                                                   else attempt.status if attempt.status == "skipped" else "")
+        note = ("chosen" if attempt is chosen else "skipped" if attempt.status == "skipped"
+                else "stopped by budget" if attempt.reason else "")
         table.add_row(name, short_backbone(attempt.backbone), attempt.score,
                       f"{attempt.seconds:.0f}" if attempt.seconds is not None else "", note)
     return table

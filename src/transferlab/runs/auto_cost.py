@@ -48,7 +48,7 @@ HEAD_FIT_SECONDS = 1.1e-3
 HEAD_EPOCHS = 20  # epochs of an end-to-end head (phase 1 of whole-network fine-tuning) until early stopping
 FEATURE_BLOCK = 1280
 PROBE_IMAGES = 8  # images per timed batch: a few batches take seconds even on a 2-core CPU
-PROBE_BATCHES = 2
+PROBE_BATCHES = 3
 
 
 @dataclass(frozen=True)
@@ -149,16 +149,17 @@ def training_seconds_per_image(options: TrainOptions, device: str) -> float:
 
 
 def seconds_per_image(work, images: int, device: str) -> float:
-    """Seconds per image of `work` on `images` images, after one untimed call (warm-up, runtime built)."""
+    """Seconds per image of `work` on `images` images: the fastest of a few timed calls after an untimed one
+    (the runtime built, kernels chosen), so that a first call's set-up or a busy moment does not count."""
     work()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(PROBE_BATCHES if device != "cpu" else 1):
+    timings = []
+    for _ in range(PROBE_BATCHES):
+        started = time.perf_counter()
         work()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return (time.perf_counter() - started) / ((PROBE_BATCHES if device != "cpu" else 1) * images)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        timings.append(time.perf_counter() - started)
+    return min(timings) / images
 
 
 def cached_share(options: TrainOptions, backbone: str, paths: list[Path]) -> float:
