@@ -114,7 +114,8 @@ def train_auto(
     candidates = candidates or candidates_for(resolve_device(settings.device))
     throughput = throughput or measure_throughput(options, dataset.train.paths[:8])
     paths = [path for subset in dataset.subsets().values() for path in subset.paths]
-    cached = {b: cached_share(options, b, paths) for b in dict.fromkeys(b for c in candidates for b in c.backbones)}
+    pretrained = dict.fromkeys(b for c in candidates if c.strategy != "scratch" for b in c.backbones)
+    cached = {backbone: cached_share(options, backbone, paths) for backbone in pretrained}
     with staged(out_dir) as staging:  # a rerun that fails leaves the old folder whole
         dataset.write_split_csv(staging / "split.csv")
         cost = CostModel(len(dataset.train), len(dataset.validation), len(dataset.test), settings.finetune.epochs,
