@@ -11,17 +11,10 @@ import transferlab
 from conftest import folder_contents
 from transferlab.core.config import parse_duration
 from transferlab.core.errors import TransferlabError
+from transferlab.model.selection import CrossValidation
 from transferlab.runs import auto
-from transferlab.runs.auto import (
-    AUGMENTED_VIEW_COST,
-    RUN_SECONDS,
-    Attempt,
-    Candidate,
-    CostModel,
-    better,
-    standard_error,
-    train_auto,
-)
+from transferlab.runs.auto import Attempt, better, standard_error, train_auto
+from transferlab.runs.auto_cost import AUGMENTED_VIEW_COST, CPU_CANDIDATES, RUN_SECONDS, Candidate, CostModel
 
 
 def test_a_tiny_budget_trains_only_the_cheapest_candidate_and_logs_the_rest(colour_folder, tmp_path):
@@ -31,7 +24,7 @@ def test_a_tiny_budget_trains_only_the_cheapest_candidate_and_logs_the_rest(colo
     trained = [c for c in record["candidates"] if c["status"] == "trained"]
     skipped = [c for c in record["candidates"] if c["status"] == "skipped"]
     assert [c["label"] for c in trained] == ["extract-efficientnet_lite0"] == [record["chosen"]]
-    assert len(skipped) == 6 and all("of the budget left" in c["reason"] for c in skipped)
+    assert len(skipped) == len(CPU_CANDIDATES) - 1 and all("of the budget left" in c["reason"] for c in skipped)
     # OUT is a run folder of the chosen model: it loads and predicts like any other
     assert classifier.backbone == "efficientnet_lite0" and classifier.metrics["auto"]["chosen"] == record["chosen"]
     image = next((colour_folder / "red").glob("*.jpg"))
@@ -50,11 +43,12 @@ def test_a_failed_auto_rerun_leaves_the_old_folder_untouched(colour_folder, tmp_
     real_train = auto.train
 
     def linear_fails(data, settings, *args, **keywords):
-        if settings.head.kind == "linear":  # the second candidate, after the first one's run is written
+        if settings.head.kind == "linear":  # the run of the chosen head, after both were cross-validated
             raise RuntimeError("the machine lost power")
         return real_train(data, settings, *args, **keywords)
 
     monkeypatch.setattr(auto, "train", linear_fails)
+    monkeypatch.setattr(auto, "cross_validated", lambda options, *args: CrossValidation((0.5 + (options.head == "linear"),)))
     with pytest.raises(RuntimeError, match="lost power"):
         train_auto(colour_folder, budget=600, out=out, overwrite=True, epochs=2, candidates=(LITE0, LITE0_LINEAR),
                    quiet=True)
@@ -83,7 +77,9 @@ def test_auto_prints_a_line_per_candidate_and_only_the_chosen_runs_epilogue(colo
     train_auto(colour_folder, budget=600, out=out, epochs=2, candidates=(LITE0, LITE0_LINEAR),
                console=Console(file=printed, width=120))
     text = printed.getvalue()
-    assert f"auto: {LITE0.label}: validation accuracy" in text and f"auto: {LITE0_LINEAR.label}: validation" in text
+    # heads on cached features: a cross-validation score each, then the best one trained and validated
+    assert f"auto: {LITE0.label}: 5-fold cv" in text and f"auto: {LITE0_LINEAR.label}: 5-fold cv" in text
+    assert text.count(": validation accuracy") == 1
     assert text.count("next:") == 1 and text.count("report:") == 1
     assert f"transferlab predict {out} IMAGE" in text and "candidates/" not in text.split("auto chose")[1]
 
@@ -102,8 +98,9 @@ def test_cost_estimates_use_each_backbones_measured_speed():
     assert cost.run_seconds == 25.0  # what the run cost besides extraction, measured
     augment = Candidate("augment", "efficientnet_lite0", views=3)
     assert cost.estimate(augment) == pytest.approx(25.0 + 700 * 3 * AUGMENTED_VIEW_COST / 100)  # plain ones cached
-    # an unmeasured trunk: scaled by FLOPs from the measured one (lite2 has 1.72 / 0.77 of lite0's)
-    assert cost.estimate(lite2) == pytest.approx(25.0 + 1000 * 1.72 / 0.77 / 100)
+    # an unmeasured trunk: scaled by FLOPs from the measured one (lite2 has 1.72 / 0.77 of lite0's); a head on
+    # features is cross-validated on train + validation, the test images wait for the chosen one's run
+    assert cost.estimate(lite2) == pytest.approx(850 * 1.72 / 0.77 / 100 + cost.cross_validation(lite2))
     cost.record(lite2, {"images_per_second": 50.0, "extract_seconds": 20.0}, seconds=30.0)
     assert cost.per_image("efficientnet_lite2") == 1 / 50 and cost.run_seconds == 25.0
     cost.record(augment, {"images_per_second": 30.0, "extract_seconds": 60.0}, seconds=90.0)

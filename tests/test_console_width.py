@@ -53,3 +53,25 @@ def test_predict_table_shows_which_image_each_row_is_about(width):
     for i, digit in enumerate([3, 5, 8]):
         assert any(f"{digit}/img_{i:04d}.png" in line for line in lines)
     assert short_source(f"{root}/3/img_0000.png") == "…/3/img_0000.png" and short_source("a.jpg") == "a.jpg"
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_auto_table_shows_each_candidates_score_and_how_it_was_obtained(width):
+    from transferlab.runs.auto import Attempt, choice_table
+
+    combined = COMBINED.replace("+", "_")
+    attempts = [Attempt("extract-efficientnet_lite0", "extract", "efficientnet_lite0", 89, seconds=95.2,
+                        cv_accuracy=0.9412, cv_std=0.0061, folds=5, status="cross-validated"),
+                Attempt(f"extract-{combined}-linear", "extract", COMBINED, 70, seconds=80.4, cv_accuracy=0.9581,
+                        cv_std=0.0043, folds=5, val_accuracy=0.9603, status="trained"),
+                Attempt("finetune-efficientnet_lite0-all", "finetune", "efficientnet_lite0", 300, seconds=290.0,
+                        val_accuracy=0.9612, status="trained", reason="training stopped where the budget ran out"),
+                Attempt("augment-efficientnet_lite0", "augment", "efficientnet_lite0", 300,
+                        reason="estimated 300 s, 20 s of the budget left")]
+    text = rendered(choice_table(attempts, attempts[1]), width)
+    assert max(map(len, text.splitlines())) <= width and "…" not in text
+    for name, backbone, score in [("extract", "efficientnet_lite0", "cv 94.1% ± 0.6%"),
+                                  ("extract-linear", "lite0+lite1+lite2", "cv 95.8% ± 0.4%"),
+                                  ("finetune-all", "efficientnet_lite0", "val 96.1%"),
+                                  ("augment", "efficientnet_lite0", "skipped")]:
+        assert any(name in line and backbone in line and score in line for line in text.splitlines()), (name, text)

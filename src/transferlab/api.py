@@ -69,7 +69,7 @@ def train(
           views); None: efficientnet_lite0, or the recipe's small convnet for strategy "scratch".
       strategy: "extract" (a head on frozen features), "augment" (on augmented views), "finetune" (then the top
           blocks), "scratch" (a small convnet from random weights), or "auto": backbones and strategies tried
-          within `budget` (seconds or "10m"; None: fitted to the data size), the best on validation kept.
+          within `budget` (seconds or "10m"; None: 6 minutes), chosen by cross-validation and validation.
       recipe: scratch only, "default" or "lesson" (the transfer-learning lesson's baseline,
           `transferlab.core.config.SCRATCH_RECIPES`); it fills the backbone, batch size, lr, epochs and
           augmentation that are not given.

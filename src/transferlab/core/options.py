@@ -32,6 +32,9 @@ HEADS = ("mlp", "linear")
 PRECISIONS = ("auto", "float32", "int8")
 ENGINES = ("local", "ray")
 GROUPS = ("split", "fit", "head", "trunk", "finetune", "engine")
+# --strategy auto without --budget: a few minutes, enough on a 2-core CPU for the heads on lite0, lite1 and lite2
+# features of a set of up to 5,000 images, and for whole-network fine-tuning on a GPU (issue 23)
+DEFAULT_BUDGET = 360.0
 
 
 def split_fractions(split: str | Sequence[float]) -> tuple[float, float, float]:
@@ -188,8 +191,8 @@ _TABLE = (
            top_level=True, label="learning rate", kind=float, above=0),
     Option("", "augment", None, "Training augmentation: notebook | light | light-noflip | none, or an "
            "AugmentConfig (default: light for augment and finetune, the recipe's for scratch)."),
-    Option("", "budget", None, "Time budget of --strategy auto: 90s, 10m, 1h, or seconds (default: fitted to the "
-           "data size).", parse=parse_duration),
+    Option("", "budget", None, "Time budget of --strategy auto: 90s, 10m, 1h, or seconds (default "
+           f"{DEFAULT_BUDGET / 60:g}m).", parse=parse_duration),
     Option("", "out", None, "Run folder (default runs/<data>-<strategy>).", kind=PATH),
     Option("", "overwrite", False, "Replace an existing run folder at --out as a whole.", kind=bool),
     Option("", "device", "auto", "auto | cpu | cuda", parse=check_device),
