@@ -23,7 +23,11 @@ from PIL import Image
 
 from common import CALTECH_EXCLUDED, machine, require_caltech
 
+from sklearn.preprocessing import normalize
+
 from transferlab.data.dataset import load_dataset
+from transferlab.data.image_checks import facts_of, hash_distance
+from transferlab.features.combined import build_extractor
 from transferlab.data.layouts import relative
 from transferlab.runs.doctor import doctor
 
@@ -86,6 +90,7 @@ def duplicates(args) -> None:
         start = time.perf_counter()
         findings = doctor(root, write=False, quiet=True)
         seconds = time.perf_counter() - start
+        stats = pair_stats(findings, planted)
     reported = {frozenset({r.path, r.partner}): r for r in findings.rows if r.kind in PAIR_KINDS}
     found = [pair for pair in planted if pair in reported]
     extra = [r for pair, r in reported.items() if pair not in planted]
@@ -94,9 +99,21 @@ def duplicates(args) -> None:
           f"reported pairs {len(reported)}, not planted {len(extra)} ({len(extra) / max(1, len(reported)):.1%})")
     for pair, how in planted.items():
         if pair not in reported:
-            print("missed:", sorted(pair), how)
+            print("missed:", sorted(pair), how, "cosine %.3f, hash bits %d" % stats[pair])
     for r in extra:
         print("not planted:", r.kind, r.path, r.partner, r.score, r.detail)
+
+
+def pair_stats(findings, pairs) -> dict:
+    """(feature cosine, dHash bits apart) of each pair: where the thresholds would have to be to find it."""
+    extractor = build_extractor("efficientnet_lite0", quiet=True, precision="auto")
+    stats = {}
+    for pair in pairs:
+        paths = [findings.paths[name] for name in sorted(pair)]
+        a, b = normalize(extractor.extract(paths).features)
+        first, second = facts_of(paths)
+        stats[pair] = (float(a @ b), hash_distance(first, second))
+    return stats
 
 
 def flipped_folder(flip: float, folder: str):

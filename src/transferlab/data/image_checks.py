@@ -123,4 +123,8 @@ def read_skip_file(source: Path | str) -> dict[str, str]:
         rows = list(csv.DictReader(file))
     if rows and not {"path", "kind"} <= set(rows[0]):
         raise TransferlabError(f"{path} has no path and kind columns", hint="pass the findings.csv of doctor")
-    return {row["path"]: f"doctor: {row['kind']}" for row in rows if row["path"] and row["kind"] in SKIPPED_KINDS}
+    flagged: dict[str, str] = {}
+    for row in rows:
+        if row["path"] and row["kind"] in SKIPPED_KINDS:
+            flagged.setdefault(row["path"], f"doctor: {row['kind']}")  # a file flagged twice: its first finding
+    return flagged

@@ -3,8 +3,8 @@ label errors (out-of-fold probabilities, confident learning) and outlier scores.
 
 Confident learning (Northcutt et al., 2021, the method of cleanlab): an image is a likely label error when its
 out-of-fold probability of another class reaches that class's threshold, the mean probability the class's own
-images give it, while the model's top class is not the given one either; candidates are ranked by margin (the
-suggested class's probability minus the given one's). Written here on scikit-learn's `cross_val_predict` rather
+images give it, while the model's top class is not the given one either. Their number is the estimate; that
+many images are flagged in order of margin (the best other class's probability minus the given one's). Written here on scikit-learn's `cross_val_predict` rather
 than taking cleanlab as a dependency for these few lines.
 """
 
@@ -14,6 +14,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.preprocessing import normalize
@@ -21,7 +22,8 @@ from sklearn.preprocessing import normalize
 FOLDS = 5
 NEIGHBOURS = 10
 CHUNK_ROWS = 1024  # rows of the similarity matrix held at once (n x 1024 float32)
-OUTLIER_Z = 4.0  # robust z-score (median, MAD) beyond which a distance is an outlier
+OUTLIER_Z = 4.0
+PCA_DIMENSIONS = 256  # robust z-score (median, MAD) beyond which a distance is an outlier
 
 
 @dataclass
@@ -72,10 +74,13 @@ def candidate_pairs(near: Neighbours, min_similarity: float) -> list[tuple[int, 
 def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, n_classes: int, folds: int = FOLDS,
                               seed: int = 0) -> np.ndarray:
     """[n, n_classes] class probabilities of each image from a logistic-regression head that never saw it
-    (stratified k folds; classes too small for k folds are spread as far as they go)."""
+    (stratified k folds; classes too small for k folds are spread as far as they go). The features are reduced to
+    PCA_DIMENSIONS first: on Caltech-101 that cut the five fits from minutes to seconds at the same accuracy."""
     x = normalize(np.asarray(features, dtype=np.float32))
+    if min(x.shape) > PCA_DIMENSIONS:
+        x = PCA(PCA_DIMENSIONS, random_state=seed).fit_transform(x)
     folds = max(2, min(folds, int(np.bincount(labels).max())))
-    head = LogisticRegression(C=10.0, max_iter=300)
+    head = LogisticRegression(C=10.0, max_iter=200)
     with warnings.catch_warnings():  # small classes (fewer members than folds) and unconverged fits are expected
         warnings.simplefilter("ignore")
         probabilities = cross_val_predict(head, x, labels, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
@@ -86,20 +91,23 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, n_classe
 
 
 def label_issues(probabilities: np.ndarray, labels: np.ndarray) -> list[tuple[int, int, float]]:
-    """(image, suggested class, margin) of the likely label errors, the most certain first (module docstring)."""
+    """(image, suggested class, margin) of the likely label errors, the most certain first (module docstring):
+    as many as the confident joint counts off its diagonal, taken in order of margin (cleanlab's
+    prune-by-noise-rate)."""
     n, n_classes = probabilities.shape
-    given = probabilities[np.arange(n), labels]
+    rows = np.arange(n)
+    given = probabilities[rows, labels]
     counts = np.bincount(labels, minlength=n_classes)
     thresholds = np.bincount(labels, weights=given, minlength=n_classes) / np.maximum(counts, 1)
     thresholds[counts == 0] = np.inf
     others = probabilities.copy()
-    others[np.arange(n), labels] = -np.inf
+    others[rows, labels] = -np.inf
     confident = np.where(others >= thresholds, others, -np.inf)
-    suggested = confident.argmax(1)
-    flagged = np.isfinite(confident.max(1)) & (probabilities.argmax(1) != labels)
-    margin = probabilities[np.arange(n), suggested] - given
-    order = [int(i) for i in np.argsort(-margin) if flagged[i]]
-    return [(i, int(suggested[i]), float(margin[i])) for i in order]
+    off_diagonal = np.isfinite(confident.max(1)) & (probabilities.argmax(1) != labels)
+    suggested = others.argmax(1)
+    margin = others[rows, suggested] - given
+    order = np.argsort(-margin)[:int(off_diagonal.sum())]
+    return [(int(i), int(suggested[i]), float(margin[i])) for i in order if margin[i] > 0]
 
 
 def robust_z(values: np.ndarray) -> np.ndarray:
