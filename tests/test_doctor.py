@@ -176,3 +176,31 @@ def test_set_checks_note_imbalance_tiny_images_odd_aspects_and_small_classes():
     notes = set_checks(facts, labels, ["many", "few"], [f"f{i}.jpg" for i in range(62)], (0.7, 0.15, 0.15))
     assert [note.split(":")[0].split(" (")[0] for note in notes] == [
         "class imbalance", "1 tiny images", "1 odd aspect ratios", "1 class(es) with fewer than 10 images, too few for a 0.7/0.15/0.15 split"]
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="/usr/bin/chromium not found: install Debian's "
+                    "chromium (`make test` runs scripts/ensure-chromium.sh)")
+def test_doctor_page_in_a_browser_shows_thumbnails_and_sorts_by_a_clicked_column(planted):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
+                                             args=["--headless", "--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.goto((planted["out"] / "doctor.html").as_uri())
+        loaded = page.eval_on_selector_all("img.thumb", "images => images.filter(i => i.naturalWidth > 0).length")
+        assert loaded >= 2  # the conflict pair at least, decoded by the browser
+        counts = planted["findings"].counts()
+        kind = max(counts, key=counts.get)
+        assert counts[kind] >= 2
+        table = page.locator(f"section#{kind} table")
+
+        def scores() -> list[float]:
+            return [float(text) for text in table.locator("tbody td.num").all_inner_texts()]
+
+        table.locator("th.num").click()  # ascending
+        assert scores() == sorted(scores())
+        table.locator("th.num").click()
+        assert scores() == sorted(scores(), reverse=True)
+        browser.close()

@@ -84,7 +84,7 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, n_classe
     with warnings.catch_warnings():  # small classes (fewer members than folds) and unconverged fits are expected
         warnings.simplefilter("ignore")
         probabilities = cross_val_predict(head, x, labels, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
-                                          method="predict_proba")
+                                          method="predict_proba", n_jobs=-1)
     full = np.zeros((len(labels), n_classes), dtype=np.float32)
     full[:, np.unique(labels)] = probabilities  # classes with no image keep probability 0
     return full
