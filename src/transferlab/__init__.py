@@ -14,6 +14,7 @@ _EXPORTS = {  # name -> module[:attribute]
     "dataset": "transferlab.api",
     "evaluate": "transferlab.api",
     "compare": "transferlab.runs.compare",
+    "doctor": "transferlab.runs.doctor",
     "export": "transferlab.deploy.export:export_run",
     "summary": "transferlab.model.summary:summary_of",
     "show_augmentations": "transferlab.reports.notebook",

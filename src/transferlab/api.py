@@ -84,8 +84,9 @@ def train(
 
     The rest come in groups, each a config record or a dict of its fields (`fit={"batch_size": 64}`):
       split=SplitConfig(fractions=(0.7, 0.15, 0.15), include=None, exclude=None, max_per_class=None,
-          split_csv=None): which files and how they are divided; split_csv (an earlier run's split.csv) takes
-          none of the others. A plain split=(0.8, 0.1, 0.1) gives the fractions.
+          split_csv=None, skip=None): which files and how they are divided; split_csv (an earlier run's split.csv)
+          takes none of the others; skip (doctor's findings.csv) leaves its files out of training and validation.
+          A plain split=(0.8, 0.1, 0.1) gives the fractions.
       fit=FitConfig(batch_size=None, optimizer="adam", weight_decay=0.0, class_weight=None, patience=8, ...):
           how the head is trained; batch_size None: 256 on cached features, the recipe's for scratch;
           class_weight "balanced" weights classes by inverse frequency; patience None never stops early;

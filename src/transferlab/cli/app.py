@@ -21,6 +21,7 @@ from transferlab.cli.common import (
     state,
     train_keywords,
 )
+from transferlab.cli.doctor import doctor
 from transferlab.cli.engine import embed, predict_in_bulk
 from transferlab.cli.tools import augment_preview, backbones, export, imagenet, report, serve, summary
 from transferlab.core.config import COMPARE_STRATEGIES
@@ -67,6 +68,7 @@ def train(
     exclude: Optional[str] = flag("exclude"),
     split: str = flag("split"),
     split_csv: Optional[Path] = flag("split_csv"),
+    skip: Optional[Path] = flag("skip"),
     max_per_class: Optional[int] = flag("max_per_class"),
     seed: int = flag("seed"),
     epochs: Optional[int] = flag("epochs"),
@@ -187,6 +189,7 @@ def compare(
     include: Optional[str] = flag("include"),
     exclude: Optional[str] = flag("exclude"),
     split: str = flag("split"),
+    skip: Optional[Path] = flag("skip"),
     max_per_class: Optional[int] = flag("max_per_class"),
     seed: int = flag("seed"),
     epochs: Optional[int] = flag("epochs"),
@@ -217,6 +220,7 @@ def compare(
 
 
 app.command("augment-preview")(augment_preview)
+app.command()(doctor)
 
 
 def main() -> None:

@@ -209,6 +209,8 @@ _TABLE = (
     Option("split", "exclude", None, "Leave out these classes, comma-separated.", parse=class_names),
     Option("split", "max_per_class", None, "Cap the number of images per class.", kind=int, at_least=1),
     Option("split", "split_csv", None, "Reproduce the split.csv of an earlier run.", kind=PATH),
+    Option("split", "skip", None, "Leave out of training and validation the files `transferlab doctor` flagged: its "
+           "findings.csv (edit it to keep some) or its folder; the test split stays whole.", kind=PATH),
     # -- fit: how the head (or the network, for scratch) is trained
     Option("fit", "batch_size", None, "Training batch size (default 256 for heads on cached features, the recipe's "
            "for scratch).", kind=int, at_least=1),

@@ -28,13 +28,15 @@ from transferlab.core.options import BY_KEYWORD, GROUPS, OPTIONS, TOP_LEVEL, che
 class SplitConfig:
     """Which files, and how they are divided: the (train, validation, test) `fractions` of a folder of classes, the
     classes to `include` or `exclude`, at most `max_per_class` images per class; or `split_csv`, the split.csv of
-    an earlier run, which fixes the files (and so takes none of the others)."""
+    an earlier run, which fixes the files (and so takes none of the others); `skip`, doctor's findings.csv (or its
+folder), whose files leave training and validation."""
 
     fractions: tuple[float, float, float] = default("split.fractions")
     include: tuple[str, ...] | None = default("split.include")
     exclude: tuple[str, ...] | None = default("split.exclude")
     max_per_class: int | None = default("split.max_per_class")
     split_csv: str | Path | None = default("split.split_csv")
+    skip: str | Path | None = default("split.skip")
 
     def __post_init__(self):
         check_record(self, "split")
@@ -44,7 +46,7 @@ class SplitConfig:
     def dataset_keywords(self) -> dict:
         """The keywords of `data.load_dataset` that choose and divide the files."""
         return {"split": self.fractions, "include": self.include, "exclude": self.exclude,
-                "max_per_class": self.max_per_class, "split_csv": self.split_csv}
+                "max_per_class": self.max_per_class, "split_csv": self.split_csv, "skip": self.skip}
 
 
 @dataclass(frozen=True)

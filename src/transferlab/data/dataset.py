@@ -30,6 +30,7 @@ from transferlab.core.config import (
     split_fractions,
 )
 from transferlab.core.errors import TransferlabError
+from transferlab.data.image_checks import read_skip_file
 from transferlab.data.layouts import (
     SPLITS,
     Entry,
@@ -136,11 +137,13 @@ def load_dataset(
     exclude: Iterable[str] | None = None,
     max_per_class: int | None = None,
     split_csv: Path | str | None = None,
+    skip: Path | str | None = None,
 ) -> DatasetSplit:
     """Find the images under `data`, check them cheaply and split them (see the module docstring for layouts).
 
     `split` (train, validation, test fractions) applies to the folders layout only; `max_per_class` caps each
-    class within each split source (a seeded random subset); `include`/`exclude` select classes by name.
+    class within each split source (a seeded random subset); `include`/`exclude` select classes by name; `skip`
+    (doctor's findings.csv or folder) names files that leave training and validation after the split is made.
     """
     root = check_data_folder(data)
     fractions = split_fractions(split)
@@ -173,8 +176,23 @@ def load_dataset(
         test_is_validation=test is None,
         layout=layout,
     )
+    if skip is not None:
+        dataset = _skipping(dataset, read_skip_file(skip))
     _check_usable(dataset)
     return dataset
+
+
+def _skipping(dataset: DatasetSplit, flagged: Mapping[str, str]) -> DatasetSplit:
+    """The split minus the files doctor flagged, which join `skipped` with doctor's reason. They leave training
+    and validation only: the split is made first, so the test images stay the same, and taking the images a model
+    finds hard out of the test set would flatter the estimate."""
+    reasons = {dataset.root / path: reason for path, reason in flagged.items()}  # an absolute path stays absolute
+    val_is_test = dataset.test_is_validation
+    train = _drop(dataset.train, reasons)
+    validation = dataset.validation if val_is_test else _drop(dataset.validation, reasons)
+    left_out = set(dataset.train.paths) - set(train.paths) | set(dataset.validation.paths) - set(validation.paths)
+    return replace(dataset, train=train, validation=validation, test=validation if val_is_test else dataset.test,
+                   skipped=dataset.skipped + [Skipped(str(path), reasons[path]) for path in sorted(left_out)])
 
 
 def _names(names: Iterable[str] | None) -> set[str] | None:

@@ -21,6 +21,7 @@ from transferlab.core.run_folder import check_destination
 from transferlab.core.settings import TrainSettings
 from transferlab.data.augment import AugmentConfig
 from transferlab.data.dataset import load_dataset
+from transferlab.data.layouts import relative
 from transferlab.engines.local import RAY_TRAINED, check_engine, train_strategy
 from transferlab.features.combined import backbone_names
 from transferlab.features.runtimes import check_precision, check_runtime
@@ -76,6 +77,7 @@ def train(data: str | Path, settings: TrainSettings, console: Console | None = N
         "exclude": sorted(split.exclude) if split.exclude else None,
         "max_per_class": split.max_per_class,
         "split_csv": str(final_location(split.split_csv)) if split.split_csv else None,  # compare's, in its staging folder
+        **skipped_by_doctor(dataset),
         "tta": settings.tta,
         "precision": result.classifier.extractor.precision,  # "auto" resolved: the trunk the head was trained on
         "options": options.to_dict(),  # as the strategy read them, defaults resolved
@@ -228,3 +230,9 @@ def tta_effect(test: TestPredictions) -> dict:
     with_tta = float((test.probabilities.argmax(1) == test.labels).mean())
     without = float((test.views[0].argmax(1) == test.labels).mean())
     return {"test_accuracy_no_tta": without, "tta_helped": with_tta > without}
+
+
+def skipped_by_doctor(dataset) -> dict:
+    """config.json's record of the files `skip` (doctor's findings) left out, relative to the data folder."""
+    left_out = [relative(Path(s.path), dataset.root) for s in dataset.skipped if s.reason.startswith("doctor:")]
+    return {"skipped_by_doctor": left_out} if left_out else {}
