@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -107,3 +109,35 @@ def test_explanations_with_the_onnx_model_say_they_need_pytorch(colour_run, tmp_
     assert isinstance(result.exception, TransferlabError) and "need the PyTorch model" in str(result.exception)
     with pytest.raises(TransferlabError, match="need the PyTorch model"):
         OnnxClassifier(colour_run).explain([image])
+
+
+def test_report_shows_heatmaps_of_top_losses_and_correct_images(colour_run):
+    index = json.loads((colour_run / "explanations" / "index.json").read_text())
+    assert index["items"] and index["seconds"] >= 0
+    assert {item["kind"] for item in index["items"]} <= {"top loss", "correct"}
+    for item in index["items"]:
+        assert (colour_run / "explanations" / item["file"]).is_file()
+    report = (colour_run / "report.html").read_text()
+    assert "Where the model looked" in report and report.count('class="card explanation"') == len(index["items"])
+
+
+def test_explain_zero_writes_no_heatmaps(tmp_path):
+    data = write_colour_classes(tmp_path / "data", 6)
+    transferlab.train(data, out=tmp_path / "run", epochs=1, explain=0, quiet=True)
+    assert not (tmp_path / "run" / "explanations").exists()
+    assert "Where the model looked" not in (tmp_path / "run" / "report.html").read_text()
+    with pytest.raises(TransferlabError):
+        transferlab.train(data, out=tmp_path / "other", explain=-1, quiet=True)
+
+
+def test_chosen_images_are_top_losses_at_most_half_then_correct_ones_per_class():
+    from pathlib import Path
+
+    from transferlab.runs.explanations import chosen_images
+    from transferlab.runs.writer import TestPredictions
+
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.1, 0.9], [0.4, 0.6], [0.95, 0.05]])
+    test = TestPredictions([Path(f"{i}.jpg") for i in range(6)], labels, probabilities[None], ["a", "b"], Path("."))
+    chosen = chosen_images(test, 4)
+    assert chosen == [(5, "top loss"), (1, "top loss"), (0, "correct"), (3, "correct")]

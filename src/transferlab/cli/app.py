@@ -93,6 +93,7 @@ def train(
     end_to_end: Optional[bool] = flag("end_to_end", "--end-to-end/--cached"),
     batchnorm: str = flag("batchnorm"),
     tta: int = flag("tta"),
+    explain: int = flag("explain"),
     engine: str = flag("engine"),
     ray_address: Optional[str] = flag("ray_address"),
     workers: Optional[int] = flag("workers"),
