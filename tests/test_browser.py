@@ -104,3 +104,18 @@ def test_page_names_the_split_its_accuracy_was_measured_on(page, server_url, tes
         assert page.locator("#model-summary").text_content().endswith(f", {split} accuracy 90.0%")
     finally:
         page.unroute("**/api/model")
+
+
+def test_heatmap_toggle_shows_where_the_model_looked(page, server_url, red_photo):
+    page.goto(server_url)
+    page.wait_for_selector("#heatmap-toggle:visible")
+    page.set_input_files("#file", str(red_photo))
+    page.wait_for_selector("#results li .label", timeout=30_000)
+    assert page.locator("#heatmap").is_hidden()
+    page.check("#show-heatmap")
+    page.wait_for_selector("#heatmap:visible", timeout=30_000)
+    assert page.locator("#heatmap").get_attribute("src").startswith("data:image/png;base64,")
+    assert page.locator("#heatmap").get_attribute("title").startswith("red ")
+    page.screenshot(path=str(Path(__file__).resolve().parents[1] / "docs" / "explain-page.png"), full_page=True)
+    page.uncheck("#show-heatmap")
+    assert page.locator("#heatmap").is_hidden()

@@ -87,10 +87,11 @@ def test_class_names_are_escaped(html):
     assert ESCAPED_CLASS.startswith("&lt;b&gt;x&amp;y") and ESCAPED_CLASS in html
 
 
-def test_embedded_images_decode(html):
+def test_embedded_images_decode(html, run_dir):
     found = DATA_URI.findall(html)
     kinds = [kind for kind, _ in found]
-    assert kinds.count("png") == 3  # accuracy, loss, confusion matrix
+    heatmaps = len(json.loads((run_dir / "explanations" / "index.json").read_text())["items"])
+    assert kinds.count("png") == 3 + heatmaps  # accuracy, loss, confusion matrix, the heatmaps of test images
     assert kinds.count("jpeg") >= 4 * 5  # four samples for each of the five classes, plus top losses
     for kind, payload in found:
         with Image.open(io.BytesIO(base64.b64decode(payload))) as image:

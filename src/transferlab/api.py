@@ -49,6 +49,7 @@ def train(
     device: str = default("device"),
     seed: int = default("seed"),
     tta: int = default("tta"),
+    explain: int = default("explain"),
     verbose: int = default("verbose"),
     quiet: bool = default("quiet"),
     split: SplitConfig | dict | Sequence[float] | str | None = None,

@@ -95,6 +95,7 @@ def train(
     end_to_end: Optional[bool] = flag("end_to_end", "--end-to-end/--cached"),
     batchnorm: str = flag("batchnorm"),
     tta: int = flag("tta"),
+    explain: int = flag("explain"),
     engine: str = flag("engine"),
     ray_address: Optional[str] = flag("ray_address"),
     workers: Optional[int] = flag("workers"),
@@ -121,10 +122,12 @@ def predict(
     engine: str = flag("engine"),
     ray_address: Optional[str] = flag("ray_address"),
     out_file: Annotated[Optional[Path], typer.Option("--out", help="--engine ray: predictions.parquet or .csv, one row per image, resumable.")] = None,
+    explain_dir: Annotated[Optional[Path], typer.Option("--explain", help="Write a Grad-CAM heatmap PNG per image here (original | overlay).")] = None,
 ):
     """Predict the classes of images with a trained run. A missing or unreadable image becomes a failed row; the
     others are still predicted, and the exit code is 1 when any row failed."""
-    chosen = preflight.check_predict(run, runtime=runtime, top_k=top_k, output_format=output_format, tta=tta)
+    chosen = preflight.check_predict(run, runtime=runtime, top_k=top_k, output_format=output_format, tta=tta,
+                                     explain=explain_dir is not None)
     from transferlab.model.prediction import (  # numpy, PIL: after the checks
         Prediction,
         expand_paths,
@@ -147,6 +150,13 @@ def predict(
         out.print(Prediction.table(predictions))
     else:
         Prediction.write(predictions, sys.stdout, "json" if state.json else output_format)
+    if explain_dir is not None:
+        from transferlab.model.explain import save_panels
+
+        written = save_panels(model.explain([p for p, prediction in zip(paths, predictions) if not prediction.error]),
+                              explain_dir)
+        if not state.quiet and output_format == "table" and not state.json:
+            out.print(f"wrote {len(written)} heatmaps to {explain_dir}")
     if any(p.error for p in predictions):
         raise typer.Exit(1)
 

@@ -117,7 +117,7 @@ def check_compare(data: Path, strategies: list[str], scratch_backbone: str | Non
     check_destination(flags["out"], flags["overwrite"])
 
 
-def check_predict(run: Path, *, runtime: str, top_k: int, output_format: str, tta: int) -> str:
+def check_predict(run: Path, *, runtime: str, top_k: int, output_format: str, tta: int, explain: bool = False) -> str:
     """Returns the runtime that will predict (see `prediction_runtime`)."""
     at_least("--top-k", top_k, 1)
     check_tta(tta)
@@ -126,6 +126,10 @@ def check_predict(run: Path, *, runtime: str, top_k: int, output_format: str, tt
     chosen = check_model(run, runtime)
     if chosen == "onnx" and tta != 1:
         raise TransferlabError("--tta needs the PyTorch model", hint="use --runtime torch (and have torch installed)")
+    if chosen == "onnx" and explain:
+        from transferlab.deploy.onnx_predict import explanations_need_torch  # on this error only: no onnxruntime
+
+        raise explanations_need_torch()
     return chosen
 
 

@@ -199,6 +199,8 @@ _TABLE = (
     Option("fit", "seed", 0, "Seed for the split, the head and the shuffling.", top_level=True, kind=int),
     Option("", "tta", 1, "Test-time augmentation views for the evaluation (1: off); mirrored only if the training "
            "augmentation flips.", kind=int, at_least=1),
+    Option("", "explain", 12, "Test images whose Grad-CAM heatmaps report.html shows: the top losses (at most "
+           "half), then correct ones of each class (0: none).", kind=int, at_least=0),
     Option("", "verbose", 1, "0 silent, 1 progress bars, 2 one line per epoch (logs, CI).", parse=check_verbose,
            cli=False),
     Option("", "quiet", False, "No progress bars or summaries (as verbose=0).", kind=bool, cli=False),

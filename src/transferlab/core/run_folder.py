@@ -24,6 +24,7 @@ SPLIT = "split.csv"
 TEST_PREDICTIONS = "test_predictions.csv"
 SUMMARY = "summary.json"
 REPORT = "report.html"
+EXPLANATIONS = "explanations"  # heatmap PNGs of test images and their index.json (what report.html shows)
 ONNX_MODEL = "model.onnx"
 RUN_HINT = "pass the folder written by `transferlab train --out DIR`"
 

@@ -135,6 +135,7 @@ class TrainSettings:
     overwrite: bool = default("overwrite")
     device: str = default("device")
     tta: int = default("tta")
+    explain: int = default("explain")
     verbose: int = default("verbose")
     quiet: bool = default("quiet")
     split: SplitConfig = field(default_factory=SplitConfig)

@@ -82,12 +82,21 @@ class GraphInput:
 Batch = np.ndarray | Sequence[np.ndarray]  # one uint8 [n, 3, H, W] array per graph input
 
 
+def explanations_need_torch() -> TransferlabError:
+    """Heatmaps need gradients inside the network, which the exported graph does not give."""
+    return TransferlabError("explanations (heatmaps) need the PyTorch model; the ONNX model only predicts",
+                            hint="use the run folder with --model torch, or transferlab.load(run), with torch installed")
+
+
 class OnnxClassifier:
     """An exported classifier. `OnnxClassifier("runs/x").predict(["a.jpg"], top_k=3)`.
 
     Safe to share between threads: ONNX Runtime sessions allow concurrent `run` calls. A model that combines
     backbones takes one image input per backbone, each prepared at its own size.
     """
+
+    def explain(self, *_, **__):
+        raise explanations_need_torch()
 
     def __init__(self, source: str | Path, *, threads: int | None = None):
         self.path = resolve_model(source)

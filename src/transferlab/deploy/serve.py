@@ -1,6 +1,7 @@
 """A local web service for a trained run: JSON API, a drag-and-drop web page and the run's report.
 
-Routes: `POST /api/predict` (multipart field `file`, query `top_k`), `GET /api/model`, `GET /health`,
+Routes: `POST /api/predict` (multipart field `file`, query `top_k`), `POST /api/explain` (the same upload: the
+heatmap of the predicted class), `GET /api/model`, `GET /health`,
 `GET /` (the page, files under /static), `GET /report/` (RUN/report.html) and `GET /report/<file>`
 (an allowlist of run files: plots, metrics, labels). Uploads are capped while they stream in (413),
 checked by content with Pillow (400 with {"detail": ...} for anything that is not a usable image) and
@@ -111,22 +112,28 @@ def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     def model_info() -> dict:
         return {**info, "report": (run_dir / "report.html").is_file()}
 
+    def on_upload(file: UploadFile, work):
+        """(work(the upload's bytes), (width, height), seconds) for an upload within the limits; 400 when the
+        model could not use it."""
+        data = file.file.read()
+        size = checked_upload(data, max_pixels)
+        with decoding:  # bounds the memory held by decoded images, whatever the number of clients
+            started = time.perf_counter()
+            # the bytes, not a decoded image: the model decodes them as `predict` does (JPEG draft scale included)
+            result = work(data)
+            if size[0] * size[1] >= LARGE_IMAGE_PIXELS:
+                release_freed_memory()
+        if result.error:
+            raise HTTPException(400, result.error)  # as a TransferlabError reads: the reason alone
+        return result, size, round(time.perf_counter() - started, 4)
+
     @app.post("/api/predict", max_body_size=int(max_upload_mb * 2**20))
     def predict(
         file: Annotated[UploadFile, File(description="An image file (JPEG, PNG, ...).")],
         top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K)] = 5,
     ) -> dict:
         # a sync endpoint: FastAPI runs it in its threadpool, so the event loop keeps serving during inference
-        data = file.file.read()
-        size = checked_upload(data, max_pixels)
-        with decoding:  # bounds the memory held by decoded images, whatever the number of clients
-            started = time.perf_counter()
-            # the bytes, not a decoded image: the model decodes them as `predict` does (JPEG draft scale included)
-            prediction = model.predict([data], top_k=top_k)[0]
-            if size[0] * size[1] >= LARGE_IMAGE_PIXELS:
-                release_freed_memory()
-        if prediction.error:
-            raise HTTPException(400, prediction.error)  # as a TransferlabError reads: the reason alone
+        prediction, size, seconds = on_upload(file, lambda data: model.predict([data], top_k=top_k)[0])
         return {
             "filename": file.filename,
             "width": size[0],
@@ -135,8 +142,20 @@ def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
             # true: far from the training images or unusually unsure (see transferlab.model.confidence); null: not checked
             "low_confidence": prediction.low_confidence,
             "low_confidence_reason": prediction.low_confidence_reason,
-            "seconds": round(time.perf_counter() - started, 4),
+            "seconds": seconds,
         }
+
+    @app.post("/api/explain", max_body_size=int(max_upload_mb * 2**20))
+    def explain(file: Annotated[UploadFile, File(description="An image file (JPEG, PNG, ...).")]) -> dict:
+        """The Grad-CAM heatmap of the predicted class over the image as the model saw it (a PNG data: URI)."""
+        if runtime != "torch":
+            raise HTTPException(501, "explanations need the PyTorch model: serve with --model torch")
+        from transferlab.reports.heatmaps import png_data_uri
+
+        explanation, size, seconds = on_upload(file, lambda data: model.explain([data])[0])
+        return {"filename": file.filename, "width": size[0], "height": size[1], "label": explanation.label,
+                "probability": explanation.probability, "overlay": png_data_uri(explanation.overlay()),
+                "seconds": seconds}
 
     @app.get("/report", include_in_schema=False)
     def report_redirect() -> RedirectResponse:

@@ -82,6 +82,7 @@ class Classifier:
         self.confidence: ConfidenceCheck | None = None  # fitted at training time; None for older runs: no flag
         # Test-time views may be mirrored unless training ruled flips out (digits, text: a mirror changes them).
         self.tta_mirror = True
+        self._explainer = None  # built on the first explanation (device copies of the trunks and the head)
 
     def __repr__(self) -> str:
         return f"Classifier(backbone={self.backbone!r}, strategy={self.strategy!r}, classes={len(self.classes)})"
@@ -104,17 +105,28 @@ class Classifier:
 
         return plot_confusion_matrix(self)
 
-    def show_top_losses(self, n: int = 9):
-        """Figure: the n misclassified test images with the highest loss (true / predicted / probability)."""
+    def show_top_losses(self, n: int = 9, explain: bool = False):
+        """Figure: the n misclassified test images with the highest loss (true / predicted / probability);
+        `explain`: with the heatmap of the predicted class over each."""
         from transferlab.reports.notebook import show_top_losses
 
-        return show_top_losses(self, n)
+        return show_top_losses(self, n, explain)
 
     def show_predictions(self, images: Sequence[str | Path | Image.Image], labels: Sequence[str] | None = None):
         """Figure: each image with its predicted class and probability (green/red against `labels`)."""
         from transferlab.reports.notebook import show_predictions
 
         return show_predictions(self, images, labels)
+
+    def explain(self, images: ImageLike | Sequence[ImageLike], target=None) -> list:
+        """Grad-CAM per image (see transferlab.model.explain): an `Explanation` with the heatmap over the image as
+        the network saw it, `.overlay()` and `.panel()` pictures, shown inline in a notebook. `target` (a class
+        name or index, or one per image) explains that class instead of the predicted one."""
+        if self._explainer is None:
+            from transferlab.model.explain import Explainer
+
+            self._explainer = Explainer(self.extractor, self.head, self.classes)
+        return self._explainer.explain(image_inputs(images), target)
 
     @property
     def backbone(self) -> str:

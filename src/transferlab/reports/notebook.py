@@ -142,10 +142,22 @@ def plot_confusion_matrix(classifier) -> Figure:
     return confusion_matrix_figure(matrix, classifier.classes)
 
 
-def show_top_losses(classifier, n: int = 9) -> Figure:
+def explanation_card(explanation) -> str:
+    """A `model.explain.Explanation` in a notebook: original | heatmap overlay, captioned."""
+    from html import escape
+
+    from transferlab.reports.heatmaps import png_data_uri
+
+    if explanation.error:
+        return f"<p>{escape(explanation.source)}: {escape(explanation.error)}</p>"
+    return (f'<figure style="margin:4px"><img src="{png_data_uri(explanation.panel())}">'
+            f"<figcaption>{escape(explanation.source)}</figcaption></figure>")
+
+
+def show_top_losses(classifier, n: int = 9, explain: bool = False) -> Figure:
     """The n misclassified test images the model was surest about (lowest probability of the true class),
     titled true / predicted / probability of the prediction: the report's top losses, from the test
-    predictions the run recorded."""
+    predictions the run recorded. `explain`: each with the heatmap of the predicted class over it."""
     from transferlab.reports.plots import image_grid_figure
 
     run = run_folder(classifier)
@@ -153,7 +165,9 @@ def show_top_losses(classifier, n: int = 9) -> Figure:
     losses = top_losses(run, data_root, classifier.metrics.get("test_is_validation", False), limit=n)
     items = [item for item in losses["items"] if (data_root / item["path"]).is_file()]
     titles = [f"{item['true']} / {item['predicted']}\np={item['p_predicted']:.2f}" for item in items]
-    fig = image_grid_figure([thumbnail(data_root / item["path"]) for item in items], titles,
+    paths = [data_root / item["path"] for item in items]
+    pictures = [e.overlay() for e in classifier.explain(paths)] if explain and paths else map(thumbnail, paths)
+    fig = image_grid_figure(list(pictures), titles,
                             colours=[WRONG] * len(items))
     fig.suptitle(f"top losses: {len(items)} of {losses['n_wrong']} misclassified {losses['split']} images\n"
                  "(true / predicted / probability)" if items else f"no misclassified {losses['split']} image shown",

@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from transferlab.core.files import atomic_write_bytes
-from transferlab.core.run_folder import REPORT, SUMMARY, TEST_PREDICTIONS, read_run_json
+from transferlab.core.run_folder import EXPLANATIONS, REPORT, SUMMARY, TEST_PREDICTIONS, read_run_json
 from transferlab.reports.confusion import most_confused_pairs, most_confused_submatrix
 from transferlab.reports.html import (
     jinja_environment,
@@ -73,6 +73,7 @@ def run_context(run: Path, location: Path | None = None, summary: Summary | None
         "confused_pairs": most_confused_pairs(test["confusion_matrix"], classes),
         "confused_part": confused_part(test["confusion_matrix"], classes) if len(classes) > MANY_CLASSES else None,
         "top_losses": top_losses(run, data_root, test_is_validation=metrics.get("test_is_validation", False)),
+        "explanations": stored_explanations(run),
         "summary": stored_summary(run) or summary,
         "timings": timings(metrics),
     }
@@ -163,6 +164,16 @@ def top_losses(run: Path, data_root: Path, test_is_validation: bool = False, lim
             "loss": -math.log(max(p_true, 1e-12)),
         })
     return {"split": split, "items": items, "n_wrong": len(wrong), "missing": missing, "recorded": bool(recorded)}
+
+
+def stored_explanations(run: Path) -> dict | None:
+    """The heatmaps written after training (runs.explanations), their PNGs as data: URIs; None when absent."""
+    index = run / EXPLANATIONS / "index.json"
+    if not index.is_file():
+        return None
+    explanations = json.loads(index.read_text())
+    items = [{**item, "image": png_uri(run / EXPLANATIONS / item["file"])} for item in explanations["items"]]
+    return {**explanations, "items": [item for item in items if item["image"]]}
 
 
 def stored_summary(run: Path) -> Summary | None:

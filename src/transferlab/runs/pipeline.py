@@ -30,6 +30,7 @@ from transferlab.model.confidence import fit_confidence, reference_rows
 from transferlab.model.metrics import evaluate_probabilities
 from transferlab.reports.report import write_report
 from transferlab.runs.console import after_training
+from transferlab.runs.explanations import write_explanations
 from transferlab.runs.writer import TestPredictions, final_location, staged, unique_run_dir, write_run
 from transferlab.strategies import StrategyResult
 from transferlab.strategies.base import runs_end_to_end
@@ -87,6 +88,7 @@ def train(data: str | Path, settings: TrainSettings, console: Console | None = N
     }
     with staged(run_dir) as staging:  # the run folder appears complete, or not at all
         write_run(staging, result, config=config, metrics=metrics, test=test)
+        write_explanations(staging, result.classifier, test, settings.explain)
         write_report(staging, location=final_location(run_dir))
     classifier = result.classifier
     classifier.run_dir, classifier.metrics, classifier.history = run_dir, metrics, result.history

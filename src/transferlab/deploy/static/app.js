@@ -4,6 +4,7 @@
 const TOP_K = 5;
 const el = (id) => document.getElementById(id);
 let maxUploadBytes = Infinity;
+let lastFile = null; // the image shown, explained when the heatmap toggle is on
 
 async function loadModel() {
   try {
@@ -15,6 +16,7 @@ async function loadModel() {
     const scored = accuracy == null ? "" : `, ${split} accuracy ${(100 * accuracy).toFixed(1)}%`;
     el("model-summary").textContent = `${model.backbone} (${model.strategy}): ${model.labels.length} classes${scored}`;
     el("report-link").hidden = !model.report;
+    el("heatmap-toggle").hidden = model.runtime !== "torch"; // an ONNX model gives no gradients to explain with
   } catch (error) {
     el("model-summary").textContent = `could not reach the model: ${error}`;
   }
@@ -64,7 +66,31 @@ async function errorMessage(response) {
   }
 }
 
+// Grad-CAM of the predicted class (/api/explain), shown under the bars while the toggle is on.
+async function showHeatmap() {
+  const heatmap = el("heatmap");
+  heatmap.hidden = true;
+  if (!el("show-heatmap").checked || !lastFile) return;
+  const form = new FormData();
+  form.append("file", lastFile);
+  try {
+    const response = await fetch("/api/explain", { method: "POST", body: form });
+    if (!response.ok) {
+      showStatus(`heatmap of ${lastFile.name}: ${await errorMessage(response)}`, true);
+      return;
+    }
+    const result = await response.json();
+    heatmap.src = result.overlay;
+    heatmap.title = `${result.label} ${(100 * result.probability).toFixed(1)}%`;
+    heatmap.hidden = false;
+  } catch (error) {
+    showStatus(`request failed: ${error}`, true);
+  }
+}
+
 async function classify(file) {
+  lastFile = null;
+  el("heatmap").hidden = true;
   el("results").replaceChildren();
   el("doubt").hidden = true;
   const preview = el("preview");
@@ -88,6 +114,8 @@ async function classify(file) {
     showStatus(`${result.filename} (${result.width}×${result.height}) in ${(1000 * result.seconds).toFixed(0)} ms`);
     showResults(result.top);
     showDoubt(result);
+    lastFile = file;
+    showHeatmap();
   } catch (error) {
     showStatus(`request failed: ${error}`, true);
   }
@@ -111,4 +139,5 @@ function setUpDropZone() {
 }
 
 setUpDropZone();
+el("show-heatmap").addEventListener("change", showHeatmap);
 loadModel();
