@@ -67,6 +67,15 @@ def test_an_auto_rerun_replaces_the_old_folder_when_complete(colour_folder, tmp_
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_auto_explains_only_the_chosen_candidate(colour_folder, tmp_path):
+    out = tmp_path / "auto"
+    train_auto(colour_folder, budget=600, out=out, epochs=2, candidates=(LITE0, LITE0_LINEAR), explain=2, quiet=True)
+    chosen = out / "candidates" / json.loads((out / "auto.json").read_text())["chosen"]
+    assert len(json.loads((out / "explanations" / "index.json").read_text())["items"]) == 2
+    assert "Where the model looked" in (chosen / "report.html").read_text()
+    assert [p.parent for p in (out / "candidates").glob("*/explanations")] == [chosen]
+
+
 def test_auto_prints_a_line_per_candidate_and_only_the_chosen_runs_epilogue(colour_folder, tmp_path):
     from io import StringIO
 

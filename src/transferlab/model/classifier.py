@@ -79,6 +79,7 @@ class Classifier:
         self.run_dir = run_dir
         self.metrics: dict = {}
         self.history = None
+        self.test_predictions = None  # the test split's TestPredictions once training wrote the run
         self.confidence: ConfidenceCheck | None = None  # fitted at training time; None for older runs: no flag
         # Test-time views may be mirrored unless training ruled flips out (digits, text: a mirror changes them).
         self.tta_mirror = True

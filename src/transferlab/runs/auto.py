@@ -34,6 +34,7 @@ from transferlab.core.device import resolve_device
 from transferlab.core.errors import TransferlabError
 from transferlab.core.files import atomic_write_bytes
 from transferlab.core.options import DEFAULT_BUDGET
+from transferlab.core.run_folder import EXPLANATIONS
 from transferlab.core.settings import SplitConfig, TrainSettings, train_settings
 from transferlab.data.dataset import DatasetSplit, load_dataset
 from transferlab.model.classifier import Classifier
@@ -49,11 +50,12 @@ from transferlab.runs.auto_cost import (
 )
 from transferlab.runs.compare import Comparison, row_of, short_backbone, write_comparison
 from transferlab.runs.console import after_training
+from transferlab.runs.explanations import write_explanations
 from transferlab.runs.pipeline import train, train_options
 from transferlab.runs.writer import check_destination, staged, unique_run_dir
 from transferlab.strategies.base import extraction_timing, make_extractor, train_head
 
-FINISH_SECONDS = 20.0  # after the last candidate: the compare table, the report, the chosen model copied
+FINISH_SECONDS = 20.0  # after the last candidate: the compare table, the report, the chosen model copied and explained
 RUN_FILES = ("model.safetensors", "model.json", "labels.txt", "metrics.json", "config.json", "history.csv",
              "split.csv", "skipped.csv", "test_predictions.csv", "summary.json")
 
@@ -226,6 +228,7 @@ class Search:
             # int8 quantises the frozen trunk of extract and augment only
             trunk={"precision": precision_for(candidate.strategy, self.settings.trunk.precision)},
             fit={"deadline": deadline} if deadline is not None else {},
+            explain=0,  # heatmaps for the chosen candidate only, in finish
         )
 
 
@@ -302,9 +305,13 @@ def finish(search: Search, out_dir: Path, data, budget: float, throughput: Throu
     atomic_write_bytes(staging / "auto.json", (json.dumps(record, indent=2) + "\n").encode())
     for name in RUN_FILES:
         shutil.copy2(staging / "candidates" / chosen.label / name, staging / name)
+    kept, chosen_dir = classifiers[chosen.label], staging / "candidates" / chosen.label
+    write_explanations(chosen_dir, kept, kept.test_predictions, search.settings.explain)
+    write_report(chosen_dir, location=out_dir / "candidates" / chosen.label)  # the report the table links to
+    if (chosen_dir / EXPLANATIONS).is_dir():
+        shutil.copytree(chosen_dir / EXPLANATIONS, staging / EXPLANATIONS)
     write_report(staging, location=out_dir)
     console.print(choice_table(search.attempts, chosen))
     console.print(f"[bold green]auto chose {chosen.label}[/]: {why}")
-    kept = classifiers[chosen.label]
     console.print(after_training(kept.metrics, kept.history.epochs, out_dir), soft_wrap=True)  # paths stay whole
     return record

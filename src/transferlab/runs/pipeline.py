@@ -92,6 +92,7 @@ def train(data: str | Path, settings: TrainSettings, console: Console | None = N
         write_report(staging, location=final_location(run_dir))
     classifier = result.classifier
     classifier.run_dir, classifier.metrics, classifier.history = run_dir, metrics, result.history
+    classifier.test_predictions = test  # auto explains its chosen candidate from these
     if epilogue:
         console.print(after_training(metrics, result.history.epochs, final_location(run_dir)), soft_wrap=True)  # paths stay whole
     return classifier
