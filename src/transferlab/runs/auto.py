@@ -34,7 +34,7 @@ from transferlab.core.device import resolve_device
 from transferlab.core.errors import TransferlabError
 from transferlab.core.files import atomic_write_bytes
 from transferlab.core.options import DEFAULT_BUDGET
-from transferlab.core.run_folder import EXPLANATIONS
+from transferlab.core.run_folder import EXPLANATIONS, check_destination
 from transferlab.core.settings import SplitConfig, TrainSettings, train_settings
 from transferlab.data.dataset import DatasetSplit, load_dataset
 from transferlab.model.classifier import Classifier
@@ -52,7 +52,7 @@ from transferlab.runs.compare import Comparison, row_of, short_backbone, write_c
 from transferlab.runs.console import after_training
 from transferlab.runs.explanations import write_explanations
 from transferlab.runs.pipeline import train, train_options
-from transferlab.runs.writer import check_destination, staged, unique_run_dir
+from transferlab.runs.writer import staged, unique_run_dir
 from transferlab.strategies.base import extraction_timing, make_extractor, train_head
 
 FINISH_SECONDS = 20.0  # after the last candidate: the compare table, the report, the chosen model copied and explained

@@ -18,13 +18,14 @@ from transferlab.data.dataset import load_dataset
 from transferlab.engines.local import check_engine
 from transferlab.core.config import COMPARE_STRATEGIES, check_strategies, precision_for
 from transferlab.core.errors import TransferlabError
+from transferlab.core.run_folder import check_destination
 from transferlab.core.settings import EngineConfig, SplitConfig, TrainSettings, train_settings
 from transferlab.features.runtimes import check_precision
 from transferlab.model.classifier import Classifier
 from transferlab.reports.html import formatted
 from transferlab.reports.report import write_report
 from transferlab.runs.pipeline import train
-from transferlab.runs.writer import check_destination, final_location, staged, unique_run_dir
+from transferlab.runs.writer import final_location, staged, unique_run_dir
 COLUMNS = (
     "strategy", "backbone", "recipe", "test_accuracy", "top5_accuracy", "val_accuracy", "epochs_run",
     "train_seconds", "extract_seconds", "total_seconds", "images_per_second", "run_dir",

@@ -23,7 +23,7 @@ import numpy as np
 
 from transferlab.model.classifier import Classifier
 from transferlab.core.files import atomic_write_bytes, disk_full_as_error
-from transferlab.core.run_folder import MODEL_JSON, SUMMARY, TEST_PREDICTIONS, check_destination
+from transferlab.core.run_folder import MODEL_JSON, SUMMARY, TEST_PREDICTIONS
 from transferlab.reports.report import write_report
 from transferlab.strategies.base import StrategyResult
 from transferlab.model.summary import summarize_run
