@@ -124,3 +124,37 @@ def test_the_default_budget_is_six_minutes_from_the_option_table(colour_folder, 
     assert DEFAULT_BUDGET <= 360 and "default 6m" in OPTIONS["budget"].help
     train_auto(colour_folder, out=tmp_path / "auto", epochs=2, candidates=(LITE0,), throughput=QUIET_CPU, quiet=True)
     assert json.loads((tmp_path / "auto" / "auto.json").read_text())["budget_seconds"] == DEFAULT_BUDGET
+
+
+def scored_attempt(candidate: Candidate, scores: tuple[float, ...]):
+    from transferlab.runs.auto import Attempt
+
+    return candidate, Attempt(candidate.label, candidate.strategy, candidate.backbone, 0.0,
+                              cv_accuracy=float(np.mean(scores)), cv_std=float(np.std(scores)), cv_scores=scores)
+
+
+def test_a_linear_head_within_one_standard_error_of_the_best_on_the_same_features_is_chosen():
+    from transferlab.runs.auto import chosen_by_cross_validation, why_chosen
+
+    mlp = scored_attempt(LITE0, (0.952, 0.948, 0.960, 0.945, 0.951))
+    linear = scored_attempt(LITE0_LINEAR, (0.955, 0.945, 0.957, 0.947, 0.949))  # 0.06 below, folds disagree on the sign
+    other = scored_attempt(Candidate("extract", "efficientnet_lite2"), (0.940, 0.941, 0.950, 0.936, 0.940))
+    assert chosen_by_cross_validation([other, mlp, linear]) == linear
+    linear[1].val_accuracy = 0.95
+    assert "within one standard error" in why_chosen(linear[1], [other[1], mlp[1], linear[1]], 400)
+
+
+def test_a_linear_head_clearly_behind_in_every_fold_is_not_chosen():
+    from transferlab.runs.auto import chosen_by_cross_validation
+
+    mlp = scored_attempt(LITE0, (0.952, 0.948, 0.960, 0.945, 0.951))
+    linear = scored_attempt(LITE0_LINEAR, (0.942, 0.937, 0.951, 0.934, 0.942))  # about a point behind in each fold
+    assert chosen_by_cross_validation([mlp, linear]) == mlp
+
+
+def test_the_one_standard_error_rule_never_swaps_features():
+    from transferlab.runs.auto import chosen_by_cross_validation
+
+    lite2 = scored_attempt(Candidate("extract", "efficientnet_lite2"), (0.952, 0.948, 0.960, 0.945, 0.951))
+    linear = scored_attempt(LITE0_LINEAR, (0.951, 0.948, 0.959, 0.945, 0.950))
+    assert chosen_by_cross_validation([linear, lite2]) == lite2

@@ -40,6 +40,13 @@ class CrossValidation:
         return f"{self.folds}-fold cv {self.mean:.1%} ± {self.std:.1%}"
 
 
+def paired_standard_error(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """The standard error of the mean difference between two candidates scored on the same folds: pairing takes
+    out what the folds share (some folds are harder for every candidate), so it is smaller than either's spread."""
+    differences = np.subtract(a, b)
+    return float(np.std(differences, ddof=1) / np.sqrt(len(differences))) if len(differences) > 1 else 0.0
+
+
 def stratified_folds(labels: np.ndarray, folds: int = FOLDS, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """(training rows, held-out rows) of each fold, every class spread evenly, the same for the same seed. With
     fewer images in the smallest class than `folds`, fewer folds (at least 2), so each class can be held out."""
