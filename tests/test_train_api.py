@@ -17,7 +17,7 @@ from transferlab.core.errors import TransferlabError
 RUN_FILES = [
     "config.json", "split.csv", "skipped.csv", "history.csv", "metrics.json", "model.safetensors",
     "model.json", "labels.txt", "accuracy.png", "loss.png", "confusion_matrix.png", "report.html",
-    "test_predictions.csv", "summary.json",
+    "test_predictions.csv", "summary.json", "explanations",
 ]
 
 
@@ -101,14 +101,14 @@ def test_load_of_a_non_run_folder_is_a_clear_error(tmp_path):
 
 
 def test_warm_rerun_builds_no_network(colour_folder, tmp_path):
-    """With every feature cached and the model summary remembered, a rerun imports neither timm nor torchvision
-    nor torch._dynamo (seconds of a warm run on a CPU)."""
+    """With every feature cached and the model summary remembered, a rerun without heatmaps imports neither timm
+    nor torchvision nor torch._dynamo (seconds of a warm run on a CPU); the report's heatmaps need the network."""
     transferlab.train(colour_folder, out=tmp_path / "cold", epochs=2, quiet=True)
     code = (
         "import sys\n"
         "from transferlab.cli.app import main\n"
         f"sys.argv = ['transferlab', '--quiet', 'train', {str(colour_folder)!r}, '--epochs', '2', "
-        f"'--out', {str(tmp_path / 'warm')!r}]\n"
+        f"'--explain', '0', '--out', {str(tmp_path / 'warm')!r}]\n"
         "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
         "print(sorted({'timm', 'torchvision', 'torch._dynamo'} & set(sys.modules)))\n"
     )
