@@ -31,8 +31,9 @@ def test_heatmap_points_at_the_object_that_decides_the_class(tmp_path):
     explanations = classifier.explain(list(boxes))
     assert [e.predicted for e in explanations] == [p.parent.name for p in boxes]
     hits = pointing_hits(explanations, list(boxes.values()))
-    # measured 63-70% on 60 images (bench/explain.py); the target is 90%, chance is 8%
-    assert np.mean(hits) >= 5 * CHANCE, hits
+    # measured 93% on 60 images and 93% on 180 (bench/explain.py; the target is 90%, chance is 8%); with
+    # one map per image, not shifted by half a cell, 60% and 81%
+    assert np.mean(hits) >= 0.8, hits
     assert set(CLASSES) == set(classifier.classes)
 
 

@@ -29,6 +29,7 @@ from transferlab.core.files import atomic_write_bytes
 from transferlab.model.prediction import ImageInput
 
 BATCH = 16  # images per forward pass: enough to keep the CPU's cores busy, little memory at 224-260 px
+SHIFTS = (0.0, 0.5)  # the image as it is, then moved by half a map cell (Explainer.grad_cam)
 
 
 @dataclass
@@ -130,8 +131,32 @@ class Explainer:
         return images, None
 
     def grad_cam(self, batches: list[np.ndarray], targets: list[int | None]) -> tuple[np.ndarray, np.ndarray]:
-        """(heatmaps [n, h, w] in 0..1 at the first trunk's input size, class probabilities [n, classes])."""
-        tensors = [torch.from_numpy(b).permute(0, 3, 1, 2).contiguous().to(self.device) for b in batches]
+        """(heatmaps [n, h, w] in 0..1 at the first trunk's input size, class probabilities [n, classes]).
+
+        The map of the image as it is, averaged with the maps of the image moved by half a cell (SHIFTS): a 7x7
+        map puts its peak on a 32 px lattice, beside an object that straddles two cells; the shifted maps
+        interleave a second lattice (as "Augmented Grad-CAM", Morbidelli et al. 2020, combines maps of moved
+        copies into a finer one)."""
+        tensors = [torch.from_numpy(b).permute(0, 3, 1, 2).float().to(self.device) for b in batches]
+        size, chosen, probabilities, heat = tuple(tensors[0].shape[2:]), targets, None, 0.0
+        for shift in SHIFTS:
+            moved, anchors = [], []
+            for index, (trunk, images) in enumerate(zip(self.trunks, tensors)):
+                start, step = self.anchor(index, trunk, images.shape[2])
+                pixels = round(shift * step)
+                moved.append(moved_by(images, pixels))
+                anchors.append((start - pixels, step))  # the moved map's cells, on the unmoved image
+            maps, logits = self.class_maps(moved, chosen)
+            if probabilities is None:  # the image as it is decides the class and its probability
+                chosen = [p if t is None else t for p, t in zip(logits.argmax(dim=1).tolist(), targets)]
+                probabilities = torch.softmax(logits, dim=1).cpu().numpy()
+            heat = heat + torch.stack([onto_input(m, a, size) for m, a in zip(maps, anchors)]).mean(dim=0)[:, 0]
+        heat = heat / heat.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
+        return heat.cpu().numpy().astype(np.float32), probabilities
+
+    def class_maps(self, tensors: list[torch.Tensor], targets: list[int | None]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(each trunk's Grad-CAM map [n, 1, h, w] for the target class, the logits [n, classes]); a None target
+        is the predicted class."""
         with torch.enable_grad():
             leaves, pooled = zip(*(differentiable_tail(trunk, images) for trunk, images in zip(self.trunks, tensors)))
             logits = self.head(torch.cat(pooled, dim=1))
@@ -139,12 +164,15 @@ class Explainer:
             chosen = torch.where(chosen < 0, logits.argmax(dim=1), chosen)
             # each image's logit depends on its own activations only (eval mode): one backward for the batch
             gradients = torch.autograd.grad(logits.gather(1, chosen[:, None]).sum(), leaves)
-        size = tuple(tensors[0].shape[2:])
-        maps = [onto_input(class_activation(a.detach(), g), self.anchor(index, trunk, images.shape[2]), size)
-                for index, (trunk, images, a, g) in enumerate(zip(self.trunks, tensors, leaves, gradients))]
-        heat = torch.stack(maps).mean(dim=0)[:, 0]
-        heat = heat / heat.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
-        return heat.cpu().numpy().astype(np.float32), torch.softmax(logits.detach(), dim=1).cpu().numpy()
+        return [class_activation(a.detach(), g) for a, g in zip(leaves, gradients)], logits.detach()
+
+
+def moved_by(images: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Images [n, c, h, w] moved `pixels` down and right, the top rows and left columns repeating the edge."""
+    if pixels == 0:
+        return images
+    height, width = images.shape[2:]
+    return torch.nn.functional.pad(images, (pixels, 0, pixels, 0), mode="replicate")[:, :, :height, :width]
 
 
 def save_panels(explanations: Sequence[Explanation], folder: Path) -> list[Path]:
@@ -181,8 +209,9 @@ def onto_input(maps: torch.Tensor, anchor: tuple[float, float], size: tuple[int,
 
     y, x = axis(size[0], height), axis(size[1], width)
     grid = torch.stack(torch.meshgrid(y, x, indexing="ij")[::-1], dim=-1).to(maps.device)
-    return torch.nn.functional.grid_sample(maps, grid.expand(len(maps), -1, -1, -1), mode="bilinear",
-                                           padding_mode="border", align_corners=True)
+    resampled = torch.nn.functional.grid_sample(maps, grid.expand(len(maps), -1, -1, -1), mode="bicubic",
+                                                padding_mode="border", align_corners=True)
+    return resampled.clamp_min(0)  # bicubic overshoots a little below zero beside a strong cell
 
 
 def receptive_field_anchor(trunk: Trunk, side: int) -> tuple[float, float]:
