@@ -10,7 +10,7 @@ Hand-written (a few dozen lines) rather than taken from a library: none is insta
 (pytorch-grad-cam, captum) hook one module run end to end, while a transferlab model is one trunk per backbone
 and a separate head over their pooled features. Only the tail is differentiated: the trunk runs to that activation
 without gradients, the activation becomes a leaf, and pooling + head run with gradients from there, so an
-explanation costs about one forward pass (no backward pass through the backbone).
+explanation costs about two forward passes, one per map of `SHIFTS` (no backward pass through the backbone).
 """
 
 from __future__ import annotations
