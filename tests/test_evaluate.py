@@ -48,6 +48,19 @@ def test_evaluate_writes_metrics_plot_and_report_into_the_run(run_dir, new_folde
     assert len(list(csv.DictReader((folder / "predictions.csv").open()))) == 12
 
 
+def test_evaluate_shows_heatmaps_of_its_images_in_the_report(run_dir, new_folder, tmp_path):
+    evaluation = transferlab.evaluate(run_dir, new_folder, out=tmp_path / "four", explain=4)
+    index = json.loads((evaluation.out / "explanations" / "index.json").read_text())
+    assert len(index["items"]) == 4 and {item["true"] for item in index["items"]} == {"red", "blue"}
+    assert all((evaluation.out / "explanations" / item["file"]).is_file() for item in index["items"])
+    assert all(not item["path"].startswith("/") for item in index["items"])  # relative to the evaluated folder
+    assert "Where the model looked" in (evaluation.out / "report.html").read_text()
+    none = transferlab.evaluate(run_dir, new_folder, out=tmp_path / "none", explain=0)
+    assert not (none.out / "explanations").exists()
+    with pytest.raises(TransferlabError, match="explain"):
+        transferlab.evaluate(run_dir, new_folder, out=tmp_path / "bad", explain=-1)
+
+
 def test_evaluate_reports_unreadable_files_without_counting_them(run_dir, new_folder):
     evaluation = transferlab.evaluate(run_dir, new_folder)
     rows = list(csv.DictReader((evaluation.out / "failed.csv").open()))
@@ -83,8 +96,10 @@ def test_cli_evaluate_prints_a_table_and_json(run_dir, new_folder, tmp_path):
     table = runner.invoke(app, ["evaluate", str(run_dir), str(new_folder), "--out", str(tmp_path / "t")])
     assert table.exit_code == 0, table.output
     assert "accuracy" in table.output and "red" in table.output and "report.html" in table.output
-    as_json = runner.invoke(app, ["--json", "evaluate", str(run_dir), str(new_folder), "--out", str(tmp_path / "j")])
+    as_json = runner.invoke(app, ["--json", "evaluate", str(run_dir), str(new_folder), "--out", str(tmp_path / "j"),
+                                  "--explain", "0"])
     assert as_json.exit_code == 0 and json.loads(as_json.stdout)["n"] == 12
+    assert (tmp_path / "t" / "explanations").is_dir() and not (tmp_path / "j" / "explanations").exists()
 
 
 def test_compare_evaluate_and_export_are_callable_at_the_top_level():

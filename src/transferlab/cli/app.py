@@ -167,12 +167,14 @@ def evaluate(
     data: Annotated[Path, typer.Argument(help="A labelled folder (class subfolders) of images the model has not seen.")],
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the results (default RUN/evaluations/<DATA name>).")] = None,
     tta: Annotated[int, typer.Option(help="Average over the original and N-1 augmented views.")] = 1,
+    explain: Annotated[int, typer.Option(help="Images whose Grad-CAM heatmaps report.html shows: the top losses, then "
+                                              "correct ones of each class (0: none).")] = 12,
 ):
-    """Measure a run on a new labelled folder: metrics, confusion matrix, report.html (replaced on a rerun)."""
+    """Measure a run on a new labelled folder: metrics, confusion matrix, heatmaps, report.html (replaced on a rerun)."""
     preflight.check_evaluate(run, data, tta)
     from transferlab.runs.evaluation import evaluate as evaluate_run
 
-    evaluation = evaluate_run(run, data, out=out_dir, tta=tta)
+    evaluation = evaluate_run(run, data, out=out_dir, tta=tta, explain=explain)
     if state.json:
         emit_json(evaluation.to_dict())
     elif not state.quiet:

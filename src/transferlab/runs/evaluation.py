@@ -26,8 +26,11 @@ from transferlab.model.metrics import evaluate_probabilities
 from transferlab.reports.confusion import most_confused_pairs
 from transferlab.model.prediction import ImageInput
 from transferlab.core.config import check_data_folder
+from transferlab.core.options import OPTIONS
 from transferlab.reports.html import jinja_environment, now_text
-from transferlab.runs.writer import staged
+from transferlab.reports.report import stored_explanations
+from transferlab.runs.explanations import write_explanations
+from transferlab.runs.writer import TestPredictions, staged
 
 EVALUATIONS = "evaluations"
 
@@ -59,9 +62,11 @@ class Evaluation:
 
 
 def evaluate(model: Classifier | str | Path, data: str | Path, *, out: str | Path | None = None,
-             tta: int = 1) -> Evaluation:
+             tta: int = 1, explain: int = 12) -> Evaluation:
     """Evaluate `model` (a Classifier or a run folder) on the labelled images under `data`; write the results to
-    `out` (default RUN/evaluations/<data folder name>/, replaced as a whole) and return them."""
+    `out` (default RUN/evaluations/<data folder name>/, replaced as a whole) and return them. The report shows the
+    Grad-CAM heatmaps of `explain` images (the top losses, then correct ones of each class; 0: none)."""
+    explain = OPTIONS["explain"].check(explain)  # train's rule for the same word
     classifier = model if isinstance(model, Classifier) else Classifier.load(model)
     data = Path(data)
     check_data_folder(data)
@@ -76,8 +81,9 @@ def evaluate(model: Classifier | str | Path, data: str | Path, *, out: str | Pat
     y_true = np.array([index[cls] for (_, cls), ok in zip(entries, kept) if ok])
     metrics = present_class_metrics(y_true, probabilities, classifier.classes)
     evaluation = Evaluation(data.resolve(), destination, {"run": str(classifier.run_dir), **metrics}, skipped)
-    kept_entries = [entry for entry, ok in zip(entries, kept) if ok]
-    write_evaluation(evaluation, kept_entries, probabilities, classifier.classes)
+    predictions = TestPredictions([path for (path, _), ok in zip(entries, kept) if ok], y_true, probabilities[None],
+                                  classifier.classes, data.expanduser().absolute())
+    write_evaluation(evaluation, predictions, classifier, explain)
     return evaluation
 
 
@@ -125,29 +131,31 @@ def present_class_metrics(y_true: np.ndarray, probabilities: np.ndarray, classes
     }
 
 
-def write_evaluation(evaluation: Evaluation, entries: list[tuple[Path, str]], probabilities: np.ndarray,
-                     classes: list[str]) -> None:
-    """The evaluation folder, written aside and moved into place when complete (see `runs.staged`)."""
+def write_evaluation(evaluation: Evaluation, predictions: TestPredictions, classifier: Classifier, explain: int) -> None:
+    """The evaluation folder, written aside and moved into place when complete (see `runs.staged`), with the
+    heatmaps of `explain` of its images."""
     from transferlab.reports.plots import save_confusion_matrix  # matplotlib only when drawing: `import transferlab.api` stays light
 
-    metrics = evaluation.metrics
+    metrics, classes, probabilities = evaluation.metrics, classifier.classes, predictions.probabilities
     with staged(evaluation.out) as folder:
         (folder / "metrics.json").write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")
         with (folder / "predictions.csv").open("w", newline="") as file:
             writer = csv.writer(file)
             writer.writerow(["path", "class", "predicted", "probability", "correct"])
-            for (path, cls), row in zip(entries, probabilities):
+            for path, label, row in zip(predictions.paths, predictions.labels, probabilities):
                 best = int(row.argmax())
-                writer.writerow([str(path), cls, classes[best], f"{row[best]:.6f}", int(classes[best] == cls)])
+                writer.writerow([str(path), classes[label], classes[best], f"{row[best]:.6f}", int(best == label)])
         with (folder / "failed.csv").open("w", newline="") as file:
             writer = csv.writer(file)
             writer.writerow(["path", "reason"])
             writer.writerows([item.path, item.reason] for item in evaluation.failed)
         save_confusion_matrix(metrics["confusion_matrix"], metrics["classes"], folder / "confusion_matrix.png")
+        write_explanations(folder, classifier, predictions, explain)
         html = jinja_environment().get_template("evaluation.html.j2").render(
             title=f"Evaluation on {evaluation.data.name}", generated=now_text(), evaluation=evaluation, m=metrics,
             confusion_png=png_uri(folder / "confusion_matrix.png"),
             confused_pairs=most_confused_pairs(metrics["confusion_matrix"], metrics["classes"]),
+            explanations=stored_explanations(folder),
         )
         (folder / "report.html").write_text(html, encoding="utf-8")
 
