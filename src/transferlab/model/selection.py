@@ -36,15 +36,14 @@ class CrossValidation:
     def folds(self) -> int:
         return len(self.scores)
 
+    @property
+    def standard_error(self) -> float:
+        """Of the mean: the sample spread of the fold scores over the square root of their number (as the
+        one-standard-error rule of Hastie, Tibshirani and Friedman, Elements of Statistical Learning 7.10)."""
+        return float(np.std(self.scores, ddof=1) / np.sqrt(self.folds)) if self.folds > 1 else 0.0
+
     def __str__(self) -> str:
         return f"{self.folds}-fold cv {self.mean:.1%} ± {self.std:.1%}"
-
-
-def paired_standard_error(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    """The standard error of the mean difference between two candidates scored on the same folds: pairing takes
-    out what the folds share (some folds are harder for every candidate), so it is smaller than either's spread."""
-    differences = np.subtract(a, b)
-    return float(np.std(differences, ddof=1) / np.sqrt(len(differences))) if len(differences) > 1 else 0.0
 
 
 def stratified_folds(labels: np.ndarray, folds: int = FOLDS, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
