@@ -137,7 +137,8 @@ def test_a_linear_head_within_one_standard_error_of_the_best_on_the_same_feature
     from transferlab.runs.auto import chosen_by_cross_validation, why_chosen
 
     mlp = scored_attempt(LITE0, (0.952, 0.948, 0.960, 0.945, 0.951))
-    linear = scored_attempt(LITE0_LINEAR, (0.955, 0.945, 0.957, 0.947, 0.949))  # 0.06 points below; the best's standard error: 0.26
+    # 0.06 points below the best, whose standard error is 0.26
+    linear = scored_attempt(LITE0_LINEAR, (0.955, 0.945, 0.957, 0.947, 0.949))
     other = scored_attempt(Candidate("extract", "efficientnet_lite2"), (0.940, 0.941, 0.950, 0.936, 0.940))
     assert chosen_by_cross_validation([other, mlp, linear]) == linear
     linear[1].val_accuracy = 0.95
@@ -148,7 +149,7 @@ def test_a_linear_head_clearly_behind_in_every_fold_is_not_chosen():
     from transferlab.runs.auto import chosen_by_cross_validation
 
     mlp = scored_attempt(LITE0, (0.952, 0.948, 0.960, 0.945, 0.951))
-    linear = scored_attempt(LITE0_LINEAR, (0.942, 0.937, 0.951, 0.934, 0.942))  # a point behind: beyond one standard error
+    linear = scored_attempt(LITE0_LINEAR, (0.942, 0.937, 0.951, 0.934, 0.942))  # a point behind: beyond noise
     assert chosen_by_cross_validation([mlp, linear]) == mlp
 
 

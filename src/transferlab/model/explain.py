@@ -154,7 +154,8 @@ class Explainer:
         heat = heat / heat.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
         return heat.cpu().numpy().astype(np.float32), probabilities
 
-    def class_maps(self, tensors: list[torch.Tensor], targets: list[int | None]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def class_maps(self, tensors: list[torch.Tensor],
+                   targets: list[int | None]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """(each trunk's Grad-CAM map [n, 1, h, w] for the target class, the logits [n, classes]); a None target
         is the predicted class."""
         with torch.enable_grad():
