@@ -158,6 +158,17 @@ def test_doctor_command_prints_the_counts_and_writes_its_folder(planted, tmp_pat
     assert (tmp_path / "doc" / "findings.csv").is_file() and (tmp_path / "doc" / "doctor.html").is_file()
 
 
+def test_a_warm_doctor_decodes_no_image_for_its_hashes_and_finds_the_same(planted, monkeypatch):
+    from transferlab.runs import doctor as doctor_module
+
+    decoded = []
+    monkeypatch.setattr(doctor_module, "facts_of", lambda paths: decoded.extend(paths) or [])
+    again = transferlab.doctor(planted["root"], write=False, quiet=True)
+    assert decoded == []
+    assert [(r.kind, r.path, r.partner) for r in again.rows] == [(r.kind, r.path, r.partner)
+                                                                   for r in planted["findings"].rows]
+
+
 def test_skip_names_a_missing_findings_file_in_one_line(tmp_path, colour_folder):
     result = CliRunner().invoke(app, ["train", str(colour_folder), "--skip", str(tmp_path / "nowhere.csv")])
     assert result.exit_code != 0

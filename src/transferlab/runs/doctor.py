@@ -9,20 +9,22 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from transferlab.core.files import atomic_path, atomic_write_bytes
+from transferlab.backbones.registry import default_cache_dir
+from transferlab.core.files import atomic_path, atomic_write_bytes, memoized_file_digest
 from transferlab.core.options import DEFAULT_BACKBONE
 from transferlab.core.run_folder import check_destination
 from transferlab.core.settings import SplitConfig
 from transferlab.data.dataset import DatasetSplit, load_dataset
-from transferlab.data.image_checks import FINDINGS, facts_of, hash_distance, set_checks
+from transferlab.data.image_checks import FINDINGS, ImageFacts, facts_of, hash_distance, set_checks
 from transferlab.data.layouts import relative
+from transferlab.features.cache import FeatureCache
 from transferlab.features.combined import build_extractor
 from transferlab.model.data_issues import (
     Neighbours,
@@ -145,7 +147,7 @@ def doctor(data: str | Path, *, backbone: str | None = None, split: SplitConfig 
     extracted = extractor.extract(paths, description="features: doctor")
     kept = np.asarray(extracted.kept, dtype=bool)
     paths, labels, splits = [p for p, k in zip(paths, kept) if k], labels[kept], splits[kept]
-    facts = facts_of(paths)
+    facts = remembered_facts(paths, Path(cache_dir) if cache_dir else default_cache_dir())
     usable = np.array([f is not None for f in facts])
     paths, labels, splits = [p for p, u in zip(paths, usable) if u], labels[usable], splits[usable]
     features, facts = extracted.features[usable], [f for f in facts if f is not None]
@@ -161,6 +163,29 @@ def doctor(data: str | Path, *, backbone: str | None = None, split: SplitConfig 
         findings.write(folder)
     console.print(findings.table())
     return findings
+
+
+FACTS_CACHE = "image-facts-v1.sqlite"  # a new name when ImageFacts or its hashes change
+
+
+def remembered_facts(paths: list[Path], cache_dir: Path) -> list[ImageFacts | None]:
+    """`facts_of`, kept in a cache beside the features' and keyed like them by each file's content: a warm doctor
+    decodes no image (on Caltech-101 the hashes were most of a warm run)."""
+    cache = FeatureCache(cache_dir / "features" / FACTS_CACHE, dtype=np.uint64)
+    try:
+        keys = [memoized_file_digest(p) for p in paths]
+        stored = cache.get_many(keys)
+        missing = [i for i, key in enumerate(keys) if key not in stored]
+        computed = dict(zip(missing, facts_of([paths[i] for i in missing])))
+        cache.put_many({keys[i]: np.array(astuple(f), dtype=np.uint64) for i, f in computed.items() if f is not None})
+    finally:
+        cache.close()
+    return [computed[i] if i in computed else stored_facts(stored[key]) for i, key in enumerate(keys)]
+
+
+def stored_facts(vector: np.ndarray) -> ImageFacts:
+    width, height, grey, dhash, mirrored = (int(v) for v in vector)
+    return ImageFacts(width, height, bool(grey), dhash, mirrored)
 
 
 def _entries(dataset: DatasetSplit) -> tuple[list[Path], np.ndarray, np.ndarray]:
