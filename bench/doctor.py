@@ -26,7 +26,8 @@ from common import CALTECH_EXCLUDED, machine, require_caltech
 from sklearn.preprocessing import normalize
 
 from transferlab.data.dataset import load_dataset
-from transferlab.data.image_checks import facts_of, hash_distance
+from transferlab.data.image_checks import facts_of
+from transferlab.data.same_picture import same_picture_scores
 from transferlab.features.combined import build_extractor
 from transferlab.data.layouts import relative
 from transferlab.runs.doctor import doctor
@@ -99,20 +100,22 @@ def duplicates(args) -> None:
           f"reported pairs {len(reported)}, not planted {len(extra)} ({len(extra) / max(1, len(reported)):.1%})")
     for pair, how in planted.items():
         if pair not in reported:
-            print("missed:", sorted(pair), how, "cosine %.3f, hash bits %d" % stats[pair])
+            print("missed:", sorted(pair), how, "cosine %.3f, aligned %.3f, colours %.3f apart" % stats[pair])
     for r in extra:
         print("not planted:", r.kind, r.path, r.partner, r.score, r.detail)
 
 
 def pair_stats(findings, pairs) -> dict:
-    """(feature cosine, dHash bits apart) of each pair: where the thresholds would have to be to find it."""
+    """(feature cosine, pixel alignment, colour difference) of each pair: where the thresholds would have to be
+    to find it."""
     extractor = build_extractor("efficientnet_lite0", quiet=True, precision="auto")
     stats = {}
     for pair in pairs:
         paths = [findings.paths[name] for name in sorted(pair)]
         a, b = normalize(extractor.extract(paths).features)
-        first, second = facts_of(paths)
-        stats[pair] = (float(a @ b), hash_distance(first, second))
+        thumbnails = np.stack([facts.thumbnail for facts in facts_of(paths)])
+        aligned, colours = same_picture_scores(thumbnails, np.array([[0, 1]]), min_alignment=-1)
+        stats[pair] = (float(a @ b), float(aligned[0]), float(colours[0]))
     return stats
 
 

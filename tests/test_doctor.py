@@ -4,11 +4,13 @@ small generated sets with planted problems; findings.csv, doctor.html, the noteb
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import skimage.data
 from conftest import COLOURS, folder_contents
 from PIL import Image
 from typer.testing import CliRunner
@@ -16,7 +18,9 @@ from typer.testing import CliRunner
 import transferlab
 from transferlab.cli.app import app
 from transferlab.data.image_checks import ImageFacts, read_skip_file, set_checks
+from transferlab.data.same_picture import SIDE, same_picture_scores
 from transferlab.model.data_issues import label_issues
+from transferlab.runs.doctor import ALIGNED, SAME_COLOURS
 
 CLASSES = ("red", "green", "blue")
 
@@ -182,7 +186,9 @@ def test_confident_learning_flags_only_the_image_another_class_claims():
 
 
 def test_set_checks_note_imbalance_tiny_images_odd_aspects_and_small_classes():
-    facts = [ImageFacts(300, 300, False, 0, 0)] * 60 + [ImageFacts(40, 30, False, 0, 0), ImageFacts(900, 200, False, 0, 0)]
+    thumbnail = np.zeros((SIDE, SIDE, 3), np.uint8)
+    facts = [ImageFacts(300, 300, False, thumbnail)] * 60 + [ImageFacts(40, 30, False, thumbnail),
+                                                             ImageFacts(900, 200, False, thumbnail)]
     labels = np.array([0] * 60 + [1, 1])
     notes = set_checks(facts, labels, ["many", "few"], [f"f{i}.jpg" for i in range(62)], (0.7, 0.15, 0.15))
     assert [note.split(":")[0].split(" (")[0] for note in notes] == [
@@ -215,3 +221,25 @@ def test_doctor_page_in_a_browser_shows_thumbnails_and_sorts_by_a_clicked_column
         table.locator("th.num").click()
         assert scores() == sorted(scores(), reverse=True)
         browser.close()
+
+
+def test_same_picture_tells_a_cropped_mirrored_copy_from_a_recoloured_lookalike():
+    picture = Image.fromarray(skimage.data.chelsea())
+    w, h = picture.size
+    copy = picture.crop((round(0.06 * w), round(0.02 * h), round(0.98 * w), round(0.94 * h)))
+    copy = copy.resize((round(0.6 * w), round(0.6 * h))).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    encoded = io.BytesIO()
+    copy.save(encoded, "JPEG", quality=70)
+    lookalike = Image.fromarray(np.asarray(picture)[..., ::-1])  # the same shapes in other colours
+    thumbnails = np.stack([np.asarray(image.resize((SIDE, SIDE), Image.Resampling.BOX).convert("RGB"))
+                           for image in (picture, Image.open(encoded), lookalike)])
+    aligned, colours = same_picture_scores(thumbnails, np.array([[0, 1], [0, 2]]), min_alignment=-1)
+    assert aligned[0] >= ALIGNED and colours[0] <= SAME_COLOURS
+    assert colours[1] > SAME_COLOURS
+
+
+def test_image_facts_survive_the_facts_cache_as_they_were():
+    facts = ImageFacts(70_000, 3, True, np.arange(SIDE * SIDE * 3, dtype=np.uint8).reshape(SIDE, SIDE, 3))
+    again = ImageFacts.unpacked(np.frombuffer(facts.packed().tobytes(), dtype=np.uint8))
+    assert (again.width, again.height, again.grey) == (70_000, 3, True)
+    assert np.array_equal(again.thumbnail, facts.thumbnail)

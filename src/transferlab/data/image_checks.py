@@ -1,10 +1,6 @@
-"""What `transferlab doctor` reads from the pixels themselves: each image's size, whether it is grey, and a
-perceptual hash of it and of its mirror image; the set-level checks built on those facts; and `read_skip_file`,
-which turns doctor's findings.csv into the files `train --skip` leaves out.
-
-The hash is a difference hash (dHash) written here: `imagehash` is not a dependency, and dHash is a few lines of
-numpy on a 9x8 greyscale thumbnail. It survives resizing and re-encoding; the mirrored image's hash catches
-mirrored copies; slight crops shift it by a few bits, so doctor pairs it with feature similarity.
+"""What `transferlab doctor` reads from the pixels themselves: each image's size, whether it is grey, and a small
+RGB thumbnail of the whole image (what `same_picture` compares); the set-level checks built on those facts; and
+`read_skip_file`, which turns doctor's findings.csv into the files `train --skip` leaves out.
 """
 
 from __future__ import annotations
@@ -21,9 +17,9 @@ from PIL import Image
 
 from transferlab.core.errors import TransferlabError
 from transferlab.data.decoding import ImageDecodeError, open_image, opened
+from transferlab.data.same_picture import SIDE
 
-HASH_SIDE = 8  # 64-bit hashes
-THUMBNAIL_PX = 64  # JPEGs are decoded at 1/8 scale or so: the hash needs no more
+THUMBNAIL_PX = 64  # JPEGs are decoded at 1/8 scale or so: the thumbnail and the greyness need no more
 TINY_PX = 64  # shorter side below this: smaller than a third of the networks' 224 px input
 ODD_ASPECT = 2.5  # long side over short side beyond this: the centre crop loses most of the picture
 GREY_SPREAD = 4.0  # mean |R-G|, |G-B| below this on the thumbnail: a grey picture, whatever its mode
@@ -35,20 +31,23 @@ SKIPPED_KINDS = ("label", "conflict", "leak", "duplicate", "outlier")  # rows of
 
 @dataclass(frozen=True)
 class ImageFacts:
-    """One image as doctor sees it: its size, greyness and 64-bit dHashes (as read and mirrored)."""
+    """One image as doctor sees it: its size, greyness and a SIDE x SIDE RGB thumbnail of the whole image."""
 
     width: int
     height: int
     grey: bool
-    dhash: int
-    dhash_mirrored: int
+    thumbnail: np.ndarray  # [SIDE, SIDE, 3] uint8, squashed to a square
 
+    def packed(self) -> np.ndarray:
+        """The facts as one uint8 vector (the facts cache stores vectors): width, height (4 bytes each), grey,
+        the thumbnail's pixels."""
+        size = np.array([self.width, self.height], dtype="<u4").view(np.uint8)
+        return np.concatenate([size, [int(self.grey)], self.thumbnail.ravel()]).astype(np.uint8)
 
-def difference_hash(grey: np.ndarray) -> int:
-    """dHash: each bit says whether a pixel of the (HASH_SIDE+1) x HASH_SIDE thumbnail is brighter than its
-    right neighbour."""
-    bits = (grey[:, 1:] > grey[:, :-1]).ravel()
-    return int(np.packbits(bits).view(">u8")[0])
+    @classmethod
+    def unpacked(cls, vector: np.ndarray) -> ImageFacts:
+        width, height = (int(v) for v in np.ascontiguousarray(vector[:8]).view("<u4"))
+        return cls(width, height, bool(vector[8]), np.asarray(vector[9:]).reshape(SIDE, SIDE, 3))
 
 
 def image_facts(path: Path) -> ImageFacts:
@@ -58,9 +57,8 @@ def image_facts(path: Path) -> ImageFacts:
     rgb.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
     pixels = np.asarray(rgb, dtype=np.float32)
     spread = np.abs(pixels[..., 0] - pixels[..., 1]).mean() + np.abs(pixels[..., 1] - pixels[..., 2]).mean()
-    small = np.asarray(rgb.convert("L").resize((HASH_SIDE + 1, HASH_SIDE), Image.Resampling.BOX), dtype=np.int16)
-    return ImageFacts(width, height, bool(spread / 2 < GREY_SPREAD), difference_hash(small),
-                      difference_hash(small[:, ::-1]))
+    thumbnail = np.asarray(rgb.resize((SIDE, SIDE), Image.Resampling.BOX), dtype=np.uint8)
+    return ImageFacts(width, height, bool(spread / 2 < GREY_SPREAD), thumbnail)
 
 
 def facts_of(paths: Sequence[Path], threads: int = 4) -> list[ImageFacts | None]:
@@ -73,11 +71,6 @@ def facts_of(paths: Sequence[Path], threads: int = 4) -> list[ImageFacts | None]
 
     with ThreadPoolExecutor(threads) as pool:
         return list(pool.map(safe, paths))
-
-
-def hash_distance(a: ImageFacts, b: ImageFacts) -> int:
-    """Bits that differ between the dHashes of two images, the second as read or mirrored, whichever is closer."""
-    return min((a.dhash ^ b.dhash).bit_count(), (a.dhash ^ b.dhash_mirrored).bit_count())
 
 
 def set_checks(facts: Sequence[ImageFacts], labels: np.ndarray, classes: Sequence[str], paths: Sequence[str],

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import asdict, astuple, dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +22,9 @@ from transferlab.core.options import DEFAULT_BACKBONE
 from transferlab.core.run_folder import check_destination
 from transferlab.core.settings import SplitConfig
 from transferlab.data.dataset import DatasetSplit, load_dataset
-from transferlab.data.image_checks import FINDINGS, ImageFacts, facts_of, hash_distance, set_checks
+from transferlab.data.image_checks import FINDINGS, ImageFacts, facts_of, set_checks
 from transferlab.data.layouts import relative
+from transferlab.data.same_picture import same_picture_scores
 from transferlab.features.cache import FeatureCache
 from transferlab.features.combined import build_extractor
 from transferlab.model.data_issues import (
@@ -37,15 +38,15 @@ from transferlab.model.data_issues import (
 from transferlab.reports.doctor import render_findings_card, write_doctor_html
 from transferlab.runs.writer import unique_run_dir
 
-# Measured on planted copies in Caltech-101 (bench/doctor.py, docs/benchmarks.md): a pair is the same picture
-# when its features are NEAR_FEATURES alike and its dHashes (as read or mirrored) differ in at most
-# NEAR_HASH_BITS bits, or in at most LOOSE_HASH_BITS when the features are SAME_FEATURES alike (crops move the
-# hash more than the features). Features alone are not enough: distinct pictures of one plain subject reach 0.97;
-# raising NEAR_FEATURES to 0.90 cut recall from 74% to 43% (docs/benchmarks.md).
-NEAR_FEATURES = 0.80
-NEAR_HASH_BITS = 10
-SAME_FEATURES = 0.95
-LOOSE_HASH_BITS = 14
+# Measured on 100 planted copies in Caltech-101 (bench/doctor.py duplicates, docs/benchmarks.md): every copy is
+# among its original's 10 nearest neighbours at a feature cosine of CANDIDATE_FEATURES or more (the lowest seen:
+# 0.73), so only such pairs are compared pixel by pixel (data.same_picture). A pair is the same picture when a
+# window of one aligns with the other at a grey correlation of ALIGNED or more and their colours there differ by
+# at most SAME_COLOURS (mean absolute, 0-1): 96 of the 100 copies; distinct pictures of one plain subject
+# (yin-yang symbols, stop signs, wrenches) align as well, and by eye most differ by 0.035-0.06.
+CANDIDATE_FEATURES = 0.65
+ALIGNED = 0.90
+SAME_COLOURS = 0.035
 KINDS = ("leak", "conflict", "duplicate", "label", "outlier")  # console and page order
 FINDINGS_JSON = "findings.json"
 PAGE = "doctor.html"
@@ -165,27 +166,22 @@ def doctor(data: str | Path, *, backbone: str | None = None, split: SplitConfig 
     return findings
 
 
-FACTS_CACHE = "image-facts-v1.sqlite"  # a new name when ImageFacts or its hashes change
+FACTS_CACHE = "image-facts-v2.sqlite"  # a new name when ImageFacts or its thumbnail change
 
 
 def remembered_facts(paths: list[Path], cache_dir: Path) -> list[ImageFacts | None]:
     """`facts_of`, kept in a cache beside the features' and keyed like them by each file's content: a warm doctor
     decodes no image (on Caltech-101 the hashes took 8-17 s of a warm run under load)."""
-    cache = FeatureCache(cache_dir / "features" / FACTS_CACHE, dtype=np.uint64)
+    cache = FeatureCache(cache_dir / "features" / FACTS_CACHE, dtype=np.uint8)
     try:
         keys = [memoized_file_digest(p) for p in paths]
         stored = cache.get_many(keys)
         missing = [i for i, key in enumerate(keys) if key not in stored]
         computed = dict(zip(missing, facts_of([paths[i] for i in missing])))
-        cache.put_many({keys[i]: np.array(astuple(f), dtype=np.uint64) for i, f in computed.items() if f is not None})
+        cache.put_many({keys[i]: f.packed() for i, f in computed.items() if f is not None})
     finally:
         cache.close()
-    return [computed[i] if i in computed else stored_facts(stored[key]) for i, key in enumerate(keys)]
-
-
-def stored_facts(vector: np.ndarray) -> ImageFacts:
-    width, height, grey, dhash, mirrored = (int(v) for v in vector)
-    return ImageFacts(width, height, bool(grey), dhash, mirrored)
+    return [computed[i] if i in computed else ImageFacts.unpacked(stored[key]) for i, key in enumerate(keys)]
 
 
 def _entries(dataset: DatasetSplit) -> tuple[list[Path], np.ndarray, np.ndarray]:
@@ -199,16 +195,20 @@ def _entries(dataset: DatasetSplit) -> tuple[list[Path], np.ndarray, np.ndarray]
 
 def duplicate_findings(near: Neighbours, labels: np.ndarray, splits: np.ndarray, facts, names: list[str],
                        classes: list[str]) -> list[Finding]:
-    """Pairs that are the same picture (alike features and close dHashes, see NEAR_FEATURES): a conflict across
-    classes, a leak across splits, a duplicate otherwise."""
+    """Pairs that are the same picture (alike features, then aligned pixels and colours, see CANDIDATE_FEATURES):
+    a conflict across classes, a leak across splits, a duplicate otherwise."""
+    candidates = candidate_pairs(near, CANDIDATE_FEATURES)
+    if not candidates:
+        return []
+    thumbnails = np.stack([f.thumbnail for f in facts])
+    alignment, difference = same_picture_scores(thumbnails, np.array([(i, j) for i, j, _ in candidates]), ALIGNED)
     rows = []
-    for i, j, similarity in candidate_pairs(near, NEAR_FEATURES):
-        bits = hash_distance(facts[i], facts[j])
-        if bits > (LOOSE_HASH_BITS if similarity >= SAME_FEATURES else NEAR_HASH_BITS):
+    for (i, j, similarity), aligned, colours in zip(candidates, alignment, difference):
+        if colours > SAME_COLOURS:  # inf where the alignment fell short
             continue
         kept, dropped = sorted((i, j), key=lambda k: (splits[k] != "test", names[k]))  # keep the test copy
         kind = "conflict" if labels[i] != labels[j] else "leak" if splits[i] != splits[j] else "duplicate"
-        detail = f"{bits} of 64 hash bits differ"
+        detail = f"pixels aligned at {aligned:.2f}, colours {colours:.3f} apart"
         if kind == "conflict":
             detail += f"; partner filed under {classes[labels[kept]]}"
         if splits[i] != splits[j]:
