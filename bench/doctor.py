@@ -6,12 +6,15 @@ one), which the content-keyed cache shares across the copies.
     .venv/bin/python bench/doctor.py duplicates [--n 100]
     .venv/bin/python bench/doctor.py labels [--flip 0.05] [--backbone efficientnet_lite0]
     .venv/bin/python bench/doctor.py skip [--flip 0.10]
+    .venv/bin/python bench/doctor.py warm [--repeat 3]   # the real CLI on Caltech-101/97 itself, features cached
+    .venv/bin/python bench/doctor.py cold [--repeat 1]   # cold doctor against cold train, each on an empty cache
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -164,15 +167,52 @@ def skip(args) -> None:
     print(f"skipped {len(left_out)} files, {len(left_out & flipped)} of the {len(flipped)} flipped")
 
 
+def warm(args) -> None:
+    """Wall time of `transferlab doctor` (a new process, as a user runs it) on the Caltech folder itself, after a
+    first run that fills the caches (features, image facts)."""
+    data = require_caltech()
+    with tempfile.TemporaryDirectory() as folder:
+        seconds = []
+        for n in range(1 + args.repeat):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "transferlab", "--quiet", "doctor", str(data), "--exclude",
+                            CALTECH_EXCLUDED, "--out", str(Path(folder) / f"run{n}")], check=True)
+            seconds.append(time.perf_counter() - start)
+    print(f"{machine()}; {time.strftime('%Y-%m-%d')}; doctor on {data.name} (Caltech-101/97)")
+    print(f"first run {seconds[0]:.1f} s; warm runs {', '.join(f'{s:.1f}' for s in seconds[1:])} s")
+
+
+def cold(args) -> None:
+    """Wall time of `transferlab train` and of `transferlab doctor` on Caltech-101/97, each with an empty cache
+    (features extracted, ONNX trunk exported, images decoded), alternated `--repeat` times."""
+    data = require_caltech()
+    commands = {"train": ["train", str(data), "--seed", "0", "--explain", "0"], "doctor": ["doctor", str(data)]}
+    seconds: dict[str, list[float]] = {name: [] for name in commands}
+    for n in range(args.repeat):
+        for name, command in commands.items():
+            with tempfile.TemporaryDirectory() as folder:
+                start = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "transferlab", "--quiet", *command, "--exclude", CALTECH_EXCLUDED,
+                                "--out", str(Path(folder) / "run")], check=True,
+                               env={**os.environ, "TRANSFERLAB_CACHE": str(Path(folder) / "cache")})
+                seconds[name].append(time.perf_counter() - start)
+    print(f"{machine()}; {time.strftime('%Y-%m-%d')}; cold runs on {data.name} (Caltech-101/97), empty caches")
+    for name, values in seconds.items():
+        print(f"{name}: {', '.join(f'{s:.1f}' for s in values)} s")
+    print(f"doctor / train: {np.mean(seconds['doctor']) / np.mean(seconds['train']):.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("case", choices=("duplicates", "labels", "skip"))
+    parser.add_argument("case", choices=("duplicates", "labels", "skip", "warm", "cold"))
+    parser.add_argument("--repeat", type=int, default=None)
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--flip", type=float, default=None)
     parser.add_argument("--backbone", default="efficientnet_lite0")
     args = parser.parse_args()
     args.flip = args.flip if args.flip is not None else (0.10 if args.case == "skip" else 0.05)
-    {"duplicates": duplicates, "labels": labels, "skip": skip}[args.case](args)
+    args.repeat = args.repeat or (1 if args.case == "cold" else 3)
+    {"duplicates": duplicates, "labels": labels, "skip": skip, "warm": warm, "cold": cold}[args.case](args)
 
 
 if __name__ == "__main__":

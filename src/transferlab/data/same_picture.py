@@ -44,7 +44,8 @@ COARSE = window_boxes((1.0, 0.95, 0.9, 0.85), 3)
 FINE = window_boxes((1.0, 0.97, 0.94, 0.91, 0.88, 0.85), 5)
 
 
-def same_picture_scores(thumbnails: np.ndarray, pairs: np.ndarray, min_alignment: float) -> tuple[np.ndarray, np.ndarray]:
+def same_picture_scores(thumbnails: np.ndarray, pairs: np.ndarray,
+                        min_alignment: float) -> tuple[np.ndarray, np.ndarray]:
     """For each pair (i, j) of `thumbnails` ([n, SIDE, SIDE, 3] uint8): the best grey correlation of a window of
     one with the other whole (1: identical up to brightness and contrast), and, where that reaches
     `min_alignment`, the mean absolute colour difference (0-1) of the best-matching window (inf elsewhere)."""
@@ -62,33 +63,35 @@ def same_picture_scores(thumbnails: np.ndarray, pairs: np.ndarray, min_alignment
 
 
 def _alignment_scores(grey: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
-    """[pairs, 2, 2]: the best correlation of a COARSE window of pair[k] (mirrored or not) with pair[1 - k] whole.
-    The windows are cut once per image, a block of images at a time (memory stays bounded on large sets)."""
+    """[pairs, 2, 2]: the best correlation of a COARSE window of pair[k] with pair[1 - k] whole, as read or
+    mirrored. Mirroring the whole image instead of the windows gives the same maxima (the grid of windows is
+    symmetric) at half the cost. The windows are cut once per image, a block of images at a time (memory stays
+    bounded on large sets)."""
     scores = torch.full((len(pairs), 2, 2), -1.0)
-    wholes = _centred(_resized(grey, ALIGN_PX))
+    wholes = [_centred(_resized(grey, ALIGN_PX)), _centred(_resized(grey.flip(-1), ALIGN_PX))]
     used = torch.unique(pairs)
     for start in range(0, len(used), PAIRS_AT_ONCE):
         block = used[start:start + PAIRS_AT_ONCE]
         place = torch.full((len(grey),), -1, dtype=torch.long)
         place[block] = torch.arange(len(block))
-        for mirrored in (0, 1):
-            source = grey[block].flip(-1) if mirrored else grey[block]
-            windows = _centred(_windows(source, COARSE, ALIGN_PX))
-            for k in (0, 1):
-                rows = torch.nonzero(place[pairs[:, k]] >= 0).flatten()
-                found = torch.einsum("pwd,pd->pw", windows[place[pairs[rows, k]]], wholes[pairs[rows, 1 - k]])
-                scores[rows, k, mirrored] = found.amax(1)
+        windows = _centred(_windows(grey[block], COARSE, ALIGN_PX))
+        for k in (0, 1):
+            rows = torch.nonzero(place[pairs[:, k]] >= 0).flatten()
+            of_rows = windows[place[pairs[rows, k]]]
+            for mirrored in (0, 1):
+                whole = wholes[mirrored][pairs[rows, 1 - k]]
+                scores[rows, k, mirrored] = torch.einsum("pwd,pd->pw", of_rows, whole).amax(1)
     return scores
 
 
 def _colour_difference(images: torch.Tensor, larger: torch.Tensor, whole: torch.Tensor,
                        mirrored: torch.Tensor) -> torch.Tensor:
-    """Mean absolute colour difference between `whole` and the closest FINE window of `larger`."""
-    source = images[larger]
-    source[mirrored] = source[mirrored].flip(-1)
-    windows = _windows(source, FINE, COMPARE_PX)
-    target = _resized(images[whole], COMPARE_PX)
-    return (windows - target[:, None]).abs().mean(-1).amin(1)
+    """Mean absolute colour difference between `whole` (mirrored where asked) and the closest FINE window of
+    `larger`."""
+    target = images[whole]
+    target[mirrored] = target[mirrored].flip(-1)
+    windows = _windows(images[larger], FINE, COMPARE_PX)
+    return (windows - _resized(target, COMPARE_PX)[:, None]).abs().mean(-1).amin(1)
 
 
 def _windows(images: torch.Tensor, boxes: torch.Tensor, side: int) -> torch.Tensor:
