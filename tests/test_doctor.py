@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 import transferlab
 from transferlab.cli.app import app
-from transferlab.data.image_checks import ImageFacts, read_skip_file, set_checks
-from transferlab.data.same_picture import SIDE, same_picture_scores
+from transferlab.data.image_checks import SIDE, ImageFacts, read_skip_file, set_checks
+from transferlab.data.same_picture import same_picture_scores
 from transferlab.model.data_issues import label_issues
 from transferlab.runs.doctor import ALIGNED, SAME_COLOURS
 

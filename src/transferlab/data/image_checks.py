@@ -17,8 +17,8 @@ from PIL import Image
 
 from transferlab.core.errors import TransferlabError
 from transferlab.data.decoding import ImageDecodeError, open_image, opened
-from transferlab.data.same_picture import SIDE
 
+SIDE = 32  # facts keep a SIDE x SIDE RGB thumbnail of the whole image, squashed (what same_picture compares)
 THUMBNAIL_PX = 64  # JPEGs are decoded at 1/8 scale or so: the thumbnail and the greyness need no more
 TINY_PX = 64  # shorter side below this: smaller than a third of the networks' 224 px input
 ODD_ASPECT = 2.5  # long side over short side beyond this: the centre crop loses most of the picture

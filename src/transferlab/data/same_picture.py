@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-SIDE = 32  # thumbnails are SIDE x SIDE RGB, the whole image squashed to a square
+from transferlab.data.image_checks import SIDE
+
 ALIGN_PX = 16  # side at which windows are aligned (grey)
 COMPARE_PX = 24  # side at which aligned windows' colours are compared
 PAIRS_AT_ONCE = 512  # pairs (and images) whose windows are held at once
