@@ -154,8 +154,8 @@ def doctor(data: str | Path, *, backbone: str | None = None, split: SplitConfig 
     paths, labels, splits = [p for p, u in zip(paths, usable) if u], labels[usable], splits[usable]
     features, facts = extracted.features[usable], [f for f in facts if f is not None]
     names = [relative(p, dataset.root) for p in paths]
-    # The label fits (one BLAS thread) run beside the neighbours and the pixel comparison: on 2 cores the warm
-    # doctor's analyses take the longer of the two instead of their sum.
+    # The label fits (one BLAS thread) run beside the neighbours and the pixel comparison, which use the other
+    # core part of the time (about 1 s less of a 17-18 s warm run on Caltech-101, 2 cores).
     with ThreadPoolExecutor(1) as pool:
         labelled = pool.submit(label_findings, features, labels, splits, names, dataset.classes, seed)
         near = neighbours(features, labels)
@@ -175,7 +175,7 @@ FACTS_CACHE = "image-facts-v2.sqlite"  # a new name when ImageFacts or its thumb
 
 def remembered_facts(paths: list[Path], cache_dir: Path) -> list[ImageFacts | None]:
     """`facts_of`, kept in a cache beside the features' and keyed like them by each file's content: a warm doctor
-    decodes no image (on Caltech-101 the hashes took 8-17 s of a warm run under load)."""
+    decodes no image (on Caltech-101 decoding took 8-17 s of a warm run under load)."""
     cache = FeatureCache(cache_dir / "features" / FACTS_CACHE, dtype=np.uint8)
     try:
         keys = [memoized_file_digest(p) for p in paths]
