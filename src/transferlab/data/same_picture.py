@@ -52,7 +52,7 @@ def same_picture_scores(thumbnails: np.ndarray, pairs: np.ndarray,
     `min_alignment`, the mean absolute colour difference (0-1) of the best-matching window (inf elsewhere)."""
     images = torch.from_numpy(np.ascontiguousarray(thumbnails)).permute(0, 3, 1, 2).float() / 255
     pairs = torch.as_tensor(np.asarray(pairs, dtype=np.int64).reshape(-1, 2))
-    scores = _alignment_scores(images.mean(1, keepdim=True), pairs)  # [pairs, which is whole, mirrored]
+    scores = _alignment_scores(images.mean(1, keepdim=True), pairs)  # [pairs, which gives the window, mirrored]
     alignment, best = scores.reshape(len(pairs), 4).max(1)
     larger, whole = pairs[torch.arange(len(pairs)), best // 2], pairs[torch.arange(len(pairs)), 1 - best // 2]
     difference = torch.full((len(pairs),), float("inf"))
