@@ -37,14 +37,17 @@ def test_train_passes_fine_tuning_and_augmentation_flags(run_dir, tmp_path):
     result = runner.invoke(app, [
         "--quiet", "train", str(data), "--strategy", "finetune", "--out", str(tmp_path / "ft"), "--epochs", "2",
         "--views", "1", "--augment", "none", "--finetune-epochs", "1", "--finetune-lr", "0.0001", "--cached",
+        "--finetune-batch-size", "8",
     ])
     assert result.exit_code == 0, result.output
     options = json.loads((tmp_path / "ft" / "config.json").read_text())["options"]
     assert (options["finetune_epochs"], options["finetune_lr"], options["views"]) == (1, 1e-4, 1)
+    assert options["finetune_batch_size"] == 8
     assert options["augment"]["rotation_range"] == 0.0 and options["augment"]["horizontal_flip"] is False
     metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
     assert metrics["epochs_run"] == metrics["phase1_epochs"] + 1  # one fine-tuning epoch after the head's
     assert options["end_to_end"] is False and metrics["finetune_path"] == "cached"
+    assert (metrics["finetune_batch_size"], metrics["finetune_lr_used"]) == (8, 1e-4)  # as asked: no scaling
 
 
 def test_train_takes_the_head_and_optimizer_flags_of_the_table(run_dir, tmp_path):

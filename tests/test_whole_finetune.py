@@ -11,13 +11,14 @@ import onnx
 import pytest
 import torch
 from conftest import write_colour_classes
+from simulated_gpu import simulated_gpu
 
 import transferlab
 from transferlab.backbones.registry import create_backbone
 from transferlab.core.config import FitConfig, TrainOptions
 from transferlab.core.errors import TransferlabError
 from transferlab.deploy.export import export_run
-from transferlab.model.training import fit, make_scheduler
+from transferlab.model.training import batch_scaled_lr, fit, make_scheduler
 from transferlab.strategies import run_strategy
 from transferlab.strategies.finetune import (
     EARLIEST_BLOCK_LR_FRACTION,
@@ -99,12 +100,57 @@ def test_label_smoothing_changes_the_training_loss():
 
 
 def test_end_to_end_fine_tuning_uses_adamw_one_cycle_and_label_smoothing():
-    config = finetune_config(TrainOptions(unfreeze="all"), end_to_end=True)
-    assert (config.optimizer, config.schedule, config.lr) == ("adamw", "one-cycle", 1e-3)
+    config = finetune_config(TrainOptions(unfreeze="all"), end_to_end=True, n_train=5000)
+    assert (config.optimizer, config.schedule, config.lr, config.batch_size) == ("adamw", "one-cycle", 1e-3, 32)
     assert config.label_smoothing > 0 and config.weight_decay > 0
-    cached = finetune_config(TrainOptions(), end_to_end=False)
+    cached = finetune_config(TrainOptions(), end_to_end=False, n_train=5000)
     assert (cached.optimizer, cached.schedule, cached.lr, cached.label_smoothing) == ("rmsprop", "constant", 1e-5, 0.0)
-    assert finetune_config(TrainOptions(finetune_lr=3e-4), end_to_end=True).lr == 3e-4
+    assert finetune_config(TrainOptions(finetune_lr=3e-4), end_to_end=True, n_train=5000).lr == 3e-4
+
+
+@pytest.mark.parametrize(("n_train", "batch_size"), [(5000, 256), (2048, 256), (1000, 64), (300, 32), (20, 32)])
+def test_fine_tuning_end_to_end_on_a_gpu_takes_large_batches_with_the_learning_rate_scaled(n_train, batch_size):
+    with simulated_gpu():
+        config = finetune_config(TrainOptions(unfreeze="all", device="cuda"), end_to_end=True, n_train=n_train)
+        cached = finetune_config(TrainOptions(device="cuda"), end_to_end=False, n_train=n_train)
+    assert config.batch_size == batch_size  # the largest power of two up to 256 that leaves 8 batches an epoch
+    assert config.lr == pytest.approx(1e-3 * (batch_size / 32) ** 0.5)
+    assert (cached.batch_size, cached.lr) == (32, 1e-5)  # the cached top block trains as the notebooks do
+    on_cpu = finetune_config(TrainOptions(unfreeze="all", device="cpu"), end_to_end=True, n_train=n_train)
+    assert (on_cpu.batch_size, on_cpu.lr) == (32, 1e-3)
+
+
+def test_a_finetune_batch_size_asked_for_is_kept_and_scales_only_the_default_learning_rate():
+    asked = finetune_config(TrainOptions(finetune_batch_size=128), end_to_end=True, n_train=5000)
+    assert (asked.batch_size, asked.lr) == (128, pytest.approx(2e-3))
+    cached = finetune_config(TrainOptions(finetune_batch_size=8), end_to_end=False, n_train=5000)
+    assert (cached.batch_size, cached.lr) == (8, pytest.approx(0.5e-5))
+    both = finetune_config(TrainOptions(finetune_batch_size=128, finetune_lr=3e-4), end_to_end=True, n_train=5000)
+    assert (both.batch_size, both.lr) == (128, 3e-4)
+
+
+def test_batch_scaled_learning_rate_is_square_root_for_adaptive_optimisers_and_linear_for_sgd():
+    assert batch_scaled_lr(1e-3, "adamw", 128, 32) == pytest.approx(2e-3)
+    assert batch_scaled_lr(1e-5, "rmsprop", 8, 32) == pytest.approx(0.5e-5)
+    assert batch_scaled_lr(0.1, "sgd", 256, 32) == pytest.approx(0.8)
+    assert batch_scaled_lr(1e-3, "adam", 32, 32) == 1e-3
+
+
+def test_a_gpu_out_of_memory_while_fine_tuning_names_the_batch_size_flag(colours):
+    def memory_for_eight_images(module, inputs, output):  # a GPU that holds 8 images' training activations
+        if isinstance(module, torch.nn.Conv2d) and module.training and torch.is_grad_enabled() and len(inputs[0]) > 8:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    split = transferlab.dataset(colours)
+    options = TrainOptions(unfreeze="all", device="cuda", quiet=True, finetune_epochs=1, finetune_batch_size=16,
+                           fit=FitConfig(epochs=1).resolved("finetune"))
+    hook = torch.nn.modules.module.register_module_forward_hook(memory_for_eight_images)
+    try:
+        with simulated_gpu(), pytest.raises(TransferlabError, match="batches of 16") as raised:
+            run_strategy("finetune", split, options)
+    finally:
+        hook.remove()
+    assert "--finetune-batch-size (e.g. 8)" in raised.value.hint
 
 
 @pytest.mark.parametrize("batchnorm", ["frozen", "train"])

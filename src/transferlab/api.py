@@ -101,12 +101,14 @@ def train(
           extract and augment with ONNX Runtime (calibrated on up to 300 training images, cached), "auto" does
           for the backbones measured to lose at most 0.3 points with it; image_size replaces the backbone's
           input size everywhere (training, prediction, export).
-      finetune=FinetuneConfig(views=3, unfreeze=1, lr=None, epochs=10, end_to_end=None, batchnorm="frozen"):
+      finetune=FinetuneConfig(views=3, unfreeze=1, lr=None, epochs=10, batch_size=None, end_to_end=None,
+          batchnorm="frozen"):
           augmented `views` per training image (augment, finetune); end_to_end True augments every batch
           afresh through the frozen base, False trains from cached views, None picks end to end on a GPU;
           unfreeze: top blocks to fine-tune, or "all" for the whole network end to end (AdamW, one-cycle,
           label smoothing, discriminative learning rates); lr None: 1e-3 there, RMSprop 1e-5 for the cached
-          top block; batchnorm: ImageNet's statistics "frozen" or re-estimated ("train").
+          top block, times sqrt(batch_size / 32); batch_size None: 32, or end to end on a GPU up to 256 (at
+          least 8 batches an epoch); batchnorm: ImageNet's statistics "frozen" or re-estimated ("train").
       engine=EngineConfig(name="local", ray_address=None, workers=None): "ray" computes the frozen features
           on a Ray cluster (ray_address "auto", "HOST:PORT", or None for a local instance) into the same
           cache; finetune end to end and scratch train data-parallel on `workers` Ray Train workers

@@ -240,6 +240,7 @@ class TrainOptions:
     unfreeze: str = str(default("finetune.unfreeze"))  # top blocks to fine-tune: a number or "all"
     finetune_lr: float | None = default("finetune.lr")  # None: the fine-tuning path's own (strategies.finetune)
     finetune_epochs: int = default("finetune.epochs")
+    finetune_batch_size: int | None = default("finetune.batch_size")  # None: strategies.finetune's own
     augment: Any = None  # an AugmentConfig; None: the strategy's default
     # augment/finetune: augment afresh every batch and run the frozen base on the fly (True), or train from
     # cached features of K views (False); None: end to end on a GPU, cached on a CPU.

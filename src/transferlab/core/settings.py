@@ -92,12 +92,14 @@ class TrunkConfig:
 class FinetuneConfig:
     """Augmented views and fine-tuning: `views` per training image (augment, finetune), trained `end_to_end` or
     from cached views (augment, finetune), and the fine-tuning phase: blocks to `unfreeze` (a number, or "all" for
-    the whole network), its own `lr` and `epochs`, and BatchNorm statistics kept or re-estimated (`batchnorm`)."""
+    the whole network), its own `lr`, `epochs` and `batch_size`, and BatchNorm statistics kept or re-estimated
+    (`batchnorm`)."""
 
     views: int = default("finetune.views")
     unfreeze: int | str = default("finetune.unfreeze")
     lr: float | None = default("finetune.lr")
     epochs: int = default("finetune.epochs")
+    batch_size: int | None = default("finetune.batch_size")
     end_to_end: bool | None = default("finetune.end_to_end")
     batchnorm: str = default("finetune.batchnorm")
 

@@ -351,7 +351,7 @@ def finetune(split: DatasetSplit, options: TrainOptions, placement: Placement) -
     trainable = tuple(name for name, _ in model.named_parameters() if name in set(keys))
     # phase 2 takes the local end-to-end recipe (AdamW, one-cycle, label smoothing) but one learning rate for
     # every block: discriminative rates are not wired through DDP's wrapped parameter names yet
-    phases = [Phase(options.fit), Phase(finetune_config(options, end_to_end=True),
+    phases = [Phase(options.fit), Phase(finetune_config(options, end_to_end=True, n_train=len(split.train)),
                                         keep_batchnorm_frozen=options.batchnorm == "frozen", unfreeze=trainable)]
     job = Job(nn.Sequential(FrozenBase(trunk), head), portable(extractor), *shards(split), augment_config(options),
               len(split.classes), phases)

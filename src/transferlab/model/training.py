@@ -134,6 +134,14 @@ def make_optimizer(name: str, groups: list[dict], lr: float, weight_decay: float
     return torch_optimizer(name, groups, lr, weight_decay)
 
 
+def batch_scaled_lr(lr: float, optimizer: str, batch_size: int, base_batch_size: int) -> float:
+    """A learning rate tuned at `base_batch_size`, moved to `batch_size` as timm's train.py moves its lr_base: by
+    the square root of the ratio for adaptive optimisers (the rule of Malladi et al., 2022, for Adam and
+    RMSprop), linearly for SGD (Goyal et al., 2017)."""
+    ratio = batch_size / base_batch_size
+    return lr * (ratio if optimizer == "sgd" else math.sqrt(ratio))
+
+
 def torch_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     # torch's default (foreach) kernels, not fused ones: fused Adam trains no faster on a CPU head and its first
     # construction in a process costs over a second of a warm run (docs/benchmarks.md, "fused Adam").

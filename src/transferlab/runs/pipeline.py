@@ -120,6 +120,7 @@ def train_options(settings: TrainSettings) -> TrainOptions:
         unfreeze=tune.unfreeze,
         finetune_lr=tune.lr,
         finetune_epochs=tune.epochs,
+        finetune_batch_size=tune.batch_size,
         augment=asked_augmentation(settings.augment),
         end_to_end=tune.end_to_end,
         recipe=(recipe or "default") if strategy == "scratch" else None,

@@ -33,7 +33,7 @@ from transferlab.core.history import History
 from transferlab.data.dataset import DatasetSplit
 from transferlab.features.extractor import ExtractionResult
 from transferlab.model.heads import HeadConfig
-from transferlab.model.training import BatchTransform, describe_stop, fit
+from transferlab.model.training import BatchTransform, batch_scaled_lr, describe_stop, fit
 from transferlab.strategies.augment import (
     augment_config,
     fit_augmented_head,
@@ -57,6 +57,11 @@ from transferlab.strategies.inputs import (
 FINETUNE_OPTIMIZER = "rmsprop"  # the notebooks' choice for fine-tuning the top block from cached activations
 FINETUNE_LR = 1e-5
 FINETUNE_BATCH_SIZE = 32  # phase 2 trains convolutional blocks: small batches, as the notebooks
+# On a GPU, batches of 32 leave the chip mostly idle (issue 23: 2.4% utilisation while fine-tuning), so end to end
+# there phase 2 takes batches up to 256, while keeping at least 8 an epoch so that small sets still have steps to
+# warm up and decay over; the default learning rate grows with the batch (`batch_scaled_lr`).
+GPU_BATCH_SIZE = 256
+MIN_BATCHES_PER_EPOCH = 8
 # End to end (the whole network, or the top blocks on a GPU): the recipe that makes short fine-tuning work
 # (fastai's fine_tune, timm's fine-tuning defaults): AdamW with weight decay, one-cycle warm-up then cosine
 # decay, label smoothing, and discriminative learning rates from the top block's lr down to a tenth of it
@@ -137,15 +142,30 @@ def cached_tail(model: torch.nn.Module, boundary: str, mean, std, size: int) -> 
 
 
 # -- training ---------------------------------------------------------------------------------------
-def finetune_config(options: TrainOptions, end_to_end: bool) -> FitConfig:
-    """Phase 2's training: the notebooks' RMSprop on cached activations, the end-to-end recipe otherwise."""
-    phase2 = dataclasses.replace(options.fit, epochs=options.finetune_epochs, batch_size=FINETUNE_BATCH_SIZE)
+def phase2_batch_size(options: TrainOptions, end_to_end: bool, n_train: int) -> int:
+    """The batch asked for; else 32, or end to end on a GPU the largest power of two up to GPU_BATCH_SIZE that
+    leaves MIN_BATCHES_PER_EPOCH batches an epoch."""
+    if options.finetune_batch_size is not None:
+        return options.finetune_batch_size
+    if not end_to_end or training_device(options) == "cpu":
+        return FINETUNE_BATCH_SIZE
+    largest_power_of_two = 1 << (max(n_train // MIN_BATCHES_PER_EPOCH, 1).bit_length() - 1)
+    return max(FINETUNE_BATCH_SIZE, min(GPU_BATCH_SIZE, largest_power_of_two))
+
+
+def finetune_config(options: TrainOptions, end_to_end: bool, n_train: int) -> FitConfig:
+    """Phase 2's training: the notebooks' RMSprop on cached activations, the end-to-end recipe otherwise. A
+    learning rate asked for is kept; the default one is scaled to the batch."""
+    batch_size = phase2_batch_size(options, end_to_end, n_train)
+    phase2 = dataclasses.replace(options.fit, epochs=options.finetune_epochs, batch_size=batch_size)
+    optimizer, default_lr = (END_TO_END_OPTIMIZER, END_TO_END_LR) if end_to_end else (FINETUNE_OPTIMIZER, FINETUNE_LR)
+    lr = options.finetune_lr or batch_scaled_lr(default_lr, optimizer, batch_size, FINETUNE_BATCH_SIZE)
     if not end_to_end:
-        return dataclasses.replace(phase2, optimizer=FINETUNE_OPTIMIZER, lr=options.finetune_lr or FINETUNE_LR)
+        return dataclasses.replace(phase2, optimizer=optimizer, lr=lr)
     return dataclasses.replace(
         phase2,
-        optimizer=END_TO_END_OPTIMIZER,
-        lr=options.finetune_lr or END_TO_END_LR,
+        optimizer=optimizer,
+        lr=lr,
         weight_decay=END_TO_END_WEIGHT_DECAY,
         schedule="one-cycle",
         label_smoothing=END_TO_END_LABEL_SMOOTHING,
@@ -198,16 +218,17 @@ def train_cached(
         options, pooled_views, split.train.labels, pooled_val, len(split.classes)
     )
     first_head = copy.deepcopy(head)
+    config = finetune_config(options, end_to_end=False, n_train=len(split.train))
     second = fine_tune(
         torch.nn.Sequential(tail, head), split, val_inputs, RandomView(activations), options, "fine-tuning (cached)",
-        config=finetune_config(options, end_to_end=False), keep_batchnorm_frozen=True,
+        config=config, keep_batchnorm_frozen=True,
     )
     state = tail.tail.state_dict()
     return finetune_result(
         split, options, Phases(head_config, first_head, first, head, second, {key: state[key] for key in keys}),
         extractions=[train_original, val, *views],
         other_feature_seconds=pooling_seconds,
-        extra={"finetune_path": "cached", "boundary": boundary},
+        extra={"finetune_path": "cached", "boundary": boundary, **phase2_settings(config)},
     )
 
 
@@ -225,6 +246,7 @@ def train_end_to_end(
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name in trainable)
     first_head = copy.deepcopy(fitted.head)
+    config = finetune_config(options, end_to_end=True, n_train=len(split.train))
     second = fine_tune(
         torch.nn.Sequential(Trunk(model, extractor.spec.mean, extractor.spec.std), fitted.head).to(
             memory_format=CHANNELS_LAST
@@ -234,7 +256,7 @@ def train_end_to_end(
         ImageBatches(train_store, augment_config(options), size, device),
         options,
         "fine-tuning (end to end)",
-        config=finetune_config(options, end_to_end=True),
+        config=config,
         keep_batchnorm_frozen=options.batchnorm == "frozen",
         lr_scales=discriminative_lr_scales(model, groups, fitted.head),
     )
@@ -245,8 +267,13 @@ def train_end_to_end(
         options,
         Phases(fitted.head_config, first_head, fitted.history, fitted.head, second, {key: state[key] for key in keys}),
         extractions=fitted.extractions,
-        extra={"finetune_path": "end-to-end"},
+        extra={"finetune_path": "end-to-end", **phase2_settings(config)},
     )
+
+
+def phase2_settings(config: FitConfig) -> dict:
+    """What the run folder records of phase 2's batch and learning rate, as chosen for this device and set."""
+    return {"finetune_batch_size": config.batch_size, "finetune_lr_used": config.lr}
 
 
 def fine_tune(
@@ -262,20 +289,26 @@ def fine_tune(
     lr_scales: list[tuple[list[torch.nn.Parameter], float]] | None = None,
 ) -> History:
     """Phase 2: the training inputs are image indices that `batch_transform` turns into augmented inputs."""
-    return fit(
-        network,
-        (torch.arange(len(split.train)), torch.from_numpy(split.train.labels)),
-        val,
-        config,
-        n_classes=len(split.classes),
-        batch_transform=batch_transform,
-        keep_batchnorm_frozen=keep_batchnorm_frozen,
-        lr_scales=lr_scales,
-        device=training_device(options),
-        quiet=options.quiet,
-        log_epochs=options.log_epochs,
-        description=description,
-    )
+    try:
+        return fit(
+            network,
+            (torch.arange(len(split.train)), torch.from_numpy(split.train.labels)),
+            val,
+            config,
+            n_classes=len(split.classes),
+            batch_transform=batch_transform,
+            keep_batchnorm_frozen=keep_batchnorm_frozen,
+            lr_scales=lr_scales,
+            device=training_device(options),
+            quiet=options.quiet,
+            log_epochs=options.log_epochs,
+            description=description,
+        )
+    except torch.cuda.OutOfMemoryError as error:  # the large GPU batches need a GPU with the memory for them
+        raise TransferlabError(
+            f"the GPU ran out of memory fine-tuning in batches of {config.batch_size}",
+            hint=f"pass a smaller --finetune-batch-size (e.g. {max(config.batch_size // 2, 1)})",
+        ) from error
 
 
 class RandomView:
