@@ -22,6 +22,7 @@ from transferlab.model.training import batch_scaled_lr, fit, make_scheduler
 from transferlab.strategies import run_strategy
 from transferlab.strategies.finetune import (
     EARLIEST_BLOCK_LR_FRACTION,
+    MIN_STEPS,
     block_groups,
     discriminative_lr_scales,
     finetune_config,
@@ -108,15 +109,19 @@ def test_end_to_end_fine_tuning_uses_adamw_one_cycle_and_label_smoothing():
     assert finetune_config(TrainOptions(finetune_lr=3e-4), end_to_end=True, n_train=5000).lr == 3e-4
 
 
-@pytest.mark.parametrize(("n_train", "batch_size"), [(5000, 256), (2048, 256), (1000, 64), (300, 32), (20, 32)])
-def test_fine_tuning_end_to_end_on_a_gpu_takes_large_batches_with_the_learning_rate_scaled(n_train, batch_size):
+@pytest.mark.parametrize(("n_train", "epochs", "batch_size"),
+                         [(50_000, 10, 256), (1769, 20, 128), (1257, 10, 64), (1257, 6, 32), (20, 10, 32)])
+def test_fine_tuning_end_to_end_on_a_gpu_takes_large_batches_with_the_learning_rate_scaled(n_train, epochs, batch_size):
+    options = dict(device="cuda", finetune_epochs=epochs)
     with simulated_gpu():
-        config = finetune_config(TrainOptions(unfreeze="all", device="cuda"), end_to_end=True, n_train=n_train)
-        cached = finetune_config(TrainOptions(device="cuda"), end_to_end=False, n_train=n_train)
-    assert config.batch_size == batch_size  # the largest power of two up to 256 that leaves 8 batches an epoch
+        config = finetune_config(TrainOptions(unfreeze="all", **options), end_to_end=True, n_train=n_train)
+        cached = finetune_config(TrainOptions(**options), end_to_end=False, n_train=n_train)
+    assert config.batch_size == batch_size  # the largest up to 256 whose epochs still make MIN_STEPS steps
+    assert batch_size == 32 or epochs * -(-n_train // batch_size) >= MIN_STEPS
     assert config.lr == pytest.approx(1e-3 * (batch_size / 32) ** 0.5)
     assert (cached.batch_size, cached.lr) == (32, 1e-5)  # the cached top block trains as the notebooks do
-    on_cpu = finetune_config(TrainOptions(unfreeze="all", device="cpu"), end_to_end=True, n_train=n_train)
+    on_cpu = finetune_config(TrainOptions(unfreeze="all", device="cpu", finetune_epochs=epochs), end_to_end=True,
+                             n_train=n_train)
     assert (on_cpu.batch_size, on_cpu.lr) == (32, 1e-3)
 
 

@@ -255,8 +255,8 @@ _TABLE = (
     Option("finetune", "epochs", 10, "Epochs of the fine-tuning phase.", flat="finetune_epochs",
            label="finetune epochs", kind=int, at_least=1),
     Option("finetune", "batch_size", None, "Batch size of the fine-tuning phase (default 32; end to end on a GPU "
-           "up to 256, at least 8 batches an epoch). A default learning rate grows with it (square root of the "
-           "ratio to 32).", flat="finetune_batch_size", label="finetune batch size", kind=int, at_least=1),
+           "up to 256 while the phase still makes 200 steps). A default learning rate grows with it (square root "
+           "of the ratio to 32).", flat="finetune_batch_size", label="finetune batch size", kind=int, at_least=1),
     Option("finetune", "end_to_end", None, "augment, finetune: augment every batch afresh through the network, or "
            "train from cached views (default: end to end on a GPU, cached on a CPU).", kind=bool),
     Option("finetune", "batchnorm", "frozen", "Whole-network fine-tuning: BatchNorm statistics frozen (ImageNet's) "

@@ -58,10 +58,12 @@ FINETUNE_OPTIMIZER = "rmsprop"  # the notebooks' choice for fine-tuning the top 
 FINETUNE_LR = 1e-5
 FINETUNE_BATCH_SIZE = 32  # phase 2 trains convolutional blocks: small batches, as the notebooks
 # On a GPU, batches of 32 leave the chip mostly idle (issue 23: 2.4% utilisation while fine-tuning), so end to end
-# there phase 2 takes batches up to 256, while keeping at least 8 an epoch so that small sets still have steps to
-# warm up and decay over; the default learning rate grows with the batch (`batch_scaled_lr`).
+# there phase 2 takes batches up to 256, as long as it still makes MIN_STEPS optimizer steps: on the digits (1257
+# images, 6 epochs) batch 128 made 60 steps and lost 1.5-1.9 points against batch 32's 240, batch 64's 120 were
+# within noise, and batch 128 over 24 epochs (240 steps) matched (docs/benchmarks.md). The default learning rate
+# grows with the batch (`batch_scaled_lr`).
 GPU_BATCH_SIZE = 256
-MIN_BATCHES_PER_EPOCH = 8
+MIN_STEPS = 200
 # End to end (the whole network, or the top blocks on a GPU): the recipe that makes short fine-tuning work
 # (fastai's fine_tune, timm's fine-tuning defaults): AdamW with weight decay, one-cycle warm-up then cosine
 # decay, label smoothing, and discriminative learning rates from the top block's lr down to a tenth of it
@@ -143,14 +145,16 @@ def cached_tail(model: torch.nn.Module, boundary: str, mean, std, size: int) -> 
 
 # -- training ---------------------------------------------------------------------------------------
 def phase2_batch_size(options: TrainOptions, end_to_end: bool, n_train: int) -> int:
-    """The batch asked for; else 32, or end to end on a GPU the largest power of two up to GPU_BATCH_SIZE that
-    leaves MIN_BATCHES_PER_EPOCH batches an epoch."""
+    """The batch asked for; else 32, or end to end on a GPU the largest of 256, 128, 64 whose epochs still make
+    MIN_STEPS steps."""
     if options.finetune_batch_size is not None:
         return options.finetune_batch_size
     if not end_to_end or training_device(options) == "cpu":
         return FINETUNE_BATCH_SIZE
-    largest_power_of_two = 1 << (max(n_train // MIN_BATCHES_PER_EPOCH, 1).bit_length() - 1)
-    return max(FINETUNE_BATCH_SIZE, min(GPU_BATCH_SIZE, largest_power_of_two))
+    batch_size = GPU_BATCH_SIZE
+    while batch_size > FINETUNE_BATCH_SIZE and options.finetune_epochs * -(-n_train // batch_size) < MIN_STEPS:
+        batch_size //= 2
+    return batch_size
 
 
 def finetune_config(options: TrainOptions, end_to_end: bool, n_train: int) -> FitConfig:
