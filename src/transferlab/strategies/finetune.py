@@ -59,9 +59,9 @@ FINETUNE_LR = 1e-5
 FINETUNE_BATCH_SIZE = 32  # phase 2 trains convolutional blocks: small batches, as the notebooks
 # On a GPU, batches of 32 leave the chip mostly idle (issue 23: 2.4% utilisation while fine-tuning), so end to end
 # there phase 2 takes batches up to 256, as long as it still makes MIN_STEPS optimizer steps: on the digits (1257
-# images, 6 epochs) batch 128 made 60 steps and lost 1.5-1.9 points against batch 32's 240, batch 64's 120 were
-# within noise, and batch 128 over 24 epochs (240 steps) matched (docs/benchmarks.md). The default learning rate
-# grows with the batch (`batch_scaled_lr`).
+# images, 6 epochs) batch 128 made 60 steps and lost 1.5 and 1.9 points on two of three seeds against batch 32's
+# 240, batch 64's 120 were within a test image, and batch 128 over 24 epochs (240 steps) matched
+# (docs/benchmarks.md). The default learning rate grows with the batch (`batch_scaled_lr`).
 GPU_BATCH_SIZE = 256
 MIN_STEPS = 200
 # End to end (the whole network, or the top blocks on a GPU): the recipe that makes short fine-tuning work
