@@ -65,7 +65,8 @@ def main() -> None:
     args = parser.parse_args()
     data = ROOT / "demo_data" / "digits"
     write_digits(data)
-    print(f"{machine()}, seed {args.seed}\n\n| variant | test accuracy | validation accuracy | cold wall time |\n|---|---|---|---|")
+    print(f"{machine()}, seed {args.seed}\n")
+    print("| variant | test accuracy | validation accuracy | cold wall time |\n|---|---|---|---|")
     for name in args.variant or VARIANTS:
         with tempfile.TemporaryDirectory() as workdir:
             result = run(data, [*VARIANTS[name], "--seed", str(args.seed)], Path(workdir))

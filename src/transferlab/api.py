@@ -108,7 +108,8 @@ def train(
           unfreeze: top blocks to fine-tune, or "all" for the whole network end to end (AdamW, one-cycle,
           label smoothing, discriminative learning rates); lr None: 1e-3 there, RMSprop 1e-5 for the cached
           top block, times sqrt(batch_size / 32); batch_size None: 32, or end to end on a GPU up to 256 while
-          the phase still makes 200 optimizer steps; batchnorm: ImageNet's statistics "frozen" or re-estimated ("train").
+          the phase still makes 200 optimizer steps; batchnorm: ImageNet's statistics "frozen" or re-estimated
+          ("train").
       engine=EngineConfig(name="local", ray_address=None, workers=None): "ray" computes the frozen features
           on a Ray cluster (ray_address "auto", "HOST:PORT", or None for a local instance) into the same
           cache; finetune end to end and scratch train data-parallel on `workers` Ray Train workers

@@ -161,15 +161,15 @@ def finetune_config(options: TrainOptions, end_to_end: bool, n_train: int) -> Fi
     """Phase 2's training: the notebooks' RMSprop on cached activations, the end-to-end recipe otherwise. A
     learning rate asked for is kept; the default one is scaled to the batch."""
     batch_size = phase2_batch_size(options, end_to_end, n_train)
-    phase2 = dataclasses.replace(options.fit, epochs=options.finetune_epochs, batch_size=batch_size)
     optimizer, default_lr = (END_TO_END_OPTIMIZER, END_TO_END_LR) if end_to_end else (FINETUNE_OPTIMIZER, FINETUNE_LR)
-    lr = options.finetune_lr or batch_scaled_lr(default_lr, optimizer, batch_size, FINETUNE_BATCH_SIZE)
+    phase2 = dataclasses.replace(
+        options.fit, epochs=options.finetune_epochs, batch_size=batch_size, optimizer=optimizer,
+        lr=options.finetune_lr or batch_scaled_lr(default_lr, optimizer, batch_size, FINETUNE_BATCH_SIZE),
+    )
     if not end_to_end:
-        return dataclasses.replace(phase2, optimizer=optimizer, lr=lr)
+        return phase2
     return dataclasses.replace(
         phase2,
-        optimizer=optimizer,
-        lr=lr,
         weight_decay=END_TO_END_WEIGHT_DECAY,
         schedule="one-cycle",
         label_smoothing=END_TO_END_LABEL_SMOOTHING,
