@@ -7,24 +7,29 @@ import json
 
 import numpy as np
 import pytest
-
+import torch
 from simulated_gpu import simulated_gpu
+
+from transferlab.core.config import TrainOptions
 from transferlab.core.device import resolve_device
 from transferlab.core.options import DEFAULT_BUDGET, OPTIONS
 from transferlab.core.settings import train_settings
 from transferlab.data.dataset import load_dataset
+from transferlab.model.selection import stratified_folds
 from transferlab.runs.auto import cross_validated, train_auto
 from transferlab.runs.auto_cost import (
     CPU_CANDIDATES,
     LITE,
+    PROBE_BATCHES,
+    PROBE_IMAGES,
     Candidate,
     CostModel,
     Throughput,
     candidates_for,
     plan,
+    training_seconds_per_image,
 )
 from transferlab.runs.pipeline import train_options
-from transferlab.model.selection import stratified_folds
 
 LITE0 = Candidate("extract", "efficientnet_lite0")
 LITE0_LINEAR = Candidate("extract", "efficientnet_lite0", head="linear")
@@ -94,6 +99,27 @@ def test_on_a_gpu_auto_fine_tunes_whole_networks_within_its_budget():
     # on the same set, a slow GPU leaves lite2 out
     slow = CostModel(n_train=1750, n_validation=375, n_test=375, throughput=Throughput("cuda", 500.0, 200.0))
     assert "finetune-efficientnet_lite2-all" not in [c.label for c, _ in plan(candidates, slow, 300)]
+
+
+def test_on_a_gpu_the_training_probe_times_the_batch_fine_tuning_takes_there():
+    batches = []
+
+    def record_batch(module, inputs, output):
+        if module.__class__.__name__ == "EfficientNet":
+            batches.append(tuple(inputs[0].shape))
+
+    options = TrainOptions(device="cuda", finetune_batch_size=6, quiet=True)
+    hook = torch.nn.modules.module.register_module_forward_hook(record_batch)
+    try:
+        with simulated_gpu():
+            seconds = training_seconds_per_image(options, resolve_device(options.device), n_train=600)
+            on_cpu = training_seconds_per_image(options, "cpu", n_train=600)
+    finally:
+        hook.remove()
+    assert seconds > 0 and on_cpu > 0
+    gpu_steps, cpu_steps = batches[:1 + PROBE_BATCHES], batches[1 + PROBE_BATCHES:]
+    assert set(gpu_steps) == {(6, 3, 224, 224)}  # the asked fine-tuning batch, at the input size
+    assert set(cpu_steps) == {(PROBE_IMAGES // 2, 3, 112, 112)}  # on a CPU: a few images at half the size
 
 
 @pytest.mark.parametrize("n_images, budget, fine_tunes_whole_network", [

@@ -115,7 +115,7 @@ def train_auto(
     dataset = load_dataset(data, seed=settings.fit.seed, **settings.split.dataset_keywords())
     options = train_options(settings.updated(strategy="extract", budget=None))
     candidates = candidates or candidates_for(resolve_device(settings.device))
-    throughput = throughput or measure_throughput(options, dataset.train.paths[:8])
+    throughput = throughput or measure_throughput(options, dataset.train.paths[:8], len(dataset.train))
     paths = [path for subset in dataset.subsets().values() for path in subset.paths]
     pretrained = dict.fromkeys(b for c in candidates if c.strategy != "scratch" for b in c.backbones)
     cached = {backbone: cached_share(options, backbone, paths) for backbone in pretrained}

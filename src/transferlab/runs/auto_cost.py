@@ -29,7 +29,9 @@ from transferlab.core.device import resolve_device
 from transferlab.core.files import memoized_file_digest
 from transferlab.features.extractor import cache_key
 from transferlab.model.selection import FOLDS
+from transferlab.model.training import autocast, on_real_gpu
 from transferlab.strategies.base import make_extractor
+from transferlab.strategies.finetune import phase2_batch_size
 
 LITE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 # Measured once with torch.utils.flop_counter on the trunks (2 FLOPs per multiply-add), at each backbone's input size.
@@ -47,7 +49,7 @@ FINETUNE_EPOCH_COST = 0.27
 HEAD_FIT_SECONDS = 1.1e-3
 HEAD_EPOCHS = 20  # epochs of an end-to-end head (phase 1 of whole-network fine-tuning) until early stopping
 FEATURE_BLOCK = 1280
-PROBE_IMAGES = 8  # images per timed batch: a few batches take seconds even on a 2-core CPU
+PROBE_IMAGES = 8  # images per timed batch on a CPU: a few batches take seconds even on 2 cores
 PROBE_BATCHES = 3
 
 
@@ -113,9 +115,10 @@ class Throughput:
     train: float  # whole-network training steps (forward, backward, optimizer)
 
 
-def measure_throughput(options: TrainOptions, sample: list[Path]) -> Throughput:
+def measure_throughput(options: TrainOptions, sample: list[Path], n_train: int) -> Throughput:
     """Time lite0 on this device: `sample` (a few training images) decoded, a few batches through its frozen
-    trunk in the runtime extraction uses, and a few training steps of the whole network."""
+    trunk in the runtime extraction uses, and a few training steps of the whole network (as fine-tuning of
+    `n_train` images would batch them)."""
     device = resolve_device(options.device)
     extractor = make_extractor(replace(options, backbone=LITE[0], precision="float32", quiet=True))
     started = time.perf_counter()
@@ -125,24 +128,28 @@ def measure_throughput(options: TrainOptions, sample: list[Path]) -> Throughput:
     infer = seconds_per_image(lambda: extractor.run_batch(batch), len(batch), device)
     # decoding runs in worker threads beside the trunk: on a GPU it overlaps, on a CPU it takes the same cores
     extract = max(infer, decode / (os.cpu_count() or 1)) if device != "cpu" else infer + decode
-    return Throughput(device, 1 / extract, 1 / training_seconds_per_image(options, device))
+    return Throughput(device, 1 / extract, 1 / training_seconds_per_image(options, device, n_train))
 
 
-def training_seconds_per_image(options: TrainOptions, device: str) -> float:
-    """A whole lite0 training step, per image at its input size. On a CPU the probe steps take a few images at
-    half the size (a step's cost follows the pixels), so that measuring takes seconds, not a minute."""
+def training_seconds_per_image(options: TrainOptions, device: str, n_train: int) -> float:
+    """A whole lite0 training step, per image at its input size. On a GPU the steps take the batch and the bf16
+    autocast whole-network fine-tuning uses there (a GPU's images/s grow with the batch); on a CPU a few images
+    at half the size (a step's cost follows the pixels), so that measuring takes seconds, not a minute."""
     on_gpu = device != "cpu"
     model = create_backbone(LITE[0], weights=options.weights, cache_dir=options.cache_dir).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     size = get_spec(LITE[0]).input_size
     probe_size = size if on_gpu else size // 2
-    images = torch.randn(PROBE_IMAGES * 8 if on_gpu else PROBE_IMAGES // 2, 3, probe_size, probe_size, device=device)
+    batch = phase2_batch_size(options, end_to_end=True, n_train=n_train) if on_gpu else PROBE_IMAGES // 2
+    images = torch.randn(batch, 3, probe_size, probe_size, device=device)
     if on_gpu:  # as fine-tuning runs there; on a CPU channels_last made BatchNorm several times slower here
         model, images = model.to(memory_format=torch.channels_last), images.to(memory_format=torch.channels_last)
 
     def step():
         optimizer.zero_grad()
-        model(images).logsumexp(1).mean().backward()
+        with autocast(device):
+            loss = model(images).float().logsumexp(1).mean()
+        loss.backward()
         optimizer.step()
 
     return seconds_per_image(step, len(images), device) * (size / probe_size) ** 2
@@ -156,7 +163,7 @@ def seconds_per_image(work, images: int, device: str) -> float:
     for _ in range(PROBE_BATCHES):
         started = time.perf_counter()
         work()
-        if device.startswith("cuda"):
+        if on_real_gpu(device):
             torch.cuda.synchronize()
         timings.append(time.perf_counter() - started)
     return min(timings) / images
