@@ -110,7 +110,7 @@ def test_compare_names_the_scratch_recipe_it_ran(colours, fit_calls, tmp_path):
     assert "scratch (default recipe)" in (tmp_path / "cmp" / "compare.md").read_text()
 
 
-def test_scratch_networks_start_from_keras_initialisation(colours, monkeypatch):
+def test_scratch_networks_start_from_keras_initialisation(colours, monkeypatch, tmp_path):
     """glorot_uniform kernels and zero biases in the convnet and the head, as in the Keras lessons; PyTorch's
     default draws smaller weights (bound 1/sqrt(fan_in)) and non-zero biases."""
     built = {}
@@ -120,7 +120,7 @@ def test_scratch_networks_start_from_keras_initialisation(colours, monkeypatch):
         return real_fit(module, train, val, dataclasses.replace(config, epochs=1), **kwargs)
 
     monkeypatch.setattr(scratch, "fit", recording_fit)
-    transferlab.train(colours, strategy="scratch", epochs=1, quiet=True)
+    transferlab.train(colours, strategy="scratch", epochs=1, out=tmp_path / "run", quiet=True)
     layers = [m for m in built["network"].modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     assert len(layers) == 4 + 2  # four convolutions, the head's two dense layers
     for layer in layers:
