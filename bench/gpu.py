@@ -203,18 +203,19 @@ def predict_step(row: Row, data: Path, run: Path, device: str, scratch: Path) ->
     row.notes.append(f"{len(test)} test images on {classifier.extractor.device} ({classifier.extractor.runtime})")
 
 
-def extraction_step(row: Row, data: Path, device: str, cache: Path) -> None:
+def extraction_step(row: Row, data: Path, device: str, cache: Path, max_per_class: int | None) -> None:
     """Features of every image with an empty cache: decode, resize and the network, end to end (issue 23)."""
     from transferlab.features.combined import build_extractor
 
-    paths = all_paths(data)
+    paths = all_paths(data, max_per_class)
     extractor = build_extractor("efficientnet_lite0", device=device, cache_dir=cache, quiet=True, batch_size=256)
     result = extractor.extract(paths, description="throughput: extraction")
     row.images_per_second = len(paths) / max(result.seconds, 1e-9)
     row.notes.append(f"{len(paths)} images, cold cache, decode included")
 
 
-def whole_network_step(row: Row, data: Path, device: str, epochs: int, batch_size: int) -> None:
+def whole_network_step(row: Row, data: Path, device: str, epochs: int, batch_size: int,
+                       max_per_class: int | None) -> None:
     """efficientnet_lite0 trained end to end as `finetune --unfreeze all` trains it (decode-once store, batched
     augmentation on the device, bf16 on a GPU); images/s over the epochs, decoding excluded (it happens once)."""
     import torch
@@ -227,7 +228,7 @@ def whole_network_step(row: Row, data: Path, device: str, epochs: int, batch_siz
     from transferlab.features.combined import build_extractor
     from transferlab.strategies.inputs import CHANNELS_LAST, ImageBatches, decode_once
 
-    paths = all_paths(data)
+    paths = all_paths(data, max_per_class)
     labels = torch.tensor([sorted({p.parent.name for p in paths}).index(p.parent.name) for p in paths])
     extractor = build_extractor("efficientnet_lite0", device=device, quiet=True)
     store = decode_once(extractor, paths, "throughput: decoding", device, quiet=True)
@@ -246,8 +247,15 @@ def whole_network_step(row: Row, data: Path, device: str, epochs: int, batch_siz
                      f"store {'on ' + str(store.device) if not store.spilled else 'spilled to disk'}")
 
 
-def all_paths(data: Path) -> list[Path]:
-    return sorted(p for p in data.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+def all_paths(data: Path, max_per_class: int | None) -> list[Path]:
+    """The images under `data`, at most `max_per_class` of each class folder (as --max-per-class trains)."""
+    paths = sorted(p for p in data.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    if max_per_class is None:
+        return paths
+    by_class: dict[Path, list[Path]] = {}
+    for path in paths:
+        by_class.setdefault(path.parent, []).append(path)
+    return [path for folder in by_class.values() for path in folder[:max_per_class]]
 
 
 def check(data: Path, work: Path, args) -> list[Row]:
@@ -255,9 +263,10 @@ def check(data: Path, work: Path, args) -> list[Row]:
     deadline = time.time() + args.minutes * 60
     with GpuSampler(args.device != "cpu") as sampler:
         timed(rows, sampler, "throughput: extraction",
-              lambda row: extraction_step(row, data, args.device, work / "throughput-cache"))
+              lambda row: extraction_step(row, data, args.device, work / "throughput-cache", args.max_per_class))
         timed(rows, sampler, "throughput: whole-network fine-tuning (lite0)",
-              lambda row: whole_network_step(row, data, args.device, args.epochs, args.batch_size))
+              lambda row: whole_network_step(row, data, args.device, args.epochs, args.batch_size,
+                                             args.max_per_class))
         for n, strategy in enumerate(STRATEGIES):
             # each training gets an equal share of what is left, so a slow one cannot starve the others
             share = time.time() + (deadline - time.time()) / (len(STRATEGIES) - n) * 0.8
@@ -292,10 +301,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny set and one epoch: checks the script")
     parser.add_argument("--epochs", type=int, help="training epochs per phase (default 3; 1 with --quick)")
     parser.add_argument("--max-per-class", type=int, help="use at most this many images of each class")
-    parser.add_argument("--batch-size", type=int, default=256, help="batch of the whole-network throughput step")
+    parser.add_argument("--batch-size", type=int,
+                        help="batch of the whole-network throughput step (default 256; 32 on a CPU: 256 images' "
+                             "training activations outgrow 24 GiB of RAM)")
     parser.add_argument("--minutes", type=float, default=7.0, help="time for all the training together")
     args = parser.parse_args()
     args.epochs = args.epochs or (1 if args.quick else 3)
+    args.batch_size = args.batch_size or (32 if args.device == "cpu" else 256)
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
