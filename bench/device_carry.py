@@ -87,8 +87,8 @@ def main() -> int:
         sys.exit(f"too much to carry ({carried / 2**20:.1f} MiB + the checkout > 64 MiB): ask for fewer --images")
     print('carry: [".device-carry"]')
     print("command: python3 -m pip install -q --no-index --no-deps --target /tmp/site .device-carry/whl/*.whl && "
-          "cd bench && PYTHONPATH=/tmp/site:$PWD/../src timeout 560 python3 gpu.py --data ../.device-carry/photos "
-          "--device cuda --minutes 6")
+          "cd bench && PYTHONPATH=/tmp/site:$PWD/../src timeout 570 python3 gpu.py --data ../.device-carry/photos "
+          "--device cuda --minutes 5")
     return 0
 
 
