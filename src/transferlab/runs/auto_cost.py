@@ -49,7 +49,7 @@ FINETUNE_EPOCH_COST = 0.27
 HEAD_FIT_SECONDS = 1.1e-3
 HEAD_EPOCHS = 20  # epochs of an end-to-end head (phase 1 of whole-network fine-tuning) until early stopping
 FEATURE_BLOCK = 1280
-PROBE_IMAGES = 8  # images per timed batch on a CPU: a few batches take seconds even on 2 cores
+PROBE_IMAGES = 8  # images per timed extraction batch (half of them per CPU training step): seconds on 2 cores
 PROBE_BATCHES = 3
 
 
