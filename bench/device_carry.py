@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,7 @@ def main() -> int:
     excluded_from_git()
     download_wheels(CARRY / "whl")
     photos = CARRY / "photos"
+    shutil.rmtree(photos, ignore_errors=True)  # a rerun with fewer --images must not keep the earlier photos
     paths = sample(require_caltech(), args.images, args.seed)
     photo_bytes = write_resized(paths, photos, args.size, args.quality)
     carried = sum(f.stat().st_size for f in CARRY.rglob("*") if f.is_file())

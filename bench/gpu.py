@@ -310,8 +310,8 @@ def check(data: Path, work: Path, args, progress) -> list[Row]:
     """Every step in turn; `progress(rows)` after each, so that a call cut short still returns what ran."""
     rows: list[Row] = []
 
-    def step(name: str, work_) -> object:
-        result = timed(rows, sampler, name, work_)
+    def step(name: str, measure) -> object:
+        result = timed(rows, sampler, name, measure)
         progress(rows)
         return result
 
